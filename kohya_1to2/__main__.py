@@ -1,0 +1,3 @@
+from kohya_1to2.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Stage configs: presets -> render (pure) -> merge with hand edits -> lint."""

@@ -1,0 +1,1 @@
+"""Composite dataset: scan -> pre-flight -> pairing -> captions -> compose -> build."""

@@ -1,0 +1,62 @@
+"""Small filesystem helpers of the imperative shell: atomic writes, hashing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+TMP_PREFIX = ".tmp-1to2-"
+
+
+@contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `final`; rename it over `final` only if the block succeeds.
+
+    A reader (or a re-run after kill -9) therefore never sees a partial file under its final name.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=final.suffix, dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(final: Path, data: bytes) -> None:
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(final: Path, text: str) -> None:
+    atomic_write_bytes(final, text.encode("utf-8"))
+
+
+def atomic_write_with(final: Path, writer: Callable[[IO[bytes]], None]) -> None:
+    with atomic_path(final) as tmp, tmp.open("wb") as fh:
+        writer(fh)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete temp files a killed run left behind; they never carry a final name."""
+    removed = 0
+    if folder.is_dir():
+        for leftover in folder.glob(TMP_PREFIX + "*"):
+            leftover.unlink(missing_ok=True)
+            removed += 1
+    return removed

@@ -1,0 +1,1 @@
+"""Launching sd-scripts: argv building (pure), running, doctor, set-up."""

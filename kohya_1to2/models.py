@@ -1,0 +1,224 @@
+"""Pydantic models of a 1to2 job: the single source of defaults.
+
+The CLI builds a `Job` from flags, every value is validated here before any image is touched, and the
+resolved job is saved in the run directory (`job.json`) so later commands (`plan`, `check`, `launch`,
+regeneration) work from exactly what `prepare` used.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+"""Image suffixes sd-scripts trains on that we read (compared case-insensitively)."""
+
+DEFAULT_TEMPLATE = "{left}/{right}/{tag}, {left_tags}, {right_tags}"
+"""The method's caption, literally: `CharLeft/CharRight/COMPOSITE, TagsLeft, TagsRight`."""
+
+_HEX_COLOUR = re.compile(r"^#?([0-9a-fA-F]{6})$")
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors everywhere: a typo in a job file must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceSettings(Strict):
+    """Where the single-character kohya folders are and how their captions are read."""
+
+    roots: list[Path] = Field(min_length=1, description="kohya dataset roots holding N_name/ folders")
+    caption_extension: str = Field(".txt", description="caption file suffix, as sd-scripts' caption_extension")
+    caption_encoding: str = Field("utf-8", description="encoding of the caption files")
+    caption_separator: str = Field(",", description="tag separator in captions (whitespace around it is trimmed)")
+    trigger_from: Literal["caption", "folder"] = Field(
+        "caption", description="trigger = first caption tag, or the folder's name part"
+    )
+    strict: bool = Field(False, description="treat warnings (e.g. an image without caption) as errors")
+    fix_sources: bool = Field(
+        False, description="write corrected copies of problem sources into the run dir and train stage 1 on them"
+    )
+
+    @field_validator("caption_extension")
+    @classmethod
+    def _dotted(cls, value: str) -> str:
+        if not value or value == ".":
+            raise ValueError("caption_extension must name a suffix such as '.txt'")
+        return value if value.startswith(".") else "." + value
+
+    @field_validator("caption_encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError as exc:
+            raise ValueError(f"unknown text encoding {value!r}; use e.g. 'utf-8' or 'cp1252'") from exc
+        return value
+
+    @field_validator("caption_separator")
+    @classmethod
+    def _separator(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("caption_separator must contain a visible character, e.g. ','")
+        return value
+
+
+class CaptionRules(Strict):
+    """How a composite's caption is built; opt-in tag rules are off so the default is the method verbatim."""
+
+    template: str = Field(DEFAULT_TEMPLATE, description="caption template")
+    composite_tag: str = Field("COMPOSITE", description="tag marking composites; put it in the negative prompt")
+    drop_solo: bool = Field(False, description="drop the 'solo' tag from both sides")
+    merge_count_tags: bool = Field(False, description="merge count tags, e.g. 1girl + 1girl -> 2girls")
+    dedupe_shared: bool = Field(False, description="keep a tag present on both sides only once")
+
+    @field_validator("template")
+    @classmethod
+    def _template_keeps_group_first(cls, value: str) -> str:
+        allowed = {"left", "right", "tag", "left_tags", "right_tags"}
+        names = set(re.findall(r"{(\w*)}", value))
+        if unknown := names - allowed:
+            raise ValueError(f"unknown template field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        if not {"left", "right"} <= names:
+            raise ValueError("template must contain {left} and {right}")
+        first = value.split(",", 1)[0]
+        if "{left_tags}" in first or "{right_tags}" in first:
+            raise ValueError(
+                "the character group must be the first comma-separated token (keep_tokens = 1 keeps it); "
+                "move {left_tags}/{right_tags} after the first comma"
+            )
+        return value
+
+
+class CompositeSettings(Strict):
+    """The stage-2 composite dataset: how many, which pairs, how they look."""
+
+    budget: int | None = Field(
+        None,
+        ge=1,
+        description="number of composites; default = number of source images (each used ~twice), "
+        "at least one per ordered character pair",
+    )
+    seed: int = Field(0, description="pairing seed; same seed + same sources = same composites")
+    layout: Literal["horizontal"] = Field("horizontal", description="side by side, left then right")
+    background: str = Field("#ffffff", description="colour behind transparency and in the gap (#rrggbb)")
+    gap: int = Field(0, ge=0, le=512, description="pixels between the two halves")
+    format: Literal["png", "jpg", "webp"] = Field("png", description="output image format")
+    quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality")
+    max_side: int | None = Field(2048, ge=64, description="cap on the composite's long side (None = no cap)")
+    repeats: int = Field(1, ge=1, description="kohya repeats of the composite subset (N in N_composite/)")
+    workers: int | None = Field(None, ge=1, description="worker processes; default = all cores")
+    captions: CaptionRules = Field(default_factory=CaptionRules)
+
+    @field_validator("background")
+    @classmethod
+    def _colour(cls, value: str) -> str:
+        match = _HEX_COLOUR.match(value.strip())
+        if not match:
+            raise ValueError(f"background {value!r} is not a #rrggbb colour, e.g. '#ffffff'")
+        return "#" + match.group(1).lower()
+
+    @property
+    def background_rgb(self) -> tuple[int, int, int]:
+        hex6 = self.background[1:]
+        return (int(hex6[0:2], 16), int(hex6[2:4], 16), int(hex6[4:6], 16))
+
+
+Family = Literal["sd1", "sd2", "sdxl"]
+
+
+class TrainingSettings(Strict):
+    """User choices for both stages; `None` means "the preset's value"."""
+
+    preset: str = Field("seed", description="preset template in templates/ (seed, sdxl)")
+    base_model: str | None = Field(None, description="base model checkpoint or diffusers folder")
+    family: Family | None = Field(None, description="model family; default from the preset")
+    v_parameterization: bool = Field(False, description="v-prediction base model (SD2 768-v, v-pred SDXL)")
+    resolution: int | None = Field(None, ge=64, description="training resolution; default from the preset")
+    epochs: int | None = Field(None, ge=1, description="epochs per stage; default from the preset")
+    output_name: str = Field("1to2", description="file name stem of the trained network")
+    stage1_batch_size: int | None = Field(None, ge=1, description="stage-1 batch size; default from preset")
+    sample: bool = Field(True, description="sample images every epoch")
+
+    @field_validator("output_name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not value or any(ch in value for ch in '/\\:*?"<>|') or value.startswith("."):
+            raise ValueError(f"output_name {value!r} must be a plain file name stem, e.g. '1to2'")
+        return value
+
+
+class Job(Strict):
+    """Everything `prepare` needs; saved as `job.json` in the run directory."""
+
+    out: Path = Field(description="run directory")
+    sources: SourceSettings
+    composites: CompositeSettings = Field(default_factory=CompositeSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+
+    @model_validator(mode="after")
+    def _out_outside_sources(self) -> Job:
+        out = self.out.expanduser().resolve()
+        for root in self.sources.roots:
+            src = root.expanduser().resolve()
+            if out == src or src in out.parents:
+                raise ValueError(
+                    f"--out {self.out} is inside the source tree {root}; choose a directory outside it "
+                    "so sources are never modified"
+                )
+        return self
+
+
+# ---------------------------------------------------------------- scanned data (produced by dataset.scan)
+
+
+class SourceImage(Strict):
+    """One training image of one character, with its caption's tags (trigger first)."""
+
+    path: Path
+    character: str
+    tags: tuple[str, ...] = ()
+    caption_path: Path | None = None
+
+    @property
+    def rel_key(self) -> str:
+        """Listing-order-independent sort key (folder name + file name)."""
+        return f"{self.path.parent.name}/{self.path.name}"
+
+
+class Character(Strict):
+    """One `N_name/` folder: a character with its trigger, repeats and images."""
+
+    name: str
+    trigger: str
+    repeats: int
+    folder: Path
+    images: tuple[SourceImage, ...]
+
+
+class CompositePlan(Strict):
+    """One composite to build: index, the two sources (left, right) and the output stem."""
+
+    index: int
+    left: SourceImage
+    right: SourceImage
+
+
+def validation_message(exc: Exception) -> str:
+    """One line naming the offending key(s) of a pydantic ValidationError."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "job"
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}")
+    return "; ".join(parts)
