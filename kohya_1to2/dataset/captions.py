@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+from kohya_1to2.models import CaptionRules, Character, SourceImage
+
 
 def normalise_caption_text(text: str) -> str:
     """Strip a BOM, unify line endings and keep the first line, as sd-scripts reads it."""
@@ -13,3 +17,69 @@ def split_tags(text: str, separator: str = ",") -> tuple[str, ...]:
     """Tags of a caption: split on the separator, whitespace trimmed, empty tags dropped."""
     first_line = normalise_caption_text(text)
     return tuple(tag for tag in (part.strip() for part in first_line.split(separator)) if tag)
+
+
+_COUNT_TAG = re.compile(r"^(\d+)(\+?)(girl|boy|other)s?$")
+_COUNT_CAP = 6  # danbooru stops counting at "6+girls"
+
+
+def _count_tag(kind: str, count: int) -> str:
+    if count >= _COUNT_CAP:
+        return f"{_COUNT_CAP}+{kind}s"
+    return f"1{kind}" if count == 1 else f"{count}{kind}s"
+
+
+def _merge_count_tags(left: list[str], right: list[str]) -> tuple[list[str], list[str]]:
+    """`1girl` + `1girl` -> `2girls` (at the left count tag's place); other tags untouched."""
+    totals: dict[str, int] = {}
+    for tag in left + right:
+        if match := _COUNT_TAG.match(tag):
+            totals[match.group(3)] = totals.get(match.group(3), 0) + int(match.group(1))
+    placed: set[str] = set()
+    merged_left: list[str] = []
+    for tag in left:
+        match = _COUNT_TAG.match(tag)
+        if not match:
+            merged_left.append(tag)
+        elif match.group(3) not in placed:
+            placed.add(match.group(3))
+            merged_left.append(_count_tag(match.group(3), totals[match.group(3)]))
+    merged_right: list[str] = []
+    for tag in right:
+        match = _COUNT_TAG.match(tag)
+        if not match:
+            merged_right.append(tag)
+        elif match.group(3) not in placed:
+            placed.add(match.group(3))
+            merged_right.append(_count_tag(match.group(3), totals[match.group(3)]))
+    return merged_left, merged_right
+
+
+def image_tags(image: SourceImage, trigger: str) -> list[str]:
+    """An image's descriptive tags: its caption tags without the character's trigger."""
+    return [tag for tag in image.tags if tag != trigger]
+
+
+def composite_caption(
+    left: Character, right: Character, left_image: SourceImage, right_image: SourceImage, rules: CaptionRules
+) -> str:
+    """`CharLeft/CharRight/COMPOSITE, TagsLeft, TagsRight` by default; the character group stays the first
+    comma-separated token so sd-scripts' `keep_tokens = 1` keeps all of it in place."""
+    left_tags, right_tags = image_tags(left_image, left.trigger), image_tags(right_image, right.trigger)
+    if rules.drop_solo:
+        left_tags = [t for t in left_tags if t != "solo"]
+        right_tags = [t for t in right_tags if t != "solo"]
+    if rules.merge_count_tags:
+        left_tags, right_tags = _merge_count_tags(left_tags, right_tags)
+    if rules.dedupe_shared:
+        seen = set(left_tags)
+        right_tags = [t for t in right_tags if t not in seen]
+    text = rules.template.format(
+        left=left.trigger,
+        right=right.trigger,
+        tag=rules.composite_tag,
+        left_tags=", ".join(left_tags),
+        right_tags=", ".join(right_tags),
+    )
+    # Empty tag lists would leave ", ," behind: re-join the non-empty comma-separated parts.
+    return ", ".join(part.strip() for part in text.split(",") if part.strip())

@@ -1,0 +1,92 @@
+"""Composite captions: the literal template, the opt-in rules, and keep_tokens = 1 keeping the group."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from kohya_1to2.dataset.captions import composite_caption, normalise_caption_text, split_tags
+from kohya_1to2.models import CaptionRules, Character, SourceImage
+
+
+def character(name: str, tags: tuple[str, ...]) -> tuple[Character, SourceImage]:
+    image = SourceImage(path=Path(f"/d/1_{name}/a.png"), character=name, tags=tags)
+    return Character(name=name, trigger=name, repeats=1, folder=Path(f"/d/1_{name}"), images=(image,)), image
+
+
+def caption(left_tags, right_tags, **rules) -> str:
+    left, left_image = character("alice", ("alice", *left_tags))
+    right, right_image = character("bob", ("bob", *right_tags))
+    return composite_caption(left, right, left_image, right_image, CaptionRules(**rules))
+
+
+def sd_scripts_keep_tokens(caption_text: str, keep_tokens: int, rng: random.Random) -> str:
+    """sd-scripts' shuffle with keep_tokens (train_util.BaseDataset.process_caption): split on ",",
+    strip, keep the first N tags fixed, shuffle the rest, join with ", "."""
+    tokens = [t.strip() for t in caption_text.strip().split(",")]
+    fixed, flex = tokens[:keep_tokens], tokens[keep_tokens:]
+    rng.shuffle(flex)
+    return ", ".join(fixed + flex)
+
+
+def test_default_template_is_the_method_literally():
+    text = caption(["1girl", "red hair", "solo"], ["1girl", "hat", "solo"])
+    assert text == "alice/bob/COMPOSITE, 1girl, red hair, solo, 1girl, hat, solo"
+
+
+def test_keep_tokens_one_keeps_the_whole_character_group_first():
+    text = caption(["1girl", "red hair", "smile"], ["1boy", "hat"])
+    for seed in range(20):
+        assert sd_scripts_keep_tokens(text, 1, random.Random(seed)).split(", ")[0] == "alice/bob/COMPOSITE"
+
+
+def test_empty_tag_lists_leave_no_dangling_separators():
+    assert caption([], []) == "alice/bob/COMPOSITE"
+    assert caption([], ["hat"]) == "alice/bob/COMPOSITE, hat"
+
+
+def test_custom_composite_tag():
+    assert caption(["x"], ["y"], composite_tag="duo").startswith("alice/bob/duo, ")
+
+
+def test_drop_solo_rule():
+    assert caption(["1girl", "solo"], ["solo", "hat"], drop_solo=True) == "alice/bob/COMPOSITE, 1girl, hat"
+
+
+@pytest.mark.parametrize(
+    ("left", "right", "expected"),
+    [
+        (["1girl", "smile"], ["1girl", "hat"], "alice/bob/COMPOSITE, 2girls, smile, hat"),
+        (["1girl"], ["1boy"], "alice/bob/COMPOSITE, 1girl, 1boy"),
+        (["2girls"], ["1girl", "1boy"], "alice/bob/COMPOSITE, 3girls, 1boy"),
+        (["5girls"], ["3girls"], "alice/bob/COMPOSITE, 6+girls"),
+    ],
+)
+def test_merge_count_tags_rule(left, right, expected):
+    assert caption(left, right, merge_count_tags=True) == expected
+
+
+def test_dedupe_shared_rule():
+    assert caption(["1girl", "smile"], ["smile", "hat"], dedupe_shared=True) == "alice/bob/COMPOSITE, 1girl, smile, hat"
+
+
+def test_rules_are_off_by_default():
+    assert caption(["1girl", "solo", "smile"], ["1girl", "solo", "smile"]).count("solo") == 2
+
+
+def test_trigger_is_not_repeated_in_the_tags():
+    assert caption(["alice_extra"], []) == "alice/bob/COMPOSITE, alice_extra"
+
+
+def test_split_tags_normalises_whitespace_bom_and_crlf():
+    assert split_tags("\ufeff alice ,  1girl,,  red hair \r\nsecond line") == ("alice", "1girl", "red hair")
+    assert split_tags("a;b ; c", ";") == ("a", "b", "c")
+    assert normalise_caption_text("x\r\ny") == "x"
+
+
+@pytest.mark.parametrize("template", ["{left_tags}, {left}/{right}", "{left}/{right} {left_tags}, x", "{bogus}"])
+def test_templates_that_would_break_keep_tokens_are_rejected(template):
+    with pytest.raises(ValueError):
+        CaptionRules(template=template)
