@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 from PIL import Image, ImageChops
@@ -15,6 +16,7 @@ def load_tool():
     spec = importlib.util.spec_from_file_location("make_example", REPO / "tools" / "make_example.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
