@@ -1,0 +1,147 @@
+"""`prepare`: scan and pre-flight the sources, build the composites, write both stages' configs.
+
+Order matters: everything is validated (settings, then every source file) before a single output is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from kohya_1to2.cli import model_overrides
+from kohya_1to2.dataset.pairing import plan_pairs
+from kohya_1to2.errors import UsageError
+from kohya_1to2.fsutil import atomic_write_text
+from kohya_1to2.models import CaptionRules, CompositeSettings, Job, SourceSettings, TrainingSettings, validation_message
+
+JOB_FILE = "job.json"
+
+
+def job_from_args(args: argparse.Namespace) -> Job:
+    """The job the command line describes; a bad value is a one-line UsageError naming the flag."""
+    try:
+        return Job(
+            out=args.out,
+            sources=SourceSettings(roots=args.roots, **model_overrides(args, "sources")),
+            composites=CompositeSettings(
+                **model_overrides(args, "composites"), captions=CaptionRules(**model_overrides(args, "captions"))
+            ),
+            training=TrainingSettings(**model_overrides(args, "training")),
+        )
+    except ValidationError as exc:
+        raise UsageError(validation_message(exc), hint="see `python -m kohya_1to2 prepare --help`") from None
+
+
+def write_job(job: Job, run_dir: Path) -> Path:
+    """Save the resolved job so plan/check/launch and regeneration use exactly these settings."""
+    path = run_dir / JOB_FILE
+    payload: dict[str, Any] = json.loads(job.model_dump_json())
+    atomic_write_text(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def estimate_composite_size(
+    left: tuple[int, int], right: tuple[int, int], settings: CompositeSettings
+) -> tuple[int, int]:
+    """Width x height of a composite, without building it: both halves at the smaller height, then capped."""
+    height = min(left[1], right[1])
+    width = round(left[0] * height / left[1]) + round(right[0] * height / right[1]) + settings.gap
+    if settings.max_side and max(width, height) > settings.max_side:
+        scale = settings.max_side / max(width, height)
+        width, height = round(width * scale), round(height * scale)
+    return width, height
+
+
+def _summary_table(rows: list[tuple[str, str]]) -> Table:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    from kohya_1to2.configs.generate import check_plan, render_plan, write_run_configs
+    from kohya_1to2.dataset.build import build_composites
+    from kohya_1to2.dataset.preflight import preflight, raise_for_errors, write_fixed_sources
+    from kohya_1to2.dataset.scan import render_scan_table, scan_sources
+
+    job = job_from_args(args)
+    run_dir = job.out.expanduser().resolve()
+
+    scan = scan_sources(job.sources)
+    console.print(render_scan_table(scan))
+    for ignored in scan.ignored:
+        console.print(f"[dim]ignored[/] {escape(str(ignored.path))} [dim]({escape(ignored.reason)})[/]", highlight=False)
+
+    problems = [*scan.problems, *preflight(scan, job.sources)]
+    for problem in problems:
+        colour = "red" if problem.severity == "error" else "yellow"
+        fix = f" [dim]fix: {escape(problem.fix)}[/]" if problem.fix else ""
+        console.print(
+            f"[{colour}]{problem.severity}[/] {escape(str(problem.path))}: {escape(problem.message)}{fix}", highlight=False
+        )
+    raise_for_errors(problems)
+
+    plans = plan_pairs(scan.characters, job.composites.budget, job.composites.seed)
+    if args.dry_run:
+        sizes = _estimated_sizes(plans, job.composites)
+        composite_dir = run_dir / "composites" / f"{job.composites.repeats}_composite"
+        check_plan(job, scan.characters, composite_dir, job.composites.repeats, sizes)
+        console.print(render_plan(job, scan.characters, composite_dir, job.composites.repeats, sizes))
+        console.print(f"[bold]dry run:[/] {len(plans)} composites planned; nothing written to {run_dir}")
+        return 0
+
+    characters = scan.characters
+    if job.sources.fix_sources:
+        characters = write_fixed_sources(scan, problems, run_dir).characters
+
+    built = build_composites(plans, characters, job, run_dir, force=args.force, console=console)
+    check_plan(job, characters, built.subset_dir, job.composites.repeats, built.sizes)
+    report = write_run_configs(
+        job,
+        characters,
+        composite_dir=built.subset_dir,
+        composite_repeats=job.composites.repeats,
+        composite_sizes=built.sizes,
+        run_dir=run_dir,
+        overwrite_edits=args.overwrite_edits,
+    )
+    write_job(job, run_dir)
+    console.print(report)
+    console.print(render_plan(job, characters, built.subset_dir, job.composites.repeats, built.sizes))
+    console.print(
+        _summary_table(
+            [
+                ("run directory", str(run_dir)),
+                ("composites", f"{built.count} in {built.subset_dir} ({built.written} new, {built.reused} reused, "
+                 f"{built.removed} stale removed)"),
+                ("manifest", str(built.manifest_path)),
+                ("preview", str(run_dir / "preview.png")),
+                ("next", f"edit the TOMLs if you like, then: python -m kohya_1to2 launch {run_dir}"),
+            ]
+        )
+    )
+    return 0
+
+
+def _estimated_sizes(plans: list[Any], settings: CompositeSettings) -> list[tuple[int, int]]:
+    from PIL import Image
+
+    header_sizes: dict[Path, tuple[int, int]] = {}
+
+    def size_of(path: Path) -> tuple[int, int]:
+        if path not in header_sizes:
+            with Image.open(path) as image:  # header only: no pixel decode
+                header_sizes[path] = image.size
+        return header_sizes[path]
+
+    return [estimate_composite_size(size_of(p.left.path), size_of(p.right.path), settings) for p in plans]
