@@ -80,15 +80,15 @@ def run(args: argparse.Namespace, console: Console) -> int:
     scan = scan_sources(job.sources)
     console.print(render_scan_table(scan))
     for ignored in scan.ignored:
-        console.print(f"[dim]ignored[/] {escape(str(ignored.path))} [dim]({escape(ignored.reason)})[/]", highlight=False)
+        reason = escape(ignored.reason)
+        console.print(f"[dim]ignored[/] {escape(str(ignored.path))} [dim]({reason})[/]", highlight=False)
 
     problems = [*scan.problems, *preflight(scan, job.sources)]
     for problem in problems:
         colour = "red" if problem.severity == "error" else "yellow"
         fix = f" [dim]fix: {escape(problem.fix)}[/]" if problem.fix else ""
-        console.print(
-            f"[{colour}]{problem.severity}[/] {escape(str(problem.path))}: {escape(problem.message)}{fix}", highlight=False
-        )
+        where = escape(str(problem.path))
+        console.print(f"[{colour}]{problem.severity}[/] {where}: {escape(problem.message)}{fix}", highlight=False)
     raise_for_errors(problems)
 
     plans = plan_pairs(scan.characters, job.composites.budget, job.composites.seed)
