@@ -210,15 +210,19 @@ class CompositePlan(Strict):
     right: SourceImage
 
 
-def validation_message(exc: Exception) -> str:
-    """One line naming the offending key(s) of a pydantic ValidationError."""
+def validation_message(exc: Exception, *, as_flags: bool = False) -> str:
+    """One line naming the offending key(s) of a pydantic ValidationError (as `--flag` names for the CLI)."""
     from pydantic import ValidationError
 
     if not isinstance(exc, ValidationError):
         return str(exc)
     parts = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "job"
+        loc = [str(p) for p in err["loc"]]
+        if as_flags and loc:
+            where = "--" + loc[-1].replace("_", "-")
+        else:
+            where = ".".join(loc) or "job"
         msg = err["msg"].removeprefix("Value error, ")
         parts.append(f"{where}: {msg}")
     return "; ".join(parts)

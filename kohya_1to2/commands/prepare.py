@@ -36,7 +36,7 @@ def job_from_args(args: argparse.Namespace) -> Job:
             training=TrainingSettings(**model_overrides(args, "training")),
         )
     except ValidationError as exc:
-        raise UsageError(validation_message(exc), hint="see `python -m kohya_1to2 prepare --help`") from None
+        raise UsageError(validation_message(exc, as_flags=True), hint="see `python -m kohya_1to2 prepare --help`") from None
 
 
 def write_job(job: Job, run_dir: Path) -> Path:
