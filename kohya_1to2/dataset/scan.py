@@ -1,0 +1,318 @@
+"""Find the characters in kohya `N_name/` folders: images, captions, triggers, repeats.
+
+The scan only reads directory listings and caption text; image contents are checked by `preflight`.
+Everything it cannot use is reported (`ignored`, `problems`), never silently dropped. Parsing is pure
+(`parse_folder_name`, `choose_trigger`, `image_tags`); `scan_sources` is the thin shell that lists files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+from rich.table import Table
+
+from kohya_1to2.dataset.captions import split_tags
+from kohya_1to2.models import IMAGE_EXTENSIONS, Character, SourceImage, SourceSettings
+
+REG_FOLDER_NAMES = frozenset({"reg", "regs", "regularization", "regularisation", "reg_images", "regularization_images"})
+"""Folder names (or name parts after `N_`) holding regularization images, which 1to2 does not use."""
+
+SD_SCRIPTS_SUFFIXES = frozenset(IMAGE_EXTENSIONS) | {ext.upper() for ext in IMAGE_EXTENSIONS}
+"""sd-scripts globs `*.png` and `*.PNG` literally, so on Linux a mixed-case `.Png` is never trained."""
+
+Severity = Literal["error", "warning"]
+
+
+class Problem(BaseModel):
+    """One thing wrong with the sources, naming the file and how to fix it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    severity: Severity
+    code: str
+    path: Path | None = None
+    message: str
+    fix: str = ""
+    fixable: bool = False
+    """True when `--fix-sources` corrects it in the copy under `<run>/sources/`."""
+
+    @property
+    def line(self) -> str:
+        """One line for the terminal: `error: <file>: <message> (fix: ...)`."""
+        where = f"{self.path}: " if self.path is not None else ""
+        fix = f" (fix: {self.fix})" if self.fix else ""
+        return f"{self.severity}: {where}{self.message}{fix}"
+
+
+class IgnoredFolder(BaseModel):
+    """A folder the scan saw and deliberately did not use, with the reason."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path
+    reason: str
+
+
+class ScanResult(BaseModel):
+    """What `scan_sources` found; `settings` travels along so later steps read captions the same way."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    settings: SourceSettings
+    characters: tuple[Character, ...] = ()
+    ignored: tuple[IgnoredFolder, ...] = ()
+    problems: tuple[Problem, ...] = ()
+
+    @property
+    def image_count(self) -> int:
+        return sum(len(c.images) for c in self.characters)
+
+
+# ---------------------------------------------------------------- pure parsing
+
+
+def is_reg_name(name: str) -> bool:
+    """`reg`, `regularization`, `1_reg`... : a folder of regularization images."""
+    lowered = name.lower()
+    _, sep, rest = lowered.partition("_")
+    return lowered in REG_FOLDER_NAMES or (sep == "_" and _.isdigit() and rest in REG_FOLDER_NAMES)
+
+
+def parse_folder_name(name: str) -> tuple[int, str] | str:
+    """`3_alice` -> (3, "alice"); otherwise the reason it is not a character folder."""
+    head, sep, tail = name.partition("_")
+    if not sep or not head.isascii() or not head.isdigit():
+        return "not N_name (no repeat count before '_')"
+    if not tail.strip():
+        return "not N_name (nothing after the repeat count)"
+    repeats = int(head)
+    if repeats < 1:
+        return f"repeat count {repeats} (must be >= 1)"
+    return repeats, tail
+
+
+def is_image_name(name: str) -> bool:
+    """Image suffix in any case; dot-files (e.g. macOS `._x.png`) are skipped, as sd-scripts' glob does."""
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def caption_path_for(image: Path, caption_extension: str) -> Path:
+    """`<stem><ext>` beside the image, exactly as sd-scripts builds it (splitext, not with_suffix)."""
+    return image.with_name(os.path.splitext(image.name)[0] + caption_extension)
+
+
+def choose_trigger(first_tags: Sequence[tuple[str, str]], fallback: str) -> tuple[str, list[str]]:
+    """Majority first tag of (file name, first tag) pairs; ties go to the fallback, then alphabetical order.
+
+    Returns the trigger and the file names whose first tag disagrees with it.
+    """
+    if not first_tags:
+        return fallback, []
+    counts = Counter(tag for _, tag in first_tags)
+    best = max(counts.values())
+    leaders = sorted(tag for tag, n in counts.items() if n == best)
+    trigger = fallback if fallback in leaders else leaders[0]
+    return trigger, sorted(name for name, tag in first_tags if tag != trigger)
+
+
+def image_tags(caption_tags: tuple[str, ...], trigger: str, trigger_from: str) -> tuple[str, ...]:
+    """SourceImage.tags: the character's trigger first, then the caption's descriptive tags.
+
+    With triggers from captions the first caption tag is the trigger slot (keep_tokens = 1) and is
+    replaced; with triggers from folders the caption is all description, minus any copy of the trigger.
+    """
+    if trigger_from == "caption":
+        rest = caption_tags[1:]
+    else:
+        rest = tuple(tag for tag in caption_tags if tag != trigger)
+    return (trigger, *rest)
+
+
+def decode_caption(data: bytes, encoding: str) -> str | None:
+    """Caption text, or None when the bytes are not valid in `encoding` (preflight reports that)."""
+    try:
+        return data.decode(encoding)
+    except (UnicodeDecodeError, LookupError):
+        return None
+
+
+# ---------------------------------------------------------------- shell: listing folders
+
+
+def _subdirs(folder: Path) -> list[os.DirEntry[str]]:
+    with os.scandir(folder) as entries:
+        return sorted((e for e in entries if e.is_dir()), key=lambda e: e.name)
+
+
+def _files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(files, subfolders) of a folder, one level only: sd-scripts does not recurse either."""
+    files, subfolders = [], []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir():
+                subfolders.append(Path(entry.path))
+            elif entry.is_file() or is_image_name(entry.name):  # a broken image link is kept: preflight names it
+                files.append(Path(entry.path))
+    return sorted(files), sorted(subfolders)
+
+
+def _scan_character(
+    folder: Path, repeats: int, name: str, settings: SourceSettings
+) -> tuple[Character, list[Problem], list[IgnoredFolder]]:
+    problems: list[Problem] = []
+    ignored: list[IgnoredFolder] = []
+    files, subfolders = _files(folder)
+    ignored += [IgnoredFolder(path=sub, reason="subfolder of a character folder (sd-scripts does not recurse)")
+                for sub in subfolders]
+
+    images = [f for f in files if is_image_name(f.name)]
+    captions: dict[Path, tuple[str, ...] | None] = {}
+    for image in images:
+        if os.path.splitext(image.name)[1] not in SD_SCRIPTS_SUFFIXES:
+            problems.append(Problem(
+                severity="warning", code="suffix-case", path=image,
+                message="mixed-case suffix: sd-scripts on Linux only finds all-lower or all-upper suffixes",
+                fix=f"rename it to {image.stem}{image.suffix.lower()}",
+            ))
+        caption = caption_path_for(image, settings.caption_extension)
+        if caption.is_file():
+            try:
+                text = decode_caption(caption.read_bytes(), settings.caption_encoding)
+            except OSError:
+                text = None
+            captions[image] = None if text is None else split_tags(text, settings.caption_separator)
+
+    disagree: list[str] = []
+    if settings.trigger_from == "folder" or not any(captions.values()):
+        trigger = name
+    else:
+        firsts = [(img.name, tags[0]) for img, tags in captions.items() if tags]
+        trigger, disagree = choose_trigger(firsts, fallback=name)
+    if disagree:
+        shown = ", ".join(disagree[:5]) + (f" and {len(disagree) - 5} more" if len(disagree) > 5 else "")
+        problems.append(Problem(
+            severity="warning", code="trigger-mismatch", path=folder,
+            message=f"trigger '{trigger}' is the majority first tag, but these captions start differently: {shown}",
+            fix=f"start every caption in {folder.name} with '{trigger}', or use --trigger-from folder",
+        ))
+
+    source_images = tuple(sorted(
+        (SourceImage(
+            path=image,
+            character=name,
+            tags=image_tags(captions.get(image) or (), trigger, settings.trigger_from),
+            caption_path=caption_path_for(image, settings.caption_extension) if image in captions else None,
+        ) for image in images),
+        key=lambda image: image.rel_key,
+    ))
+    character = Character(name=name, trigger=trigger, repeats=repeats, folder=folder, images=source_images)
+    return character, problems, ignored
+
+
+def _missing_root_problem(root: Path) -> Problem:
+    what = "is not a directory" if root.exists() else "does not exist"
+    return Problem(severity="error", code="root-missing", path=root, message=f"source root {what}",
+                   fix="pass the folder that holds your N_name/ character folders")
+
+
+def scan_sources(settings: SourceSettings) -> ScanResult:
+    """Scan every root's `N_name/` folders into characters (sorted by name, images sorted by rel_key)."""
+    characters: list[Character] = []
+    ignored: list[IgnoredFolder] = []
+    problems: list[Problem] = []
+    seen_real: dict[str, Path] = {}
+
+    for given_root in settings.roots:
+        root = given_root.expanduser()
+        if not root.is_dir():
+            problems.append(_missing_root_problem(root))
+            continue
+        if is_reg_name(root.name):
+            ignored.append(IgnoredFolder(path=root, reason="reg folder (regularization images are not used)"))
+            continue
+        if not isinstance(parse_folder_name(root.name), str) and any(
+            is_image_name(f.name) for f in _files(root)[0]
+        ):
+            ignored.append(IgnoredFolder(path=root, reason="the root itself is a character folder"))
+            problems.append(Problem(
+                severity="error", code="root-is-character", path=root,
+                message="this root is itself an N_name character folder",
+                fix=f"pass its parent directory {root.parent} as the source root",
+            ))
+            continue
+        seen_real.setdefault(os.path.realpath(root), root)
+        for entry in _subdirs(root):
+            folder = Path(entry.path)
+            parsed = parse_folder_name(entry.name)
+            if is_reg_name(entry.name):
+                ignored.append(IgnoredFolder(path=folder, reason="reg folder (regularization images are not used)"))
+                continue
+            if isinstance(parsed, str):
+                ignored.append(IgnoredFolder(path=folder, reason=parsed))
+                if parsed.startswith("repeat count"):
+                    problems.append(Problem(severity="warning", code="bad-repeats", path=folder,
+                                            message=parsed, fix=f"rename it to 1_{entry.name.partition('_')[2]}"))
+                continue
+            real = os.path.realpath(folder)
+            if real in seen_real:
+                # a symlink back to a root or to a folder already scanned: counting it twice would loop
+                reason = f"same folder as {seen_real[real]} (symlink or root given twice)"
+                ignored.append(IgnoredFolder(path=folder, reason=reason))
+                continue
+            seen_real[real] = folder
+            repeats, name = parsed
+            character, found, skipped = _scan_character(folder, repeats, name, settings)
+            problems += found
+            ignored += skipped
+            if not character.images:
+                ignored.append(IgnoredFolder(path=folder, reason="no images"))
+                problems.append(Problem(
+                    severity="warning", code="no-images", path=folder,
+                    message=f"character folder has no images ({', '.join(IMAGE_EXTENSIONS)})",
+                    fix="add images or remove the folder",
+                ))
+                continue
+            characters.append(character)
+
+    problems += _name_clashes(characters)
+    characters.sort(key=lambda c: (c.name, str(c.folder)))
+    return ScanResult(settings=settings, characters=tuple(characters), ignored=tuple(ignored),
+                      problems=tuple(problems))
+
+
+def _name_clashes(characters: Iterable[Character]) -> list[Problem]:
+    """Two folders with one name (or one trigger) would be one character to pairing and to the prompt."""
+    problems = []
+    for attribute in ("name", "trigger"):
+        groups: dict[str, list[Character]] = {}
+        for character in characters:
+            groups.setdefault(getattr(character, attribute), []).append(character)
+        for value, group in sorted(groups.items()):
+            if len(group) > 1:
+                folders = " and ".join(str(c.folder) for c in group)
+                problems.append(Problem(
+                    severity="error", code=f"duplicate-{attribute}", path=group[0].folder,
+                    message=f"{len(group)} character folders have the {attribute} '{value}': {folders}",
+                    fix="rename one of them" if attribute == "name"
+                    else "give each character its own trigger (first caption tag)",
+                ))
+    return problems
+
+
+def render_scan_table(result: ScanResult) -> Table:
+    """Per-character summary for the terminal; ignored folders are counted in the caption."""
+    table = Table(title=f"{len(result.characters)} characters, {result.image_count} images")
+    for column in ("character", "trigger", "repeats", "images", "captioned", "folder"):
+        table.add_column(column, justify="right" if column in ("repeats", "images", "captioned") else "left")
+    for character in result.characters:
+        captioned = sum(1 for image in character.images if image.caption_path is not None)
+        table.add_row(character.name, character.trigger, str(character.repeats), str(len(character.images)),
+                      str(captioned), str(character.folder))
+    if result.ignored:
+        table.caption = "ignored: " + "; ".join(f"{i.path.name} ({i.reason})" for i in result.ignored)
+    return table
