@@ -1,0 +1,166 @@
+"""`launch RUN_DIR`: check, then train stage 1 and stage 2 through accelerate and the pinned sd-scripts.
+
+The parent never imports torch: machine facts come from a fast probe, the training runs in the child.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from kohya_1to2.errors import CheckError, SetupError, UsageError
+from kohya_1to2.launch.commands import AccelerateOptions, StageCommand, build_stage_command
+from kohya_1to2.launch.pipeline import (
+    StageConfig,
+    StageResult,
+    check_stage_chain,
+    dry_run_text,
+    execute_stage,
+    is_complete,
+    read_stage,
+    select_stages,
+    strict_error,
+    write_effective_toml,
+)
+from kohya_1to2.launch.substitutions import Capabilities, probe_capabilities
+from kohya_1to2.launch.vendor import require_sd_scripts
+from kohya_1to2.models import Family
+
+
+def run_family(run_dir: Path) -> Family:
+    """The model family of a prepared run: job.json's, else its preset's, else SD1."""
+    job_file = run_dir / "job.json"
+    if not job_file.is_file():
+        return "sd1"
+    try:
+        training = json.loads(job_file.read_text(encoding="utf-8")).get("training", {})
+    except ValueError:
+        raise UsageError(f"{job_file} is not valid JSON", hint="re-run `prepare` to rewrite it") from None
+    family = training.get("family")
+    if family in ("sd1", "sd2", "sdxl"):
+        return family
+    try:
+        from kohya_1to2.configs.presets import load_preset
+
+        return load_preset(training.get("preset", "seed")).settings.family
+    except ImportError:  # pragma: no cover - configs package always ships with us
+        return "sd1"
+
+
+def lint_problems(run_dir: Path) -> list[str]:
+    """`check` on the run directory (kohya_1to2.configs.lint) as one line per problem."""
+    try:
+        lint = importlib.import_module("kohya_1to2.configs.lint")
+    except ImportError:  # TODO: the configs engineer's lint module; skip until it lands
+        return []
+    lint_run_dir = getattr(lint, "lint_run_dir", None)
+    if lint_run_dir is None:
+        return []
+    problems = lint_run_dir(run_dir)
+    errors = [p for p in problems if getattr(p, "severity", "error") == "error"]
+    return [str(p) for p in errors]
+
+
+def accelerate_options(args: argparse.Namespace) -> AccelerateOptions:
+    return AccelerateOptions(
+        num_processes=args.num_processes,
+        multi_gpu=args.multi_gpu,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        main_process_ip=args.main_process_ip,
+        main_process_port=args.main_process_port,
+        mixed_precision=args.mixed_precision,
+        num_cpu_threads_per_process=args.num_cpu_threads_per_process,
+        gpu_ids=args.gpu_ids,
+        config_file=args.accelerate_config.expanduser().resolve() if args.accelerate_config else None,
+    )
+
+
+def stage_command(args: argparse.Namespace, run_dir: Path, sd_scripts: Path, family: Family,
+                  stage: StageConfig, caps: Capabilities) -> StageCommand:
+    effective_mixed = str(stage.flat.get("mixed_precision") or "no")
+    for sub in stage.substitutions:
+        if sub.key == "mixed_precision":
+            effective_mixed = str(sub.new)
+    return build_stage_command(
+        stage=stage.stage,
+        run_dir=run_dir,
+        sd_scripts=sd_scripts,
+        python=sys.executable,
+        family=family,
+        accelerate=accelerate_options(args),
+        cuda=caps.cuda,
+        mixed_precision=effective_mixed,
+        cpu_threads=(os.cpu_count() or 1) if not caps.cuda else 1,
+        environ=os.environ,
+        offline=bool(args.smoke or os.environ.get("HF_HUB_OFFLINE") == "1" or not caps.cuda),
+    )
+
+
+def summary_table(results: list[StageResult]) -> Table:
+    table = Table(title="1to2 launch summary")
+    for column in ("stage", "status", "time", "final weights", "samples"):
+        table.add_column(column)
+    for result in results:
+        table.add_row(
+            str(result.stage),
+            result.status,
+            f"{result.seconds:.0f} s" if result.seconds else "-",
+            Text(str(result.weights or "-")),
+            Text("\n".join(p.name for p in result.samples[-4:]) or "-"),
+        )
+    return table
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    run_dir = args.run_dir.expanduser().resolve()
+    if not run_dir.is_dir():
+        raise UsageError(f"run directory {run_dir} not found", hint="create it with `python -m kohya_1to2 prepare`")
+    selected = select_stages(args.stage, args.from_stage)
+    problems = lint_problems(run_dir)
+    if problems:
+        raise CheckError(
+            f"check found {len(problems)} problem(s) in {run_dir}: {problems[0]}",
+            hint=f"run `python -m kohya_1to2 check {run_dir}` for the full list",
+        )
+    sd_scripts = require_sd_scripts(args.sd_scripts)
+    family = run_family(run_dir)
+    caps = probe_capabilities()
+    stages = {n: read_stage(run_dir, n, caps) for n in (1, 2)}
+    check_stage_chain(stages[1], stages[2])
+    for number in selected:
+        stage = stages[number]
+        if stage.substitutions and args.strict:
+            raise strict_error(stage)
+        for sub in stage.substitutions:
+            console.print(Text(f"stage {number}: substitution: {sub.describe()}", style="yellow"))
+        write_effective_toml(stage)
+    commands = {n: stage_command(args, run_dir, sd_scripts, family, stages[n], caps) for n in selected}
+    if args.dry_run:
+        console.print(Text(dry_run_text(list(commands.values()))), soft_wrap=True)
+        return 0
+
+    results: list[StageResult] = []
+    for number in selected:
+        stage = stages[number]
+        if not args.force and is_complete(run_dir, stage):
+            console.print(f"stage {number}: complete and unchanged, skipped (--force re-runs it)")
+            results.append(StageResult(number, "skipped", weights=stage.final_weights))
+            continue
+        if stage.network_weights is not None and not stage.network_weights.is_file():
+            raise SetupError(
+                f"stage {number} starts from {stage.network_weights}, which does not exist",
+                hint="run stage 1 first (`launch` without --stage)",
+            )
+        console.print(Text(f"stage {number}: {commands[number].shell()}", style="bold"), soft_wrap=True)
+        results.append(execute_stage(run_dir, stage, commands[number]))
+    console.print(summary_table(results))
+    return 0

@@ -1,0 +1,150 @@
+"""The one module that knows sd-scripts internals: the pin, script names, output naming, log lines.
+
+Everything here was read from the pinned tree (v0.10.1); when the pin moves, this file is what to re-check.
+Pure data and pure functions only: no torch, no subprocess.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kohya_1to2.models import Family
+
+SD_SCRIPTS_TAG = "v0.10.1"
+SD_SCRIPTS_COMMIT = "ae72efb92babe89ff8e70f057e42db68440e8d61"
+SD_SCRIPTS_URL = "https://github.com/kohya-ss/sd-scripts"
+ARCHIVE_TOP_FOLDER = "sd-scripts"
+"""An archive of the pinned tree has one top folder with this name (it has no .git)."""
+
+PIN_FILE_SHA256: Mapping[str, str] = {
+    # An archive carries no .git, so the pin is verified by the content of the files we depend on.
+    "train_network.py": "802e0a57a19ed8c89b989f6af404825b34a334f3ab6178db0873b74d7d7ab68c",
+    "sdxl_train_network.py": "6f018d2b63734fc50bd7588f69f65e1febfed8e90071193631da2eabf82f8641",
+    "library/train_util.py": "a9b23be6e6e1d2724248fa4110051a1d8be740cf8ff513421987ea203968eef0",
+    "library/config_util.py": "e137c8dd7ddc5fe50b5b28d165993015b91ecd00039e4ddbd17062407c04804d",
+    "setup.py": "8c595f8a3baba56d76c32473a33e444defdfd71a591fe98fd7f8a69f27867fa0",
+    "requirements.txt": "5babf2adf054825a610d183ebb5a7657d0a492c164fadf0e1f08c48ec253a53e",
+}
+
+TRAINING_SCRIPTS: Mapping[str, str] = {
+    "sd1": "train_network.py",
+    "sd2": "train_network.py",
+    "sdxl": "sdxl_train_network.py",
+}
+
+LYCORIS_PIN = "lycoris-lora==3.4.0"
+"""4.0.0-4.1.3 crash SD1 under sd-scripts (`duplicated lora name: lora_unet_time_embedding_linear_1`)."""
+
+TORCH_PAIR = ("torch==2.14.1", "torchvision==0.29.1")
+"""A matching pair; a mismatch fails at the first model import with `operator torchvision::nms does not exist`."""
+
+NO_DATA_MARKER = "No data found"
+"""train_network logs this and returns: exit code 0 with nothing trained."""
+
+_WEIGHTS_REPORT = re.compile(
+    r"load network weights from (?P<file>.+?): (?P<info>\{.*\}|_IncompatibleKeys\(.*\)|<.*>)\s*$"
+)
+
+
+def training_script(family: Family) -> str:
+    """The sd-scripts entry point for a model family."""
+    return TRAINING_SCRIPTS[family]
+
+
+def flatten_training_config(document: Mapping[str, Any]) -> dict[str, Any]:
+    """Flatten a training TOML exactly as `read_config_from_file` does: one level of tables merged, last wins."""
+    flat: dict[str, Any] = {}
+    for key, value in document.items():
+        if isinstance(value, Mapping):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def final_weights_path(output_dir: str | Path, output_name: str | None, save_model_as: str | None) -> Path:
+    """Where sd-scripts writes a stage's final network (`<output_dir>/<output_name>.<ext>`, default "last")."""
+    return Path(output_dir) / f"{output_name or 'last'}.{save_model_as or 'safetensors'}"
+
+
+def final_weights_of(flat: Mapping[str, Any]) -> Path | None:
+    """The final weights file named by a flattened training config, or None without an output_dir."""
+    output_dir = flat.get("output_dir")
+    if not output_dir:
+        return None
+    return final_weights_path(str(output_dir), flat.get("output_name"), flat.get("save_model_as"))
+
+
+@dataclass(frozen=True)
+class WeightsReport:
+    """Stage 2's `load network weights from <file>: <info>` line, parsed."""
+
+    file: str
+    missing: tuple[str, ...]
+    unexpected: tuple[str, ...]
+
+    @property
+    def clean(self) -> bool:
+        return not self.missing and not self.unexpected
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return None
+
+
+def _string_list(value: Any) -> list[str]:
+    return [str(item) for item in value] if isinstance(value, list | tuple) else []
+
+
+def parse_weights_report(log_text: str) -> WeightsReport | None:
+    """Find the weight-loading report in a log (LyCORIS prints `{}` or `{'missing keys': [...]}`; the
+    built-in LoRA prints torch's `_IncompatibleKeys(missing_keys=[...], unexpected_keys=[...])`)."""
+    for line in reversed(log_text.splitlines()):
+        match = _WEIGHTS_REPORT.search(line)
+        if not match:
+            continue
+        info = match.group("info")
+        missing: list[str] = []
+        unexpected: list[str] = []
+        if info.startswith("{"):
+            value = _literal(info)
+            if not isinstance(value, dict):
+                # Unparseable but non-empty: report it rather than pass it silently.
+                return WeightsReport(match.group("file"), (info,), ())
+            missing = [str(k) for k in value.get("missing keys", value.get("missing_keys", []))]
+            unexpected = [str(k) for k in value.get("unexpected keys", value.get("unexpected_keys", []))]
+            other = {k: v for k, v in value.items() if k not in {"missing keys", "missing_keys",
+                                                               "unexpected keys", "unexpected_keys"}}
+            missing += [f"{k}: {v}" for k, v in other.items()]
+        elif info.startswith("_IncompatibleKeys"):
+            parts = re.match(r"_IncompatibleKeys\(missing_keys=(\[.*?\]), unexpected_keys=(\[.*?\])\)", info)
+            if parts:
+                missing = _string_list(_literal(parts.group(1)))
+                unexpected = _string_list(_literal(parts.group(2)))
+        return WeightsReport(match.group("file"), tuple(missing), tuple(unexpected))
+    return None
+
+
+def lycoris_sd1_problem(lycoris_version: str | None, family: str | None, network_args: list[str] | None = None,
+                        ) -> str | None:
+    """One-line explanation when this lycoris-lora cannot train this family, else None."""
+    if not lycoris_version or family not in {"sd1", "sd2"}:
+        return None
+    major = lycoris_version.split(".", 1)[0]
+    if not major.isdigit() or int(major) < 4:
+        return None
+    if any(str(arg).startswith("preset=") for arg in network_args or []):
+        return None  # a custom preset can avoid the duplicated time-embedding target
+    return (
+        f"lycoris-lora {lycoris_version} crashes on SD1/SD2 under sd-scripts "
+        "('duplicated lora name: lora_unet_time_embedding_linear_1'); "
+        f"fix: pip install '{LYCORIS_PIN}' (or run `python -m kohya_1to2 setup`)"
+    )

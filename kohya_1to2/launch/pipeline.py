@@ -1,0 +1,259 @@
+"""Stage planning and the run of both stages: effective TOMLs, completion records, outcome checks.
+
+Planning is pure over what was read from disk (`StageConfig`); `execute_stage` is the imperative part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+import tomlkit.exceptions
+
+from kohya_1to2 import kohya
+from kohya_1to2.errors import SetupError, TrainingError, UsageError
+from kohya_1to2.fsutil import atomic_write_text, sha256_file
+from kohya_1to2.launch.commands import LAUNCH_DIR, StageCommand, stage_paths
+from kohya_1to2.launch.run import run_child
+from kohya_1to2.launch.substitutions import Capabilities, Substitution, apply_substitutions, plan_substitutions
+
+STAGES = (1, 2)
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One stage's user TOML as read from disk, and what launch derives from it."""
+
+    stage: int
+    train_toml: Path
+    dataset_toml: Path
+    effective_toml: Path
+    text: str
+    flat: dict[str, Any]
+    substitutions: tuple[Substitution, ...]
+
+    @property
+    def final_weights(self) -> Path:
+        path = kohya.final_weights_of(self.flat)
+        if path is None:
+            raise UsageError(
+                f"{self.train_toml}: output_dir is not set", hint="set output_dir in the [saving] section"
+            )
+        return path
+
+    @property
+    def network_weights(self) -> Path | None:
+        value = self.flat.get("network_weights")
+        return Path(value) if value else None
+
+    @property
+    def effective_text(self) -> str:
+        return apply_substitutions(self.text, list(self.substitutions)) if self.substitutions else self.text
+
+
+def read_stage(run_dir: Path, stage: int, caps: Capabilities) -> StageConfig:
+    """Read a stage's TOMLs; a missing or broken file is a one-line error naming it."""
+    train_toml, dataset_toml, effective = stage_paths(run_dir, stage)
+    for path in (train_toml, dataset_toml):
+        if not path.is_file():
+            raise UsageError(f"{path} not found", hint=f"run `python -m kohya_1to2 prepare ... --out {run_dir}` first")
+    text = train_toml.read_text(encoding="utf-8")
+    try:
+        document = tomlkit.parse(text).unwrap()
+    except tomlkit.exceptions.ParseError as exc:
+        raise UsageError(f"{train_toml}: not valid TOML: {exc}", hint="fix the syntax") from None
+    flat = kohya.flatten_training_config(document)
+    subs = tuple(plan_substitutions(flat, caps))
+    return StageConfig(stage, train_toml, dataset_toml, effective, text, flat, subs)
+
+
+def check_stage_chain(stage1: StageConfig, stage2: StageConfig) -> None:
+    """Stage 2 must continue from stage 1's final file with the same network settings."""
+    wanted = stage1.final_weights
+    got = stage2.network_weights
+    if got is None:
+        raise UsageError(
+            f"{stage2.train_toml}: network_weights is not set",
+            hint=f"set network_weights = {json.dumps(str(wanted))} (stage 1's final network)",
+        )
+    if got.expanduser().resolve() != wanted.expanduser().resolve():
+        raise UsageError(
+            f"{stage2.train_toml}: network_weights = {str(got)!r} is not stage 1's final network {str(wanted)!r}",
+            hint="keep output_dir/output_name of stage 1 and network_weights of stage 2 in step",
+        )
+    for key in ("network_module", "network_dim", "network_alpha", "network_args"):
+        if stage1.flat.get(key) != stage2.flat.get(key):
+            raise UsageError(
+                f"{stage2.train_toml}: {key} = {stage2.flat.get(key)!r} differs from stage 1's "
+                f"{stage1.flat.get(key)!r}",
+                hint="stage 2 loads stage 1's network non-strictly; differing settings restart modules from zero",
+            )
+
+
+def strict_error(stage: StageConfig) -> SetupError:
+    listed = "; ".join(sub.describe() for sub in stage.substitutions)
+    return SetupError(
+        f"{stage.train_toml}: this machine needs substitutions: {listed}",
+        hint="run without --strict to accept them, or edit the TOML (see `python -m kohya_1to2 doctor`)",
+    )
+
+
+# ------------------------------------------------------------------ completion records
+
+
+def completion_record_path(run_dir: Path, stage: int) -> Path:
+    return run_dir / LAUNCH_DIR / f"stage{stage}.complete.json"
+
+
+def config_fingerprint(stage: StageConfig) -> str:
+    """A hash of what a stage trains from: effective TOML, dataset TOML, and (stage 2) stage 1's weights."""
+    digest = hashlib.sha256()
+    digest.update(stage.effective_text.encode("utf-8"))
+    digest.update(stage.dataset_toml.read_bytes())
+    weights = stage.network_weights
+    if weights is not None and weights.is_file():
+        digest.update(sha256_file(weights).encode())
+    return digest.hexdigest()
+
+
+def is_complete(run_dir: Path, stage: StageConfig) -> bool:
+    """Complete = final weights present and configs unchanged since the stage finished."""
+    record = completion_record_path(run_dir, stage.stage)
+    if not stage.final_weights.is_file() or not record.is_file():
+        return False
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(data.get("fingerprint") == config_fingerprint(stage))
+
+
+def record_completion(run_dir: Path, stage: StageConfig) -> None:
+    record = {"fingerprint": config_fingerprint(stage), "weights": str(stage.final_weights)}
+    atomic_write_text(completion_record_path(run_dir, stage.stage), json.dumps(record, indent=2) + "\n")
+
+
+def select_stages(stage: int | None, from_stage: int | None) -> tuple[int, ...]:
+    if stage is not None and from_stage is not None:
+        raise UsageError("--stage and --from-stage cannot be combined", hint="use one of them")
+    if stage is not None:
+        return (stage,)
+    return tuple(s for s in STAGES if s >= (from_stage or 1))
+
+
+# ------------------------------------------------------------------ outcome checks
+
+
+def weights_line_check(stage: StageConfig) -> Callable[[str], str | None]:
+    """Stop stage 2 as soon as its weight-loading report lists missing or unexpected keys."""
+
+    def check(line: str) -> str | None:
+        if "load network weights from" not in line:
+            return None
+        report = kohya.parse_weights_report(line)
+        if report is None or report.clean:
+            return None
+        return (
+            f"stage {stage.stage} did not load {report.file} cleanly: "
+            f"{len(report.missing)} missing key(s) {list(report.missing[:3])}, "
+            f"{len(report.unexpected)} unexpected key(s) {list(report.unexpected[:3])}"
+        )
+
+    return check
+
+
+def judge_outcome(stage: StageConfig, returncode: int, stopped: str | None, log_text: str,
+                  tail: list[str], log_path: Path) -> None:
+    """Raise TrainingError unless the stage really trained and wrote its final network."""
+    shown = "\n".join(tail)
+    if stopped:
+        raise TrainingError(
+            f"{stopped}\n{shown}",
+            hint="stage 2 must use the same network_module, network_dim, network_alpha and network_args as stage 1",
+        )
+    if returncode != 0:
+        raise TrainingError(
+            f"stage {stage.stage} failed with exit code {returncode}; last lines of {log_path}:\n{shown}",
+            hint=f"the full output is in {log_path}",
+        )
+    if kohya.NO_DATA_MARKER in log_text:
+        raise TrainingError(
+            f"stage {stage.stage} exited 0 but trained nothing: sd-scripts found no images ({log_path})",
+            hint=f"check the image_dir paths in {stage.dataset_toml}",
+        )
+    if stage.network_weights is not None:
+        report = kohya.parse_weights_report(log_text)
+        if report is None:
+            raise TrainingError(
+                f"stage {stage.stage} never reported loading {stage.network_weights} ({log_path})",
+                hint="check network_weights in the stage's TOML",
+            )
+    if not stage.final_weights.is_file():
+        raise TrainingError(
+            f"stage {stage.stage} exited 0 but wrote no final network {stage.final_weights}; "
+            f"last lines:\n{shown}",
+            hint=f"check output_dir/output_name in {stage.train_toml}; full output in {log_path}",
+        )
+
+
+@dataclass
+class StageResult:
+    stage: int
+    status: str
+    seconds: float = 0.0
+    weights: Path | None = None
+    samples: list[Path] = field(default_factory=list)
+
+
+def sample_images(stage: StageConfig, since: float = 0.0) -> list[Path]:
+    folder = stage.final_weights.parent / "sample"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".webp"}
+                  and p.stat().st_mtime >= since)
+
+
+def write_effective_toml(stage: StageConfig) -> None:
+    atomic_write_text(stage.effective_toml, stage.effective_text)
+
+
+def execute_stage(run_dir: Path, stage: StageConfig, command: StageCommand) -> StageResult:
+    """Run one stage and check its outcome; raises TrainingError / Interrupted."""
+    log_path = run_dir / "logs" / f"stage{stage.stage}.log"
+    header_lines = [f"[kohya-1to2] stage {stage.stage}: {command.shell()}"]
+    header_lines += [f"[kohya-1to2] substitution: {sub.describe()}" for sub in stage.substitutions]
+    started_wall = time.time()
+    started = time.monotonic()
+    result = run_child(
+        command.argv,
+        cwd=command.cwd,
+        env=command.env,
+        log_path=log_path,
+        check=weights_line_check(stage) if stage.network_weights is not None else None,
+        header="\n".join(header_lines) + "\n",
+    )
+    seconds = time.monotonic() - started
+    log_text = log_path.read_text(encoding="utf-8", errors="replace")
+    judge_outcome(stage, result.returncode, result.stopped_because, log_text, result.tail, log_path)
+    record_completion(run_dir, stage)
+    return StageResult(stage.stage, "trained", seconds, stage.final_weights,
+                       sample_images(stage, since=started_wall - 1))
+
+
+def dry_run_text(commands: list[StageCommand]) -> str:
+    """What `--dry-run` prints: each stage's exact command, shell-quoted, and its environment."""
+    lines: list[str] = []
+    for command in commands:
+        lines.append(f"# stage {command.stage}")
+        lines.append(f"cd {shlex.quote(str(command.cwd))}")
+        lines += [f"export {key}={shlex.quote(value)}" for key, value in sorted(command.env.items())]
+        lines.append(shlex.join(command.argv))
+        lines.append("")
+    return "\n".join(lines)

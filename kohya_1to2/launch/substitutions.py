@@ -1,0 +1,158 @@
+"""What `launch` changes in a training TOML so it runs on this machine, made visible (pure functions).
+
+A `store_true` flag set true in the user's TOML cannot be switched off from sd-scripts' command line, so
+launch writes an effective copy (`.1to2/launch/stageN.train.toml`) with each substitution printed and logged;
+`--strict` turns every substitution into an error instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+from pydantic import BaseModel, ConfigDict
+
+# bitsandbytes optimizers and the plain equivalent sd-scripts offers without it
+BNB_OPTIMIZER_FALLBACK: Mapping[str, str] = {
+    "adamw8bit": "AdamW",
+    "pagedadamw8bit": "AdamW",
+    "pagedadamw32bit": "AdamW",
+    "lion8bit": "Lion",
+    "pagedlion8bit": "Lion",
+    "sgdnesterov8bit": "SGDNesterov",
+}
+
+
+class Capabilities(BaseModel):
+    """What this machine can do for training."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cuda: bool
+    xformers: bool
+    bitsandbytes: bool
+
+
+class Substitution(BaseModel):
+    """One visible change from the user's TOML to the effective one."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    old: Any
+    new: Any
+    reason: str
+
+    def describe(self) -> str:
+        new = "(removed)" if self.new is None else repr(self.new)
+        return f"{self.key}: {self.old!r} -> {new} ({self.reason})"
+
+
+def _locate(doc: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
+    """The table holding `key` as sd-scripts sees it (flattened one level: the last occurrence wins)."""
+    found: Mapping[str, Any] | None = doc if key in doc and not isinstance(doc[key], Mapping) else None
+    for value in doc.values():
+        if isinstance(value, Mapping) and key in value:
+            found = value
+    return found
+
+
+def _get(doc: Mapping[str, Any], key: str) -> Any:
+    table = _locate(doc, key)
+    return None if table is None else table[key]
+
+
+def plan_substitutions(flat: Mapping[str, Any], caps: Capabilities) -> list[Substitution]:
+    """The substitutions a flattened training config needs on a machine with `caps`."""
+    subs: list[Substitution] = []
+    if not caps.cuda:
+        mixed = flat.get("mixed_precision")
+        if mixed in ("fp16", "bf16"):
+            subs.append(Substitution(key="mixed_precision", old=mixed, new="no", reason="no CUDA device"))
+            save = flat.get("save_precision")
+            if save in ("fp16", "bf16"):
+                subs.append(
+                    Substitution(key="save_precision", old=save, new="float", reason="mixed precision is off")
+                )
+        for key in ("full_fp16", "full_bf16", "fp8_base"):
+            if flat.get(key) is True:
+                subs.append(Substitution(key=key, old=True, new=None, reason="needs a CUDA device"))
+    if flat.get("xformers") is True and not caps.xformers:
+        reason = "xformers not installed" if caps.cuda else "xformers needs CUDA"
+        subs.append(Substitution(key="xformers", old=True, new=None, reason=reason))
+        if flat.get("sdpa") is not True:
+            subs.append(Substitution(key="sdpa", old=flat.get("sdpa"), new=True, reason="replaces xformers"))
+    optimizer = flat.get("optimizer_type")
+    if isinstance(optimizer, str) and optimizer.lower() in BNB_OPTIMIZER_FALLBACK and not caps.bitsandbytes:
+        subs.append(
+            Substitution(
+                key="optimizer_type",
+                old=optimizer,
+                new=BNB_OPTIMIZER_FALLBACK[optimizer.lower()],
+                reason="no working bitsandbytes (needs CUDA)",
+            )
+        )
+    return subs
+
+
+def apply_substitutions(text: str, subs: list[Substitution]) -> str:
+    """Apply substitutions to a TOML text, keeping its layout and comments (tomlkit round trip)."""
+    doc = tomlkit.parse(text)
+    for sub in subs:
+        table: Any = _locate(doc, sub.key)
+        if sub.new is None:
+            if table is not None:
+                del table[sub.key]
+        elif table is not None:
+            table[sub.key] = sub.new
+        else:
+            doc[sub.key] = sub.new  # a top-level key lands in the flattened namespace too
+    return tomlkit.dumps(doc)
+
+
+def _torch_cuda_build() -> bool:
+    """Whether the installed torch is a CUDA build, read from torch/version.py without importing torch."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
+        return False
+    version_file = Path(spec.origin).parent / "version.py"
+    try:
+        text = version_file.read_text(encoding="utf-8")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("cuda") and "=" in line:
+            return line.split("=", 1)[1].strip() not in ("None", "")
+    return False
+
+
+def _gpu_visible(environ: Mapping[str, str]) -> bool:
+    if environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return (gpus.is_dir() and any(gpus.iterdir())) or Path("/dev/nvidia0").exists()
+
+
+def probe_capabilities(environ: Mapping[str, str] | None = None) -> Capabilities:
+    """A fast probe (< 50 ms, no torch import): `doctor` reports the slow, exact view."""
+    env = os.environ if environ is None else environ
+    cuda = _torch_cuda_build() and _gpu_visible(env)
+    return Capabilities(
+        cuda=cuda,
+        xformers=cuda and importlib.util.find_spec("xformers") is not None,
+        bitsandbytes=cuda and importlib.util.find_spec("bitsandbytes") is not None,
+    )
+
+
+__all__ = [
+    "BNB_OPTIMIZER_FALLBACK",
+    "Capabilities",
+    "Substitution",
+    "apply_substitutions",
+    "plan_substitutions",
+    "probe_capabilities",
+]
