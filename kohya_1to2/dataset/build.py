@@ -1,0 +1,597 @@
+"""Build the stage-2 composite folder: parallel workers, atomic writes, incremental re-runs, a manifest.
+
+Layout (under the run directory):
+  composites/{repeats}_composite/  images + caption files, names `000042_alice__bob.png`
+  manifest.jsonl                   one line per composite: sources, fingerprints, output size and hash
+  preview.png                      contact sheet of the first composites
+  .1to2/composites.journal.jsonl   manifest lines of composites finished by an unfinished build
+
+A re-run trusts an output only if its manifest (or journal) line matches the current plan, the sources'
+size + mtime are unchanged and the file has the recorded size; it then never decodes an image. Encoding is
+deterministic, so a build killed at any point and re-run ends byte-identical to a clean build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import PIL
+from pydantic import BaseModel, ConfigDict, ValidationError
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from kohya_1to2.dataset import captions, compose
+from kohya_1to2.errors import DatasetError, Interrupted, OneToTwoError
+from kohya_1to2.fsutil import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
+from kohya_1to2.models import Character, CompositePlan, CompositeSettings, Job
+
+BUILD_VERSION = "compose-1"
+"""Bump when compose.py's pixels or encoding change: every output is then rebuilt."""
+
+MANIFEST_FILE = "manifest.jsonl"
+PREVIEW_FILE = "preview.png"
+JOURNAL_FILE = Path(".1to2") / "composites.journal.jsonl"
+CHUNK_SIZE = 12
+"""Composites per worker task: small enough for a smooth progress bar and a quick Ctrl-C."""
+SOURCE_GROUP = 8
+"""Sources per scheduling group: a task's composites draw from two groups, so <= 16 distinct sources."""
+CACHE_BYTES = 64 * 1024 * 1024
+"""Per-worker decoded-source cache (about 20 sources of 1000x1000): bounds memory whatever the budget."""
+PREVIEW_ITEMS = 12
+
+
+# ---------------------------------------------------------------- manifest records
+
+
+class SourceRecord(BaseModel):
+    """One side of a composite: the source file, its pixel size and a cheap change fingerprint."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str
+    size: tuple[int, int]
+    fingerprint: str
+
+
+class ManifestEntry(BaseModel):
+    """One line of `manifest.jsonl`. No timestamps: a resumed build writes the same bytes as a clean one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    index: int
+    file: str  # relative to the run directory, posix separators
+    caption: str
+    left: SourceRecord
+    right: SourceRecord
+    size: tuple[int, int]
+    bytes: int
+    sha256: str
+    settings: str
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    subset_dir: Path
+    manifest_path: Path
+    count: int
+    sizes: list[tuple[int, int]]
+    reused: int
+    written: int
+    removed: int
+    preview_path: Path | None = None
+    entries_head: list[ManifestEntry] = field(default_factory=list)
+
+
+def source_fingerprint(path: Path) -> str:
+    """Size + modification time in ns: changes whenever the file is rewritten, costs one stat."""
+    stat = path.stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def settings_fingerprint(settings: CompositeSettings) -> str:
+    """Hash of everything that changes an output's bytes (not budget/seed/captions/repeats)."""
+    relevant = {
+        "build": BUILD_VERSION,
+        "pillow": PIL.__version__,
+        "layout": settings.layout,
+        "background": settings.background,
+        "gap": settings.gap,
+        "format": settings.format,
+        "quality": None if settings.format == "png" else settings.quality,
+        "max_side": settings.max_side,
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def subset_dir_for(run_dir: Path, repeats: int) -> Path:
+    return run_dir / "composites" / f"{repeats}_composite"
+
+
+def owned_file_pattern(caption_extension: str) -> re.Pattern[str]:
+    """Names this build writes (images and captions); anything else in the folder is left alone."""
+    suffixes = "|".join(re.escape("." + ext) for ext in compose.EXTENSIONS.values())
+    return re.compile(rf"^\d{{6,}}_.+__.+(?:{suffixes}|{re.escape(caption_extension)})$")
+
+
+# ---------------------------------------------------------------- scheduling (pure)
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """What a worker needs for one composite: paths only, never pixels."""
+
+    index: int
+    left: str
+    right: str
+    image_path: str
+    caption_path: str
+    caption: str
+
+
+def schedule(
+    items: Sequence[WorkItem], chunk_size: int = CHUNK_SIZE, group: int = SOURCE_GROUP
+) -> list[list[WorkItem]]:
+    """Chunks ordered so composites sharing sources land together and a worker's cache keeps hitting.
+
+    Sources are ranked and cut into groups; composites are sorted by (left group, right group) in a snake
+    order, so each chunk touches at most two groups and consecutive chunks share one of them.
+    """
+    ranks = {path: n for n, path in enumerate(sorted({p for item in items for p in (item.left, item.right)}))}
+
+    def key(item: WorkItem) -> tuple[int, int, int]:
+        left_group, right_group = ranks[item.left] // group, ranks[item.right] // group
+        return (left_group, right_group if left_group % 2 == 0 else -right_group, item.index)
+
+    ordered = sorted(items, key=key)
+    return [ordered[start : start + chunk_size] for start in range(0, len(ordered), chunk_size)]
+
+
+# ---------------------------------------------------------------- worker side
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    background: tuple[int, int, int]
+    gap: int
+    max_side: int | None
+    format: str
+    quality: int
+    cache_bytes: int = CACHE_BYTES
+
+
+ItemResult = tuple[int, tuple[int, int], int, str, tuple[int, int], tuple[int, int]]
+"""(index, output size, output bytes, sha256, left source size, right source size)"""
+
+
+class SourceCache:
+    """Bounded LRU of decoded sources, by bytes of pixels: memory stays flat however many composites."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._bytes = 0
+        self.loads = 0
+
+    def get(self, path: str, loader: Callable[[str], Any]) -> Any:
+        if path in self._items:
+            self._items.move_to_end(path)
+            return self._items[path]
+        value = loader(path)
+        self.loads += 1
+        self._items[path] = value
+        self._bytes += _pixel_bytes(value[0])
+        while self._bytes > self.max_bytes and len(self._items) > 1:
+            _, (evicted, _) = self._items.popitem(last=False)
+            self._bytes -= _pixel_bytes(evicted)
+        return value
+
+
+def _pixel_bytes(image: Any) -> int:
+    return int(image.width * image.height * len(image.getbands()))
+
+
+_worker_config: WorkerConfig | None = None
+_worker_cache: SourceCache | None = None
+_worker_stop: Any = None
+
+
+def _init_worker(config: WorkerConfig, stop: Any = None, ignore_sigint: bool = True) -> None:
+    """Per-process state; SIGINT is left to the parent, which stops workers through `stop`."""
+    global _worker_config, _worker_cache, _worker_stop
+    if ignore_sigint:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker_config, _worker_cache, _worker_stop = config, SourceCache(config.cache_bytes), stop
+
+
+def _load(path: str) -> tuple[Any, tuple[int, int]]:
+    assert _worker_config is not None
+    image = compose.load_source(Path(path), _worker_config.background, _worker_config.max_side)
+    return image, image.info.get(compose.SOURCE_SIZE_KEY, image.size)
+
+
+def _build_one(item: WorkItem) -> ItemResult:
+    assert _worker_config is not None and _worker_cache is not None
+    config = _worker_config
+    left, left_size = _worker_cache.get(item.left, _load)
+    right, right_size = _worker_cache.get(item.right, _load)
+    layout = compose.pair_layout(left.size, right.size, config.gap, config.max_side)
+    image = compose.join(compose.fit(left, layout.left), compose.fit(right, layout.right), layout, config.background)
+    data = compose.encode(image, config.format, config.quality)
+    atomic_write_bytes(Path(item.image_path), data)
+    atomic_write_text(Path(item.caption_path), item.caption + "\n")
+    return (item.index, image.size, len(data), hashlib.sha256(data).hexdigest(), left_size, right_size)
+
+
+def _build_chunk(chunk: list[WorkItem]) -> tuple[list[ItemResult], tuple[str, str | None] | None]:
+    """Build a chunk; stop early if the parent asked; a user-data error is returned, not raised."""
+    results: list[ItemResult] = []
+    for item in chunk:
+        if _worker_stop is not None and _worker_stop.is_set():
+            break
+        try:
+            results.append(_build_one(item))
+        except OneToTwoError as exc:
+            return results, (exc.message, exc.hint)
+    return results, None
+
+
+# ---------------------------------------------------------------- main side
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.1f} composites/s" if speed else "- composites/s", style="progress.data.speed")
+
+
+def _read_lines(path: Path) -> dict[int, ManifestEntry]:
+    """Entries by index from a manifest or journal; torn or foreign lines (after kill -9) are skipped."""
+    found: dict[int, ManifestEntry] = {}
+    if not path.is_file():
+        return found
+    with path.open("rb") as fh:
+        for raw in fh:
+            try:
+                entry = ManifestEntry.model_validate_json(raw)
+            except (ValidationError, ValueError):
+                continue
+            found[entry.index] = entry
+    return found
+
+
+def _default_workers(settings: CompositeSettings) -> int:
+    if settings.workers:
+        return settings.workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _prepare_subset_dir(run_dir: Path, subset: Path, pattern: re.Pattern[str]) -> int:
+    """Move a previous `{k}_composite/` to the new repeats name (outputs stay reusable); clear other ones."""
+    removed = 0
+    composites = subset.parent
+    others = (
+        sorted(p for p in composites.iterdir() if p.is_dir() and p != subset and re.fullmatch(r"\d+_composite", p.name))
+        if composites.is_dir()
+        else []
+    )
+    if others and not subset.exists():
+        others[0].rename(subset)
+        others = others[1:]
+    for old in others:
+        removed += _remove_owned(old, pattern, keep=set())
+        remove_stale_temporaries(old)
+        if not any(old.iterdir()):
+            old.rmdir()
+    subset.mkdir(parents=True, exist_ok=True)
+    return removed
+
+
+def _remove_owned(folder: Path, pattern: re.Pattern[str], keep: set[str]) -> int:
+    """Delete files this build owns that the plan no longer names; return how many images went."""
+    removed = 0
+    for child in folder.iterdir():
+        if child.name not in keep and pattern.match(child.name) and child.is_file():
+            child.unlink()
+            removed += child.suffix.lstrip(".") in compose.EXTENSIONS.values()
+    return removed
+
+
+def _caption_ok(path: Path, caption: str) -> bool:
+    try:
+        return path.stat().st_size == len((caption + "\n").encode("utf-8"))
+    except FileNotFoundError:
+        return False
+
+
+def build_composites(
+    plans: Sequence[CompositePlan],
+    characters: Sequence[Character],
+    job: Job,
+    run_dir: Path,
+    *,
+    force: bool = False,
+    console: Console | None = None,
+    workers: int | None = None,
+    cache_bytes: int = CACHE_BYTES,
+) -> BuildResult:
+    """Make `run_dir/composites/{repeats}_composite/` match `plans`, reusing what is still valid."""
+    settings = job.composites
+    run_dir = run_dir.resolve()
+    subset = subset_dir_for(run_dir, settings.repeats)
+    caption_ext = job.sources.caption_extension
+    pattern = owned_file_pattern(caption_ext)
+    manifest_path = run_dir / MANIFEST_FILE
+    journal_path = run_dir / JOURNAL_FILE
+    settings_id = settings_fingerprint(settings)
+    by_name = {c.name: c for c in characters}
+
+    removed = _prepare_subset_dir(run_dir, subset, pattern)
+    remove_stale_temporaries(subset)
+    remove_stale_temporaries(run_dir)
+
+    candidates: dict[int, ManifestEntry] = {}
+    if force:
+        journal_path.unlink(missing_ok=True)
+    else:
+        candidates = _read_lines(manifest_path)
+        candidates.update(_read_lines(journal_path))
+
+    fingerprints: dict[Path, str] = {}
+
+    def fingerprint(path: Path) -> str:
+        if path not in fingerprints:
+            try:
+                fingerprints[path] = source_fingerprint(path)
+            except FileNotFoundError as exc:
+                raise DatasetError(
+                    f"source image {path} disappeared during prepare", hint="re-run prepare"
+                ) from exc
+        return fingerprints[path]
+
+    lines: list[str | None] = [None] * len(plans)
+    sizes: list[tuple[int, int]] = [(0, 0)] * len(plans)
+    to_build: list[WorkItem] = []
+    expected_names: set[str] = set()
+    reused = 0
+    preview_stale = False
+
+    for position, plan in enumerate(plans):
+        if plan.index != position:
+            raise ValueError(f"plans must be in index order; plan {plan.index} at position {position}")
+        try:
+            left, right = by_name[plan.left.character], by_name[plan.right.character]
+        except KeyError as exc:
+            raise DatasetError(f"composite {plan.index} names an unknown character {exc.args[0]!r}") from exc
+        name = compose.composite_name(plan.index, left.name, right.name, settings.format)
+        caption_name = Path(name).with_suffix(caption_ext).name
+        expected_names.update((name, caption_name))
+        caption = captions.composite_caption(left, right, plan.left, plan.right, settings.captions)
+        rel_file = f"{subset.relative_to(run_dir).as_posix()}/{name}"
+        old = candidates.get(plan.index)
+        if (
+            old is not None
+            and Path(old.file).name == name
+            and old.settings == settings_id
+            and old.left.path == str(plan.left.path)
+            and old.right.path == str(plan.right.path)
+            and old.left.fingerprint == fingerprint(plan.left.path)
+            and old.right.fingerprint == fingerprint(plan.right.path)
+            and (subset / name).is_file()
+            and (subset / name).stat().st_size == old.bytes
+        ):
+            entry = old
+            if old.caption != caption or old.file != rel_file or not _caption_ok(subset / caption_name, caption):
+                atomic_write_text(subset / caption_name, caption + "\n")
+                entry = old.model_copy(update={"caption": caption, "file": rel_file})
+                preview_stale |= plan.index < PREVIEW_ITEMS
+            lines[position] = entry.model_dump_json()
+            sizes[position] = entry.size
+            reused += 1
+            continue
+        preview_stale |= plan.index < PREVIEW_ITEMS
+        to_build.append(
+            WorkItem(
+                index=plan.index,
+                left=str(plan.left.path),
+                right=str(plan.right.path),
+                image_path=str(subset / name),
+                caption_path=str(subset / caption_name),
+                caption=caption,
+            )
+        )
+    del candidates
+
+    removed += _remove_owned(subset, pattern, keep=expected_names)
+
+    if to_build:
+        journal_path.parent.mkdir(parents=True, exist_ok=True)
+        with journal_path.open("a", encoding="utf-8") as journal:
+
+            def record(results: Iterable[ItemResult]) -> int:
+                done = 0
+                for index, size, nbytes, digest, left_size, right_size in results:
+                    plan = plans[index]
+                    entry = ManifestEntry(
+                        index=index,
+                        file=f"{subset.relative_to(run_dir).as_posix()}/{Path(items_by_index[index].image_path).name}",
+                        caption=items_by_index[index].caption,
+                        left=SourceRecord(path=str(plan.left.path), size=left_size,
+                                          fingerprint=fingerprint(plan.left.path)),
+                        right=SourceRecord(path=str(plan.right.path), size=right_size,
+                                           fingerprint=fingerprint(plan.right.path)),
+                        size=size,
+                        bytes=nbytes,
+                        sha256=digest,
+                        settings=settings_id,
+                    )
+                    line = entry.model_dump_json()
+                    journal.write(line + "\n")
+                    lines[index] = line
+                    sizes[index] = size
+                    done += 1
+                journal.flush()
+                return done
+
+            items_by_index = {item.index: item for item in to_build}
+            config = WorkerConfig(
+                background=settings.background_rgb,
+                gap=settings.gap,
+                max_side=settings.max_side,
+                format=settings.format,
+                quality=settings.quality,
+                cache_bytes=cache_bytes,
+            )
+            _run_work(to_build, config, workers or _default_workers(settings), record, console, reused, len(plans))
+
+    atomic_write_text(manifest_path, "".join(line + "\n" for line in lines if line is not None))
+    journal_path.unlink(missing_ok=True)
+
+    head = [ManifestEntry.model_validate_json(line) for line in lines[:PREVIEW_ITEMS] if line is not None]
+    preview_path = run_dir / PREVIEW_FILE
+    if head and (preview_stale or force or not preview_path.is_file()):
+        from kohya_1to2.dataset.preview import contact_sheet
+
+        contact_sheet(head, preview_path, max_items=PREVIEW_ITEMS)
+    return BuildResult(
+        subset_dir=subset,
+        manifest_path=manifest_path,
+        count=len(plans),
+        sizes=sizes,
+        reused=reused,
+        written=len(to_build),
+        removed=removed,
+        preview_path=preview_path if head else None,
+        entries_head=head,
+    )
+
+
+def _run_work(
+    items: list[WorkItem],
+    config: WorkerConfig,
+    workers: int,
+    record: Callable[[Iterable[ItemResult]], int],
+    console: Console | None,
+    already: int,
+    total: int,
+) -> None:
+    """Run the chunks in-process (one worker or a tiny job) or on a process pool, with a progress bar."""
+    chunks = schedule(items)
+    progress = Progress(
+        TextColumn("composites"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=console is None,
+        transient=False,
+    )
+    error: tuple[str, str | None] | None = None
+    with progress:
+        task = progress.add_task("build", total=total, completed=already)
+        if workers <= 1 or len(chunks) <= 2:
+            _init_worker(config, None, ignore_sigint=False)
+            try:
+                for chunk in chunks:
+                    results, error = _build_chunk(chunk)
+                    progress.advance(task, record(results))
+                    if error:
+                        break
+            except KeyboardInterrupt:
+                raise _interrupted() from None
+        else:
+            error = _run_pool(chunks, config, workers, record, lambda n: progress.advance(task, n))
+    if error:
+        raise DatasetError(error[0], hint=error[1])
+
+
+def _run_pool(
+    chunks: list[list[WorkItem]],
+    config: WorkerConfig,
+    workers: int,
+    record: Callable[[Iterable[ItemResult]], int],
+    advance: Callable[[int], None],
+) -> tuple[str, str | None] | None:
+    import multiprocessing
+
+    # spawn: no fork of a process that runs a progress-bar thread; workers import only PIL + this module.
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    executor = ProcessPoolExecutor(
+        max_workers=min(workers, len(chunks)), mp_context=context, initializer=_init_worker, initargs=(config, stop)
+    )
+    error: tuple[str, str | None] | None = None
+    pending: set[Future[Any]] = set()
+    try:
+        # Keep a bounded window of tasks in flight so memory does not grow with the number of chunks.
+        queue = iter(chunks)
+        window = workers * 4
+        for chunk in queue:
+            pending.add(executor.submit(_build_chunk, chunk))
+            if len(pending) >= window:
+                break
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                results, chunk_error = future.result()
+                advance(record(results))
+                error = error or chunk_error
+            if error:
+                stop.set()
+                continue
+            for chunk in queue:
+                pending.add(executor.submit(_build_chunk, chunk))
+                if len(pending) >= window:
+                    break
+    except KeyboardInterrupt:
+        stop.set()
+        for future in pending:
+            future.cancel()
+        # Running chunks stop after their current composite; keep what they finished.
+        for future in pending:
+            if not future.cancelled():
+                try:
+                    results, _ = future.result()
+                    record(results)
+                except Exception:
+                    pass
+        executor.shutdown(wait=True, cancel_futures=True)
+        raise _interrupted() from None
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+    return error
+
+
+def _interrupted() -> Interrupted:
+    return Interrupted(
+        "composite build interrupted; finished composites are kept",
+        hint="re-run the same prepare command to continue where it stopped",
+    )
+
+
+def read_manifest(run_dir: Path) -> list[ManifestEntry]:
+    """The manifest of a built run directory, in index order."""
+    entries = _read_lines(run_dir / MANIFEST_FILE)
+    return [entries[index] for index in sorted(entries)]

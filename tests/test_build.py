@@ -1,0 +1,335 @@
+"""build.py: layout, manifest, atomic + incremental writes, stale removal, --force, kill -9 recovery."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from kohya_1to2.dataset import build, compose
+from kohya_1to2.dataset.pairing import plan_pairs
+from kohya_1to2.errors import DatasetError
+from kohya_1to2.fsutil import TMP_PREFIX
+from kohya_1to2.models import Character, CompositeSettings, Job, SourceImage, SourceSettings
+
+COLOURS = [(220, 60, 60), (60, 120, 220), (60, 180, 90), (200, 160, 40)]
+
+
+def make_sources(root: Path, counts: dict[str, int], size: tuple[int, int] = (48, 64)) -> Path:
+    """`N_name/` folders of small distinct images (caption files are not needed by the build)."""
+    for n, (name, count) in enumerate(counts.items()):
+        folder = root / f"1_{name}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            image = Image.new("RGB", (size[0] + 8 * i, size[1]), COLOURS[n % len(COLOURS)])
+            image.paste((i * 40 % 256, 255 - i * 30 % 256, 128), (2, 2, 2 + size[0] // 3, 2 + size[1] // 3))
+            image.save(folder / f"{name}_{i:02d}.png")
+    return root
+
+
+def characters_from(root: Path) -> list[Character]:
+    characters = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        name = folder.name.split("_", 1)[1]
+        images = tuple(
+            SourceImage(path=path, character=name, tags=(name, f"tag_{path.stem}", "1girl"))
+            for path in sorted(folder.glob("*.png"))
+        )
+        characters.append(Character(name=name, trigger=name, repeats=1, folder=folder, images=images))
+    return characters
+
+
+def make_job(src: Path, out: Path, **composites: object) -> Job:
+    return Job(out=out, sources=SourceSettings(roots=[src]), composites=CompositeSettings(**composites))  # type: ignore[arg-type]
+
+
+def run_build(src: Path, out: Path, budget: int = 8, force: bool = False, **composites: object) -> build.BuildResult:
+    characters = characters_from(src)
+    composites.setdefault("workers", 1)
+    job = make_job(src, out, budget=budget, **composites)
+    plans = plan_pairs(characters, budget, job.composites.seed)
+    return build.build_composites(plans, characters, job, out, force=force)
+
+
+def tree_hashes(run_dir: Path) -> dict[str, str]:
+    """Every file of a run directory's build outputs -> sha256 (manifest, composites, captions, preview)."""
+    files = [run_dir / build.MANIFEST_FILE, run_dir / build.PREVIEW_FILE, *sorted((run_dir / "composites").rglob("*"))]
+    return {
+        path.relative_to(run_dir).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in files
+        if path.is_file()
+    }
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    return make_sources(tmp_path / "src", {"alice": 3, "bob": 3, "carol": 2})
+
+
+def test_first_build_writes_images_captions_manifest_and_preview(src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = run_build(src, out, budget=8)
+    assert (result.count, result.written, result.reused, result.removed) == (8, 8, 0, 0)
+    assert result.subset_dir == out / "composites" / "1_composite"
+    images = sorted(result.subset_dir.glob("*.png"))
+    assert len(images) == 8
+    entries = build.read_manifest(out)
+    assert [e.index for e in entries] == list(range(8))
+    for entry, size in zip(entries, result.sizes, strict=True):
+        image_path = out / entry.file
+        data = image_path.read_bytes()
+        assert entry.sha256 == hashlib.sha256(data).hexdigest() and entry.bytes == len(data)
+        with Image.open(image_path) as image:
+            assert image.size == tuple(entry.size) == size
+        caption = image_path.with_suffix(".txt").read_text(encoding="utf-8")
+        assert caption == entry.caption + "\n"
+        left_name, right_name = image_path.stem.split("_", 1)[1].split("__")
+        assert caption.startswith(f"{left_name}/{right_name}/COMPOSITE, ")
+        assert entry.left.fingerprint == build.source_fingerprint(Path(entry.left.path))
+        assert Path(entry.left.path).parent.name.endswith(left_name)
+    assert (out / build.PREVIEW_FILE).is_file()
+    assert not list(out.rglob(TMP_PREFIX + "*"))
+    assert not (out / build.JOURNAL_FILE).exists()
+
+
+def test_manifest_records_only_reproducible_fields(src: Path, tmp_path: Path) -> None:
+    run_build(src, tmp_path / "run")
+    line = json.loads((tmp_path / "run" / build.MANIFEST_FILE).read_text().splitlines()[0])
+    assert set(line) == {"index", "file", "caption", "left", "right", "size", "bytes", "sha256", "settings"}
+    assert not Path(line["file"]).is_absolute()
+    assert set(line["left"]) == {"path", "size", "fingerprint"}
+
+
+def test_rerun_reuses_everything_without_decoding(src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "run"
+    run_build(src, out)
+    before = tree_hashes(out)
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != build.MANIFEST_FILE}
+
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a re-run must not decode images")
+
+    monkeypatch.setattr(compose, "load_source", no_decoding)
+    monkeypatch.setattr(Image, "open", no_decoding)
+    monkeypatch.setattr(build, "ProcessPoolExecutor", no_decoding)
+    result = run_build(src, out)
+    assert (result.reused, result.written, result.removed) == (8, 0, 0)
+    assert tree_hashes(out) == before
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # nothing rewritten
+    assert result.sizes == [tuple(e.size) for e in build.read_manifest(out)]
+
+
+def test_changed_source_rebuilds_only_its_composites(src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run_build(src, out)
+    changed = src / "1_alice" / "alice_00.png"
+    Image.new("RGB", (48, 64), (0, 0, 0)).save(changed)
+    os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
+    users = [e.index for e in build.read_manifest(out) if str(changed) in (e.left.path, e.right.path)]
+    assert users
+    result = run_build(src, out)
+    assert result.written == len(users) and result.reused == 8 - len(users)
+    clean = run_build(src, tmp_path / "clean")
+    assert clean.written == 8
+    assert tree_hashes(out) == tree_hashes(tmp_path / "clean")
+
+
+def test_deleted_or_truncated_output_is_rebuilt(src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = run_build(src, out)
+    images = sorted(first.subset_dir.glob("*.png"))
+    images[0].unlink()
+    images[1].write_bytes(images[1].read_bytes()[:20])
+    result = run_build(src, out)
+    assert (result.written, result.reused) == (2, 6)
+    run_build(src, tmp_path / "clean")
+    assert tree_hashes(out) == tree_hashes(tmp_path / "clean")
+
+
+def test_caption_rule_change_rewrites_captions_only(src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run_build(src, out)
+    images_before = {p.name: p.read_bytes() for p in (out / "composites" / "1_composite").glob("*.png")}
+    characters = characters_from(src)
+    job = Job(
+        out=out,
+        sources=SourceSettings(roots=[src]),
+        composites=CompositeSettings(budget=8, workers=1, captions={"composite_tag": "PAIR"}),  # type: ignore[arg-type]
+    )
+    result = build.build_composites(plan_pairs(characters, 8, 0), characters, job, out, force=False)
+    assert (result.written, result.reused) == (0, 8)
+    for entry in build.read_manifest(out):
+        assert "/PAIR, " in entry.caption
+        assert (out / entry.file).with_suffix(".txt").read_text(encoding="utf-8") == entry.caption + "\n"
+    assert {p.name: p.read_bytes() for p in result.subset_dir.glob("*.png")} == images_before
+
+
+def test_smaller_budget_removes_stale_outputs_but_not_foreign_files(src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = run_build(src, out, budget=10)
+    foreign = first.subset_dir / "notes.txt"
+    foreign.write_text("mine")
+    (first.subset_dir / f"{TMP_PREFIX}abc.png").write_bytes(b"partial")
+    old_names = {Path(e.file).name for e in build.read_manifest(out)}
+    old_keys = {(e.file, e.left.path, e.right.path) for e in build.read_manifest(out)}
+    result = run_build(src, out, budget=6)
+    new_names = {Path(e.file).name for e in build.read_manifest(out)}
+    assert result.count == 6 and len(new_names) == 6
+    assert result.removed == len(old_names - new_names) > 0
+    assert result.reused == len(old_keys & {(e.file, e.left.path, e.right.path) for e in build.read_manifest(out)})
+    assert sorted(p.name for p in result.subset_dir.glob("*.png")) == sorted(
+        Path(e.file).name for e in build.read_manifest(out)
+    )
+    assert len(list(result.subset_dir.glob("0*.txt"))) == 6
+    assert foreign.read_text() == "mine"
+    assert not list(result.subset_dir.glob(TMP_PREFIX + "*"))
+
+
+def test_format_change_replaces_outputs(src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run_build(src, out)
+    result = run_build(src, out, format="jpg", quality=80)
+    assert result.written == 8 and result.removed == 8
+    assert not list(result.subset_dir.glob("*.png")) and len(list(result.subset_dir.glob("*.jpg"))) == 8
+
+
+def test_repeats_change_moves_the_subset_folder_and_reuses(src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run_build(src, out)
+    result = run_build(src, out, repeats=3)
+    assert result.subset_dir.name == "3_composite" and result.reused == 8
+    assert not (out / "composites" / "1_composite").exists()
+    assert all(e.file.startswith("composites/3_composite/") for e in build.read_manifest(out))
+
+
+def test_force_rebuilds_everything_identically(src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run_build(src, out)
+    before = tree_hashes(out)
+    result = run_build(src, out, force=True)
+    assert (result.written, result.reused) == (8, 0)
+    assert tree_hashes(out) == before
+
+
+def test_process_pool_gives_the_same_bytes_as_in_process(tmp_path: Path) -> None:
+    src = make_sources(tmp_path / "src", {"a": 4, "b": 4, "c": 4})
+    serial = run_build(src, tmp_path / "serial", budget=40, workers=1)
+    pooled = run_build(src, tmp_path / "pooled", budget=40, workers=2)
+    assert serial.written == pooled.written == 40
+    assert tree_hashes(tmp_path / "serial") == tree_hashes(tmp_path / "pooled")
+
+
+def test_corrupt_source_is_reported_and_finished_work_is_kept(src: Path, tmp_path: Path) -> None:
+    (src / "1_carol" / "carol_01.png").write_bytes(b"garbage")
+    out = tmp_path / "run"
+    with pytest.raises(DatasetError, match=r"carol_01\.png"):
+        run_build(src, out)
+    assert not list(out.rglob(TMP_PREFIX + "*"))
+    assert not (out / build.MANIFEST_FILE).exists()
+
+
+def test_schedule_groups_shared_sources() -> None:
+    items = [
+        build.WorkItem(index=i, left=f"s{i % 32:02d}", right=f"s{(i * 7 + 3) % 32:02d}", image_path="", caption_path="",
+                       caption="")
+        for i in range(400)
+    ]
+    chunks = build.schedule(items, chunk_size=12, group=8)
+    assert sorted(item.index for chunk in chunks for item in chunk) == list(range(400))
+    for chunk in chunks:
+        assert len({p for item in chunk for p in (item.left, item.right)}) <= 16
+
+
+def test_source_cache_is_bounded_by_bytes() -> None:
+    cache = build.SourceCache(max_bytes=3 * 10 * 10 * 3)
+    loads: list[str] = []
+
+    def loader(key: str) -> tuple[Image.Image, tuple[int, int]]:
+        loads.append(key)
+        return Image.new("RGB", (10, 10)), (10, 10)
+
+    for key in ["a", "b", "c", "a", "d", "a", "b"]:
+        cache.get(key, loader)
+    assert loads == ["a", "b", "c", "d", "b"]  # "a" kept hot; "b" evicted by "d"
+
+
+# ---------------------------------------------------------------- kill -9 at any point
+
+CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    sys.path.insert(0, {tests!r})
+    import test_build as t
+    from kohya_1to2.dataset import build
+    kill_at, phase, workers = {kill_at!r}, {phase!r}, {workers!r}
+    calls = {{"n": 0}}
+    if phase:
+        import kohya_1to2.fsutil as fsutil
+        real_bytes, real_text = build.atomic_write_bytes, build.atomic_write_text
+        def die_maybe(final, data, real):
+            calls["n"] += 1
+            if calls["n"] == kill_at and phase == "mid-write":
+                tmp = final.with_name(fsutil.TMP_PREFIX + "x" + final.suffix)
+                raw = data.encode() if isinstance(data, str) else data
+                tmp.write_bytes(raw[: len(raw) // 2])
+                os.kill(os.getpid(), signal.SIGKILL)
+            real(final, data)
+            if calls["n"] == kill_at and phase == "after-write":
+                os.kill(os.getpid(), signal.SIGKILL)
+        build.atomic_write_bytes = lambda final, data: die_maybe(final, data, real_bytes)
+        build.atomic_write_text = lambda final, text: die_maybe(final, text, real_text)
+    t.run_build(Path({src!r}), Path({out!r}), budget={budget!r}, workers=workers)
+    """
+)
+
+
+def _run_child(src: Path, out: Path, budget: int, kill_at: int, phase: str, workers: int) -> subprocess.Popen[bytes]:
+    script = CHILD.format(tests=str(Path(__file__).parent), src=str(src), out=str(out), budget=budget,
+                          kill_at=kill_at, phase=phase, workers=workers)
+    return subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+
+
+@pytest.mark.parametrize(
+    ("kill_at", "phase"), [(1, "mid-write"), (4, "after-write"), (7, "mid-write"), (9, "after-write")]
+)
+def test_kill_9_at_a_write_then_rerun_equals_a_clean_build(src: Path, tmp_path: Path, kill_at: int, phase: str) -> None:
+    out, clean = tmp_path / "run", tmp_path / "clean"
+    child = _run_child(src, out, 8, kill_at, phase, workers=1)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == -signal.SIGKILL, err.decode()
+    result = run_build(src, out)
+    assert result.reused + result.written == 8
+    run_build(src, clean)
+    assert tree_hashes(out) == tree_hashes(clean)
+    assert not list(out.rglob(TMP_PREFIX + "*"))
+
+
+def test_kill_9_of_a_pooled_build_mid_way_then_rerun_equals_a_clean_build(tmp_path: Path) -> None:
+    src = make_sources(tmp_path / "src", {"a": 5, "b": 5, "c": 5}, size=(160, 200))
+    out, clean = tmp_path / "run", tmp_path / "clean"
+    child = _run_child(src, out, 300, kill_at=0, phase="", workers=2)
+    subset = out / "composites" / "1_composite"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(subset.glob("*.png"))) < 20 and child.poll() is None:
+        time.sleep(0.02)
+    if child.poll() is not None:
+        pytest.fail(f"the build finished before it could be killed: {child.communicate()[1].decode()[-500:]}")
+    os.killpg(child.pid, signal.SIGKILL)  # the parent and its workers, like a crash or an OOM kill
+    child.communicate()
+    assert not (out / build.MANIFEST_FILE).exists()
+    resumed = run_build(src, out, budget=300, workers=2)
+    assert resumed.reused > 0 and resumed.reused + resumed.written == 300
+    run_build(src, clean, budget=300, workers=2)
+    assert tree_hashes(out) == tree_hashes(clean)
