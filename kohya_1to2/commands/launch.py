@@ -141,7 +141,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         if stage.substitutions and args.strict:
             raise strict_error(stage)
         for sub in stage.substitutions:
-            console.print(Text(f"stage {number}: substitution: {sub.describe()}", style="yellow"))
+            console.print(Text(f"stage {number}: substitution: {sub.describe()}", style="yellow"), soft_wrap=True)
         write_effective_toml(stage)
     commands = {n: stage_command(args, run_dir, sd_scripts, family, stages[n], caps) for n in selected}
     if args.dry_run:

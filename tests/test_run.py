@@ -1,0 +1,312 @@
+"""The stage runner and the launch chain, against a fake sd-scripts (fast, no torch).
+
+A stand-in `accelerate.commands.launch` on PYTHONPATH runs the script directly, and a fake
+`train_network.py` behaves as told by FAKE_MODE: train, fail, find no data, report bad keys, or hang.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from kohya_1to2.cli import main
+from kohya_1to2.launch.run import run_child
+
+FAKE_ACCELERATE = """\
+import runpy, sys
+args = sys.argv[1:]
+i = next(n for n, a in enumerate(args) if a.endswith(".py"))
+sys.argv = args[i:]
+runpy.run_path(args[i], run_name="__main__")
+"""
+
+FAKE_TRAIN = """\
+import os, subprocess, sys, time, toml
+args = sys.argv
+cfg = {}
+for table in toml.load(args[args.index("--config_file") + 1]).values():
+    cfg.update(table)
+mode = os.environ.get("FAKE_MODE", "ok")
+stage = 2 if cfg.get("network_weights") else 1
+print(f"fake training stage {stage}", flush=True)
+if stage == 2:
+    report = "{'missing keys': ['lora_unet_x.hada_w1_a']}" if mode == "badkeys" else "{}"
+    print(f"load network weights from {cfg['network_weights']}: {report}", flush=True)
+if mode == "badkeys":
+    time.sleep(60)
+if mode == "fail" or (mode == "fail2" and stage == 2):
+    for i in range(40):
+        print(f"line {i}")
+    print("RuntimeError: boom", flush=True)
+    sys.exit(1)
+if mode == "nodata":
+    print("No data found. Please verify arguments", flush=True)
+    sys.exit(0)
+if mode == "noweights":
+    sys.exit(0)
+if mode == "hang":
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    with open(os.environ["FAKE_PIDFILE"], "w") as fh:
+        fh.write(str(child.pid))
+    print("steps:  0%|", flush=True)
+    time.sleep(300)
+out = os.path.join(cfg["output_dir"], cfg["output_name"] + ".safetensors")
+os.makedirs(os.path.join(cfg["output_dir"], "sample"), exist_ok=True)
+with open(out, "w") as fh:
+    fh.write(f"weights of stage {stage} via {os.path.basename(args[args.index('--config_file') + 1])}")
+with open(os.path.join(cfg["output_dir"], "sample", "s.png"), "w") as fh:
+    fh.write("png")
+with open(os.path.join(os.path.dirname(cfg["output_dir"]), "calls.txt"), "a") as fh:
+    fh.write(f"{stage}\\n")
+"""
+
+DRIVER = """\
+import sys
+from pathlib import Path
+import kohya_1to2.commands.launch as launch
+launch.require_sd_scripts = lambda path: Path(path)
+from kohya_1to2.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def q(path: Path) -> str:
+    return json.dumps(str(path))
+
+
+@pytest.fixture
+def fake_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fake sd-scripts dir; the fake accelerate goes first on the child's PYTHONPATH."""
+    shim = tmp_path / "shim" / "accelerate" / "commands"
+    shim.mkdir(parents=True)
+    (shim.parent / "__init__.py").write_text("")
+    (shim / "__init__.py").write_text("")
+    (shim / "launch.py").write_text(FAKE_ACCELERATE)
+    sd = tmp_path / "sd-scripts"
+    sd.mkdir()
+    (sd / "train_network.py").write_text(FAKE_TRAIN)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "shim"))
+    monkeypatch.setattr("kohya_1to2.commands.launch.require_sd_scripts", lambda path: Path(path))
+    return sd
+
+
+def make_run(run: Path) -> Path:
+    for stage in (1, 2):
+        (run / f"stage{stage}.dataset.toml").parent.mkdir(parents=True, exist_ok=True)
+        (run / f"stage{stage}.dataset.toml").write_text("[general]\n", encoding="utf-8")
+        name = "net_stage1" if stage == 1 else "net"
+        weights = run / "output" / "stage1" / "net_stage1.safetensors"
+        (run / f"stage{stage}.train.toml").write_text(
+            '[network]\nnetwork_module = "lycoris.kohya"\nnetwork_dim = 8\n'
+            + (f"network_weights = {q(weights)}\n" if stage == 2 else "")
+            + f'[saving]\noutput_dir = {q(run / "output" / f"stage{stage}")}\noutput_name = "{name}"\n'
+            + '[training]\nmixed_precision = "no"\n',
+            encoding="utf-8",
+        )
+    return run
+
+
+def launch(run: Path, sd: Path, *extra: str) -> int:
+    return main(["launch", str(run), "--sd-scripts", str(sd), *extra])
+
+
+def calls(run: Path) -> list[str]:
+    path = run / "output" / "calls.txt"
+    return path.read_text().split() if path.exists() else []
+
+
+def test_both_stages_run_in_order_and_a_rerun_skips_them(fake_env: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run(tmp_path / "run")
+    assert launch(run, fake_env) == 0
+    assert calls(run) == ["1", "2"]
+    assert (run / "output" / "stage2" / "net.safetensors").read_text().endswith("stage2.train.toml")
+    assert "fake training stage 2" in (run / "logs" / "stage2.log").read_text()
+    out = capsys.readouterr().out
+    assert "summary" in out and "s.png" in out
+    assert launch(run, fake_env) == 0
+    assert calls(run) == ["1", "2"], "completed, unchanged stages are skipped"
+    assert launch(run, fake_env, "--force", "--stage", "2") == 0
+    assert calls(run) == ["1", "2", "2"]
+
+
+def test_an_edited_config_reruns_its_stage(fake_env: Path, tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run")
+    assert launch(run, fake_env) == 0
+    toml2 = run / "stage2.train.toml"
+    toml2.write_text(toml2.read_text() + "learning_rate = 0.001\n")
+    assert launch(run, fake_env) == 0
+    assert calls(run) == ["1", "2", "2"]
+
+
+def test_failure_of_stage_1_stops_the_chain_with_the_log_tail(
+    fake_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = make_run(tmp_path / "run")
+    monkeypatch.setenv("FAKE_MODE", "fail")
+    assert launch(run, fake_env) == 6
+    err = capsys.readouterr().err
+    assert "RuntimeError: boom" in err and "line 39" in err
+    assert "line 9\n" not in err, "only the last 30 lines are shown"
+    assert not (run / "logs" / "stage2.log").exists(), "stage 2 never started"
+
+
+def test_exit_0_with_no_data_is_a_failure(fake_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run(tmp_path / "run")
+    monkeypatch.setenv("FAKE_MODE", "nodata")
+    assert launch(run, fake_env) == 6
+    assert "trained nothing" in capsys.readouterr().err
+
+
+def test_exit_0_without_final_weights_is_a_failure(fake_env: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run(tmp_path / "run")
+    monkeypatch.setenv("FAKE_MODE", "noweights")
+    assert launch(run, fake_env) == 6
+    assert "wrote no final network" in capsys.readouterr().err
+
+
+def test_stage_2_with_missing_keys_is_stopped_at_once(fake_env: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run(tmp_path / "run")
+    assert launch(run, fake_env, "--stage", "1") == 0
+    monkeypatch.setenv("FAKE_MODE", "badkeys")
+    started = time.monotonic()
+    assert launch(run, fake_env, "--stage", "2") == 6
+    assert time.monotonic() - started < 30, "the child was stopped instead of training on"
+    assert "1 missing key(s)" in capsys.readouterr().err
+
+
+def test_stage_2_refuses_to_start_without_stage_1_weights(fake_env: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run(tmp_path / "run")
+    assert launch(run, fake_env, "--stage", "2") == 5
+    assert "does not exist" in capsys.readouterr().err
+    assert calls(run) == []
+
+
+def test_stage_2_must_continue_from_stage_1(fake_env: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run(tmp_path / "run")
+    toml2 = run / "stage2.train.toml"
+    toml2.write_text(toml2.read_text().replace("network_dim = 8", "network_dim = 16"))
+    assert launch(run, fake_env) == 2
+    assert "network_dim" in capsys.readouterr().err
+    assert calls(run) == []
+
+
+def test_odd_paths_survive_toml_and_argv(fake_env: Path, tmp_path: Path) -> None:
+    run = make_run(tmp_path / "runs 'o\"dd' ünï")
+    assert launch(run, fake_env) == 0
+    assert (run / "output" / "stage2" / "net.safetensors").is_file()
+
+
+def test_dry_run_prints_commands_and_runs_nothing(fake_env: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run(tmp_path / "run")
+    assert launch(run, fake_env, "--dry-run", "--num-cpu-threads-per-process", "2") == 0
+    out = capsys.readouterr().out
+    assert out.count("accelerate.commands.launch") == 2
+    assert "--num_cpu_threads_per_process 2" in out and "HF_HUB_OFFLINE=1" in out
+    assert calls(run) == [] and not (run / "logs").exists()
+
+
+def test_strict_refuses_substitutions(fake_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("kohya_1to2.commands.launch.probe_capabilities",
+                        lambda: __import__("kohya_1to2.launch.substitutions", fromlist=["x"]).Capabilities(
+                            cuda=False, xformers=False, bitsandbytes=False))
+    run = make_run(tmp_path / "run")
+    toml1 = run / "stage1.train.toml"
+    toml1.write_text(toml1.read_text().replace('mixed_precision = "no"', 'mixed_precision = "bf16"'))
+    assert launch(run, fake_env, "--strict") == 5
+    assert "mixed_precision" in capsys.readouterr().err
+    assert launch(run, fake_env, "--stage", "1") == 0
+    effective = (run / ".1to2" / "launch" / "stage1.train.toml").read_text()
+    assert 'mixed_precision = "no"' in effective
+    assert "substitution: mixed_precision" in (run / "logs" / "stage1.log").read_text()
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="checks /proc for leftover processes")
+def test_sigint_during_a_stage_leaves_no_child(fake_env: Path, tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run")
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    pidfile = tmp_path / "grandchild.pid"
+    env = {**os.environ, "FAKE_MODE": "hang", "FAKE_PIDFILE": str(pidfile)}
+    wrapper = subprocess.Popen([sys.executable, str(driver), "launch", str(run), "--sd-scripts", str(fake_env)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not pidfile.exists() or not pidfile.read_text():
+        assert time.monotonic() < deadline, "the fake stage never started"
+        time.sleep(0.05)
+    grandchild = int(pidfile.read_text())
+    assert alive(grandchild)
+    wrapper.send_signal(signal.SIGINT)
+    _, err = wrapper.communicate(timeout=30)
+    assert wrapper.returncode == 130, err
+    assert b"interrupted" in err
+    deadline = time.monotonic() + 5
+    while alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(grandchild), "a process of the stage outlived the wrapper"
+
+
+ESCALATE = """\
+import signal, sys
+from pathlib import Path
+from kohya_1to2.launch.run import run_child
+from kohya_1to2.errors import Interrupted
+child = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+         "signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(300)"]
+try:
+    run_child(child, cwd=Path("."), env={}, log_path=Path(sys.argv[1]), kill_timeout=1.0)
+except Interrupted:
+    sys.exit(130)
+"""
+
+
+def test_a_child_ignoring_signals_is_killed_after_the_timeout(tmp_path: Path) -> None:
+    script = tmp_path / "escalate.py"
+    script.write_text(textwrap.dedent(ESCALATE))
+    log = tmp_path / "child.log"
+    wrapper = subprocess.Popen([sys.executable, str(script), str(log)], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while "ready" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    started = time.monotonic()
+    wrapper.send_signal(signal.SIGTERM)
+    assert wrapper.wait(timeout=20) == 130
+    assert time.monotonic() - started < 10
+
+
+def test_run_child_tees_output_and_keeps_the_tail(tmp_path: Path) -> None:
+    import io
+
+    echo = io.BytesIO()
+    code = "import sys\nfor i in range(50): print(i)\nsys.stdout.write('progress\\r50%\\r100%')"
+    result = run_child([sys.executable, "-c", code], cwd=tmp_path, env={}, log_path=tmp_path / "l.log",
+                       echo=echo, header="# header\n")
+    assert result.returncode == 0
+    assert result.tail[-1] == "100%" and result.tail[0] == "23" and len(result.tail) == 30
+    assert (tmp_path / "l.log").read_bytes() == b"# header\n" + echo.getvalue()
