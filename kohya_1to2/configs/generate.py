@@ -1,0 +1,338 @@
+"""The configs shell: render both stages' files, merge them with hand edits on disk, keep records and backups,
+and build the plan preview. `prepare` calls `check_plan`, `write_run_configs` and `render_plan`.
+
+Inputs are the job and the scanned characters only (no dataset-module imports), so this can be reused by
+`plan` and `check` from a run directory's `job.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import toml
+import tomlkit
+import tomlkit.exceptions
+from pydantic import BaseModel, ConfigDict, ValidationError
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from kohya_1to2.configs.buckets import BucketSettings
+from kohya_1to2.configs.merge import Conflict, merge_toml
+from kohya_1to2.configs.plan import StagePlan, SubsetPlan, check_stage_plans, plan_stage, render_stage_plans
+from kohya_1to2.configs.presets import load_preset
+from kohya_1to2.configs.prompts import sample_prompts_text
+from kohya_1to2.configs.render import (
+    SAMPLE_PROMPTS_FILE,
+    STAGES,
+    SubsetSpec,
+    dataset_document,
+    file_names,
+    training_document,
+)
+from kohya_1to2.errors import UsageError
+from kohya_1to2.fsutil import atomic_write_text
+from kohya_1to2.kohya import flatten_training_config
+from kohya_1to2.models import IMAGE_EXTENSIONS, Character, Job, validation_message
+
+JOB_FILE = "job.json"
+STATE_DIR = ".1to2"
+GENERATED_DIR = f"{STATE_DIR}/generated"
+BACKUP_DIR = f"{STATE_DIR}/backup"
+
+Status = Literal["written", "updated", "unchanged", "merged", "kept", "overwritten"]
+
+
+class FileResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    status: Status
+    conflicts: tuple[Conflict, ...] = ()
+    kept_edits: tuple[str, ...] = ()
+    backup: Path | None = None
+    note: str = ""
+
+
+class GenerateReport(BaseModel):
+    """What `write_run_configs` did to each file; printable with rich."""
+
+    model_config = ConfigDict(frozen=True)
+
+    files: tuple[FileResult, ...]
+
+    @property
+    def conflicts(self) -> list[tuple[str, Conflict]]:
+        return [(f.name, c) for f in self.files for c in f.conflicts]
+
+    @property
+    def backups(self) -> list[Path]:
+        return [f.backup for f in self.files if f.backup]
+
+    def status_of(self, name: str) -> Status:
+        return next(f.status for f in self.files if f.name == name)
+
+    def __rich__(self) -> Group:
+        table = Table(title="configs", title_justify="left", show_edge=False)
+        table.add_column("file")
+        table.add_column("status")
+        table.add_column("notes")
+        for f in self.files:
+            notes = []
+            if f.kept_edits:
+                notes.append(f"kept your edits: {', '.join(f.kept_edits)}")
+            if f.backup:
+                notes.append(f"backup: {f.backup}")
+            if f.note:
+                notes.append(f.note)
+            table.add_row(Text(f.name), f.status, Text("; ".join(notes)))
+        parts: list[Any] = [table]
+        for name, c in self.conflicts:
+            parts.append(Text.assemble(
+                ("conflict ", "bold yellow"),
+                f"{name}: {c.key}: kept your {c.user} (generated now: {c.generated}, before: {c.previous})",
+            ))
+        return Group(*parts)
+
+
+# ------------------------------------------------------------------------------------------- rendering
+
+
+def _stage1_subsets(characters: Sequence[Character]) -> list[SubsetSpec]:
+    return [
+        SubsetSpec(name=c.name, image_dir=c.folder.expanduser().resolve(), num_repeats=c.repeats,
+                   images=len(c.images))
+        for c in characters
+    ]
+
+
+def render_run_files(
+    job: Job, characters: Sequence[Character], *, composite_dir: Path, composite_repeats: int,
+    composite_count: int, run_dir: Path,
+) -> dict[str, str]:
+    """File name -> text of every generated file (pure apart from reading the preset template)."""
+    preset = load_preset(job.training.preset)
+    subsets = {
+        1: _stage1_subsets(characters),
+        2: [SubsetSpec(name="composite", image_dir=composite_dir.expanduser().resolve(),
+                       num_repeats=composite_repeats, images=composite_count)],
+    }
+    files: dict[str, str] = {}
+    for stage in STAGES:
+        dataset_name, train_name = file_names(stage)
+        files[dataset_name] = tomlkit.dumps(dataset_document(job, preset, stage, subsets[stage]))
+        files[train_name] = tomlkit.dumps(training_document(job, preset, stage, run_dir))
+    triggers = [(c.name, c.trigger) for c in characters]
+    files[SAMPLE_PROMPTS_FILE] = sample_prompts_text(triggers, preset.settings, job.composites.captions)
+    return files
+
+
+# ------------------------------------------------------------------------------------------- writing
+
+
+def _backup(run_dir: Path, name: str, text: str, stamp: str) -> Path:
+    folder = run_dir / BACKUP_DIR
+    path = folder / f"{name}.{stamp}"
+    counter = 1
+    while path.exists():
+        path = folder / f"{name}.{stamp}-{counter}"
+        counter += 1
+    atomic_write_text(path, text)
+    return path
+
+
+def write_generated_file(run_dir: Path, name: str, new_text: str, *, overwrite_edits: bool, stamp: str,
+                         ) -> FileResult:
+    """Write one generated file without losing hand edits; record what was generated."""
+    target = run_dir / name
+    record = run_dir / GENERATED_DIR / name
+    current = target.read_text(encoding="utf-8") if target.is_file() else None
+    base = record.read_text(encoding="utf-8") if record.is_file() else None
+    result: FileResult
+    if current is None:
+        atomic_write_text(target, new_text)
+        result = FileResult(name=name, status="written")
+    elif current == new_text:
+        result = FileResult(name=name, status="unchanged")
+    elif base is not None and current == base:
+        atomic_write_text(target, new_text)
+        result = FileResult(name=name, status="updated")
+    elif overwrite_edits:
+        backup = _backup(run_dir, name, current, stamp)
+        atomic_write_text(target, new_text)
+        result = FileResult(name=name, status="overwritten", backup=backup, note="your edits were discarded")
+    elif not name.endswith(".toml"):
+        changed = base is None or base != new_text
+        conflicts = (Conflict(key="(whole file)", user="your edited file", generated=f"{GENERATED_DIR}/{name}",
+                              previous="(generated before)"),) if changed else ()
+        result = FileResult(name=name, status="kept", conflicts=conflicts, note="edited by you: left as is")
+    else:
+        try:
+            merged = merge_toml(base, current, new_text)
+        except tomlkit.exceptions.ParseError as exc:
+            conflict = Conflict(key="(whole file)", user=f"not valid TOML ({exc})",
+                                generated=f"{GENERATED_DIR}/{name}", previous="")
+            result = FileResult(name=name, status="kept", conflicts=(conflict,),
+                                note="fix the syntax, then re-run prepare")
+        else:
+            if merged.text == current:
+                result = FileResult(name=name, status="kept", conflicts=merged.conflicts,
+                                    kept_edits=merged.kept_edits)
+            else:
+                backup = _backup(run_dir, name, current, stamp)
+                atomic_write_text(target, merged.text)
+                result = FileResult(name=name, status="merged", conflicts=merged.conflicts,
+                                    kept_edits=merged.kept_edits, backup=backup)
+    atomic_write_text(record, new_text)
+    return result
+
+
+def write_run_configs(
+    job: Job,
+    characters: Sequence[Character],
+    *,
+    composite_dir: Path,
+    composite_repeats: int,
+    composite_sizes: Sequence[tuple[int, int]],
+    run_dir: Path,
+    overwrite_edits: bool = False,
+) -> GenerateReport:
+    """Render and write both stages' TOMLs and the sample prompts into the run directory."""
+    run_dir = run_dir.expanduser().resolve()
+    files = render_run_files(job, characters, composite_dir=composite_dir, composite_repeats=composite_repeats,
+                             composite_count=len(composite_sizes), run_dir=run_dir)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    results = [
+        write_generated_file(run_dir, name, text, overwrite_edits=overwrite_edits, stamp=stamp)
+        for name, text in files.items()
+    ]
+    return GenerateReport(files=tuple(results))
+
+
+def load_job(run_dir: Path) -> Job:
+    """The job `prepare` saved in the run directory."""
+    path = run_dir / JOB_FILE
+    if not path.is_file():
+        raise UsageError(f"{path}: not found", hint="run `python -m kohya_1to2 prepare ... --out <run dir>` first")
+    try:
+        return Job.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}: not valid JSON ({exc})", hint="re-run prepare to rewrite it") from None
+    except ValidationError as exc:
+        raise UsageError(f"{path}: {validation_message(exc)}", hint="re-run prepare to rewrite it") from None
+
+
+# ------------------------------------------------------------------------------------------- plan
+
+
+def image_sizes(paths: Sequence[Path]) -> tuple[tuple[int, int], ...] | None:
+    """Header-only sizes of images, or None if one cannot be read."""
+    from PIL import Image
+
+    sizes = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                sizes.append(image.size)
+        except (OSError, ValueError):
+            return None
+    return tuple(sizes)
+
+
+def list_images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+Known = Mapping[Path, tuple[int, tuple[tuple[int, int], ...]]]
+
+
+def _resolution(value: Any) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return (value[0], value[1])
+    return (512, 512)
+
+
+def plans_from_documents(
+    documents: Mapping[int, tuple[Mapping[str, Any], Mapping[str, Any]]], known: Known
+) -> list[StagePlan]:
+    """Stage plans from (dataset, training) TOML contents; image folders not in `known` are read from disk."""
+    plans = []
+    for stage, (dataset_doc, training_doc) in sorted(documents.items()):
+        flat = flatten_training_config(training_doc)
+        general = dict(dataset_doc.get("general", {}) or {})
+        subsets: list[SubsetPlan] = []
+        bucket_values: dict[str, Any] = {}
+        for dataset in dataset_doc.get("datasets", []) or []:
+            scope = {**general, **{k: v for k, v in dataset.items() if k != "subsets"}}
+            bucket_values = scope
+            for index, subset in enumerate(dataset.get("subsets", []) or []):
+                values = {**scope, **subset}
+                image_dir = Path(str(values.get("image_dir", "")))
+                repeats = values.get("num_repeats", 1)
+                if image_dir in known:
+                    count, sizes = known[image_dir]
+                else:
+                    images = list_images(image_dir)
+                    count, sizes = len(images), image_sizes(images) or ()
+                name = image_dir.name if stage == 1 else "composite" if index == 0 else image_dir.name
+                subsets.append(SubsetPlan(name=name, image_dir=image_dir, images=count,
+                                          repeats=repeats if isinstance(repeats, int) else 1, sizes=sizes))
+        settings = BucketSettings(
+            resolution=_resolution(bucket_values.get("resolution", flat.get("resolution"))),
+            **{k: bucket_values[k] for k in ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")
+               if isinstance(bucket_values.get(k), int)},
+        )
+        batch = flat.get("train_batch_size", 1)
+        plans.append(plan_stage(stage, subsets, settings, batch if isinstance(batch, int) else 1, flat))
+    return plans
+
+
+def _in_memory_plans(
+    job: Job, characters: Sequence[Character], composite_dir: Path, composite_repeats: int,
+    composite_sizes: Sequence[tuple[int, int]],
+) -> list[StagePlan]:
+    run_dir = job.out.expanduser().resolve()
+    files = render_run_files(job, characters, composite_dir=composite_dir, composite_repeats=composite_repeats,
+                             composite_count=len(composite_sizes), run_dir=run_dir)
+    known: dict[Path, tuple[int, tuple[tuple[int, int], ...]]] = {
+        composite_dir.expanduser().resolve(): (len(composite_sizes), tuple(composite_sizes))
+    }
+    for c in characters:
+        sizes = image_sizes([image.path for image in c.images]) or ()
+        known[c.folder.expanduser().resolve()] = (len(c.images), sizes)
+    documents = {}
+    for stage in STAGES:
+        dataset_name, train_name = file_names(stage)
+        documents[stage] = (toml.loads(files[dataset_name]), toml.loads(files[train_name]))
+    return plans_from_documents(documents, known)
+
+
+def render_plan(job: Job, characters: Sequence[Character], composite_dir: Path, composite_repeats: int,
+                composite_sizes: Sequence[tuple[int, int]]) -> Group:
+    """The plan preview printed by `prepare` (also for --dry-run)."""
+    return render_stage_plans(_in_memory_plans(job, characters, composite_dir, composite_repeats, composite_sizes))
+
+
+def check_plan(job: Job, characters: Sequence[Character], composite_dir: Path, composite_repeats: int,
+               composite_sizes: Sequence[tuple[int, int]]) -> None:
+    """Raise DatasetError when a subset has no images or a stage would train on nothing."""
+    check_stage_plans(_in_memory_plans(job, characters, composite_dir, composite_repeats, composite_sizes))
+
+
+def plans_from_run_dir(run_dir: Path) -> list[StagePlan]:
+    """The plan of a prepared run directory, from its TOMLs as they are now (hand edits included)."""
+    from kohya_1to2.configs.lint import read_toml
+
+    documents = {}
+    for stage in STAGES:
+        dataset_name, train_name = file_names(stage)
+        documents[stage] = (read_toml(run_dir / dataset_name), read_toml(run_dir / train_name))
+    return plans_from_documents(documents, {})

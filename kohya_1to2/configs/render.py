@@ -1,0 +1,218 @@
+"""Job + preset -> the dataset and training TOML documents of both stages (pure: no disk access).
+
+Stage 2 differs from stage 1 only in the keys listed in `STAGE_SPECIFIC_KEYS`; everything else comes from the
+same template, so "all else identical" holds by construction.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePath
+from typing import Any, Literal
+
+import tomlkit
+from pydantic import BaseModel, ConfigDict
+from tomlkit.items import Table
+
+from kohya_1to2.configs.presets import PRESET_SECTION, Preset, key_comments
+from kohya_1to2.errors import UsageError
+from kohya_1to2.kohya import final_weights_path
+from kohya_1to2.models import Family, Job
+
+Stage = Literal[1, 2]
+STAGES: tuple[Stage, Stage] = (1, 2)
+
+STAGE_SPECIFIC_KEYS = frozenset(
+    {"train_batch_size", "network_weights", "output_dir", "output_name", "dataset_config"}
+)
+"""The only keys whose flattened values differ between stage1.train.toml and stage2.train.toml."""
+
+SAMPLING_KEYS = frozenset(
+    {"sample_prompts", "sample_every_n_epochs", "sample_every_n_steps", "sample_sampler", "sample_at_first"}
+)
+
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+DATASET_KEY_COMMENTS: Mapping[str, str] = {
+    "resolution": "Training resolution (--resolution); bucket areas are resolution squared.",
+    "caption_extension": "Caption files beside the images (sd-scripts' own default would be .caption).",
+    "image_dir": "Folder of images and same-stem captions (absolute: sd-scripts resolves paths from its cwd).",
+    "num_repeats": "Times each image is seen per epoch (the N of the N_name folder).",
+}
+
+
+class SubsetSpec(BaseModel):
+    """One dataset subset: a character folder (stage 1) or the composite folder (stage 2)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    image_dir: Path
+    num_repeats: int
+    images: int
+
+
+def file_names(stage: Stage) -> tuple[str, str]:
+    """(dataset TOML, training TOML) names of a stage inside the run directory."""
+    return f"stage{stage}.dataset.toml", f"stage{stage}.train.toml"
+
+
+SAMPLE_PROMPTS_FILE = "sample_prompts.txt"
+
+
+def resolved_family(job: Job, preset: Preset) -> Family:
+    """The job's family, defaulting to the preset's; SDXL and SD1/2 presets are not interchangeable."""
+    family = job.training.family or preset.settings.family
+    if (family == "sdxl") != (preset.settings.family == "sdxl"):
+        wanted = "sdxl" if family == "sdxl" else "seed"
+        raise UsageError(
+            f"--family {family} does not fit preset {preset.name!r} (written for {preset.settings.family})",
+            hint=f"use --preset {wanted}",
+        )
+    return family
+
+
+def stage_output_dir(run_dir: Path, stage: Stage) -> Path:
+    return run_dir / "output" / f"stage{stage}"
+
+
+def stage_output_name(job: Job, stage: Stage) -> str:
+    name = job.training.output_name
+    return f"{name}_stage1" if stage == 1 else name
+
+
+def stage1_weights(job: Job, run_dir: Path, save_model_as: str | None = None) -> Path:
+    """Stage 1's final network, which stage 2 loads as network_weights."""
+    return final_weights_path(stage_output_dir(run_dir, 1), stage_output_name(job, 1), save_model_as)
+
+
+def training_context(job: Job, preset: Preset, stage: Stage, run_dir: Path) -> dict[str, Any]:
+    """Values for the template's `"{name}"` placeholders in one stage."""
+    family = resolved_family(job, preset)
+    settings = preset.settings
+    save_as = _template_value(preset, "save_model_as")
+    dataset_name, _ = file_names(stage)
+    return {
+        "base_model": job.training.base_model or "",
+        "v2": family == "sd2",
+        "v_parameterization": job.training.v_parameterization,
+        "batch_size": (job.training.stage1_batch_size or settings.stage1_batch_size)
+        if stage == 1
+        else settings.stage2_batch_size,
+        "output_dir": str(stage_output_dir(run_dir, stage)),
+        "output_name": stage_output_name(job, stage),
+        "dataset_config": str(run_dir / dataset_name),
+        "sample_prompts": str(run_dir / SAMPLE_PROMPTS_FILE) if job.training.sample else None,
+        "network_weights": str(stage1_weights(job, run_dir, save_as)) if stage == 2 else None,
+    }
+
+
+def _template_value(preset: Preset, key: str) -> Any:
+    for section, table in preset.document().unwrap().items():
+        if section != PRESET_SECTION and isinstance(table, dict) and key in table:
+            return table[key]
+    return None
+
+
+def fill_placeholder(value: Any, context: Mapping[str, Any], where: str) -> Any:
+    """Replace `"{name}"` (whole value) or `"{name}/rest"` (a path under it); None/"" means "leave the key out"."""
+    if not isinstance(value, str) or "{" not in value:
+        return value
+    names = _PLACEHOLDER.findall(value)
+    for name in names:
+        if name not in context:
+            raise UsageError(
+                f"template key {where}: unknown placeholder {{{name}}}",
+                hint=f"known placeholders: {', '.join(sorted(context))}",
+            )
+    whole = _PLACEHOLDER.fullmatch(value)
+    if whole:
+        return context[whole.group(1)]
+    prefixed = re.fullmatch(r"\{(\w+)\}[/\\](.*)", value)
+    if prefixed:
+        base = context[prefixed.group(1)]
+        return str(PurePath(str(base)) / prefixed.group(2)) if base else None
+    return _PLACEHOLDER.sub(lambda m: str(context[m.group(1)]), value)
+
+
+def _add_commented(table: Any, key: str, value: Any, comment: str | None) -> None:
+    for line in (comment or "").splitlines():
+        table.add(tomlkit.comment(line))
+    table.add(key, value)
+
+
+def training_document(job: Job, preset: Preset, stage: Stage, run_dir: Path) -> tomlkit.TOMLDocument:
+    """The stage's training TOML: the template's sections with placeholders filled and job choices applied."""
+    context = training_context(job, preset, stage, run_dir)
+    template = preset.document()
+    doc = tomlkit.document()
+    doc.add(tomlkit.comment(f"kohya-1to2 stage {stage} training config (preset {preset.name!r}), for "
+                            "sd-scripts --config_file."))
+    doc.add(tomlkit.comment("Edit freely: on regeneration your changed keys are kept (see README, hand edits)."))
+    doc.add(tomlkit.comment("`python -m kohya_1to2 check <run dir>` validates it against the pinned sd-scripts."))
+    if stage == 2:
+        doc.add(tomlkit.comment("Stage 2 = stage 1 with train_batch_size, network_weights, output_dir, output_name"))
+        doc.add(tomlkit.comment("and dataset_config changed; keep network settings equal to stage 1's."))
+    for section, table in template.items():
+        if section == PRESET_SECTION or not isinstance(table, Table):
+            continue
+        comments = key_comments(table)
+        out = tomlkit.table()
+        for key, item in table.items():
+            value = fill_placeholder(_unwrap(item), context, f"{section}.{key}")
+            if key == "max_train_epochs" and job.training.epochs is not None:
+                value = job.training.epochs
+            if value is None or value == "" or (key in SAMPLING_KEYS and not job.training.sample):
+                continue
+            _add_commented(out, key, value, comments.get(key))
+        if section == "training" and job.training.epochs is not None and "max_train_epochs" not in out:
+            _add_commented(out, "max_train_epochs", job.training.epochs, "Epochs per stage (--epochs).")
+        if len(out):
+            doc.add(tomlkit.nl())
+            doc.add(section, out)
+    return doc
+
+
+def dataset_document(
+    job: Job, preset: Preset, stage: Stage, subsets: Sequence[SubsetSpec]
+) -> tomlkit.TOMLDocument:
+    """The stage's dataset TOML: [general] from the preset, one subset per character (or the composites)."""
+    template = preset.document()
+    comments = key_comments(template[PRESET_SECTION]["dataset"])  # type: ignore[index]
+    resolution = job.training.resolution or preset.settings.resolution
+    doc = tomlkit.document()
+    what = "single-character folders" if stage == 1 else "side-by-side composites"
+    doc.add(tomlkit.comment(f"kohya-1to2 stage {stage} dataset config ({what}), for sd-scripts --dataset_config."))
+    doc.add(tomlkit.comment("sd-scripts checks this file strictly: keys must sit at an allowed level and keep their type."))
+    doc.add(tomlkit.nl())
+    general = tomlkit.table()
+    _add_commented(general, "resolution", resolution, DATASET_KEY_COMMENTS["resolution"])
+    for key, value in preset.dataset.items():
+        if stage == 2 and key == "max_bucket_reso":
+            value = max(preset.settings.stage2_max_bucket_reso, int(value))
+            comment = "Largest bucket side in stage 2: room for 2:1 buckets that fit side-by-side composites."
+        else:
+            comment = comments.get(key)
+        _add_commented(general, key, value, comment)
+    _add_commented(general, "caption_extension", job.sources.caption_extension,
+                   DATASET_KEY_COMMENTS["caption_extension"])
+    doc.add("general", general)
+    dataset = tomlkit.table()
+    aot = tomlkit.aot()
+    for spec in subsets:
+        subset = tomlkit.table()
+        label = f"character {spec.name}" if stage == 1 else "composites"
+        subset.add(tomlkit.comment(f"{label}: {spec.images} images x {spec.num_repeats} repeats"))
+        subset.add("image_dir", str(spec.image_dir))
+        subset.add("num_repeats", spec.num_repeats)
+        aot.append(subset)
+    dataset.add("subsets", aot)
+    datasets = tomlkit.aot()
+    datasets.append(dataset)
+    doc.add("datasets", datasets)
+    return doc
+
+
+def _unwrap(item: Any) -> Any:
+    return item.unwrap() if hasattr(item, "unwrap") else item
