@@ -224,5 +224,16 @@ def validation_message(exc: Exception, *, as_flags: bool = False) -> str:
         else:
             where = ".".join(loc) or "job"
         msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden" and loc:
+            msg = "unknown key" + _did_you_mean(loc[-1])
         parts.append(f"{where}: {msg}")
     return "; ".join(parts)
+
+
+def _did_you_mean(key: str) -> str:
+    """A spelling suggestion for an unknown key, from every field of the job models."""
+    import difflib
+
+    fields = {name for model in Strict.__subclasses__() for name in model.model_fields}
+    close = difflib.get_close_matches(key, sorted(fields), n=1)
+    return f"; did you mean '{close[0]}'?" if close else "; check its spelling or remove it"
