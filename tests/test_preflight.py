@@ -238,12 +238,13 @@ def test_one_character_is_nothing_to_pair(tmp_path: Path, put: Maker) -> None:
     assert (problem.severity, problem.code) == ("error", "nothing-to-pair") and "nothing to pair" in problem.line
 
 
-def test_scan_problems_are_included_and_errors_come_first(tmp_path: Path, put: Maker, two_good: None) -> None:
+def test_errors_come_first_and_scan_problems_stay_in_the_scan(tmp_path: Path, put: Maker, two_good: None) -> None:
     put("1_alice/bare.png", caption=None)
     (tmp_path / "src" / "2_nobody").mkdir()
     put("1_alice/empty.png", b"")
-    problems = run(tmp_path)[1]
-    assert [p.code for p in problems] == ["zero-byte", "missing-caption", "no-images"]
+    result, problems = run(tmp_path)
+    assert [p.code for p in problems] == ["zero-byte", "missing-caption"]
+    assert [p.code for p in result.problems] == ["no-images"]  # reported once, by the scan
 
 
 def test_strict_keeps_fixed_warnings(tmp_path: Path, put: Maker, two_good: None) -> None:

@@ -139,6 +139,7 @@ def test_disagreeing_triggers_warn_and_list_the_files(tmp_path: Path) -> None:
     assert result.characters[0].trigger == "alice"
     [problem] = [p for p in result.problems if p.code == "trigger-mismatch"]
     assert problem.severity == "warning" and "odd one.png" in problem.line and "a.png" not in problem.message
+    assert [p.severity for p in scan(tmp_path / "src", strict=True).problems] == ["error"]
 
 
 def test_trigger_from_folder_and_when_no_caption(tmp_path: Path) -> None:

@@ -20,12 +20,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from rich.table import Table
 
 from kohya_1to2.dataset.captions import split_tags
-from kohya_1to2.dataset.scan import Problem, ScanResult, Severity, decode_caption
+from kohya_1to2.dataset.scan import Problem, ScanResult, Severity, apply_policy, decode_caption
 from kohya_1to2.errors import DatasetError
 from kohya_1to2.fsutil import TMP_PREFIX
 from kohya_1to2.models import Character, SourceImage, SourceSettings
 
-__all__ = ["Problem", "preflight", "raise_for_errors", "render_problems_table", "write_fixed_sources"]
+__all__ = ["Problem", "preflight", "raise_for_errors", "render_problems_table", "sort_problems", "write_fixed_sources"]
 
 POOL_THRESHOLD = 64
 """Below this many images a process pool costs more to start than it saves."""
@@ -207,36 +207,29 @@ def dataset_problems(result: ScanResult) -> list[Problem]:
     )]
 
 
-def apply_policy(problems: Iterable[Problem], settings: SourceSettings) -> list[Problem]:
-    """`strict` turns warnings into errors, except those `--fix-sources` already corrects."""
-    if not settings.strict:
-        return list(problems)
-    return [
-        problem.model_copy(update={"severity": "error"})
-        if problem.severity == "warning" and not (problem.fixable and settings.fix_sources)
-        else problem
-        for problem in problems
-    ]
-
-
 def preflight(
     result: ScanResult,
     settings: SourceSettings,
     progress: Callable[[int], None] | None = None,
     workers: int | None = None,
 ) -> list[Problem]:
-    """Every problem of the scan and of every image and caption, errors first.
+    """Every problem of every image and caption, and of the dataset as a whole, errors first.
 
-    Each image is decoded exactly once; `progress(n)` is called as n more images are done.
+    The scan's own problems stay in `result.problems` (show both). Each image is decoded exactly once;
+    `progress(n)` is called as n more images are done.
     """
     pairs = [(image, character.trigger) for character in result.characters for image in character.images]
     per_image = inspect_images([image.path for image, _ in pairs], progress=progress, workers=workers)
-    problems: list[Problem] = [*result.problems, *dataset_problems(result)]
+    problems = dataset_problems(result)
     for (image, trigger), found in zip(pairs, per_image, strict=True):
         problems += found
         problems += inspect_caption(image, settings, trigger)
-    ordered = sorted(apply_policy(problems, settings), key=lambda p: (p.severity != "error", str(p.path or "")))
-    return ordered
+    return sort_problems(apply_policy(problems, settings))
+
+
+def sort_problems(problems: Iterable[Problem]) -> list[Problem]:
+    """Errors first, then by file, so the first line printed is the first thing to fix."""
+    return sorted(problems, key=lambda p: (p.severity != "error", str(p.path or "")))
 
 
 def raise_for_errors(problems: Sequence[Problem]) -> None:

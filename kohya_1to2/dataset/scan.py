@@ -73,6 +73,18 @@ class ScanResult(BaseModel):
         return sum(len(c.images) for c in self.characters)
 
 
+def apply_policy(problems: Iterable[Problem], settings: SourceSettings) -> list[Problem]:
+    """`strict` turns warnings into errors, except those `--fix-sources` already corrects."""
+    if not settings.strict:
+        return list(problems)
+    return [
+        problem.model_copy(update={"severity": "error"})
+        if problem.severity == "warning" and not (problem.fixable and settings.fix_sources)
+        else problem
+        for problem in problems
+    ]
+
+
 # ---------------------------------------------------------------- pure parsing
 
 
@@ -282,7 +294,7 @@ def scan_sources(settings: SourceSettings) -> ScanResult:
     problems += _name_clashes(characters)
     characters.sort(key=lambda c: (c.name, str(c.folder)))
     return ScanResult(settings=settings, characters=tuple(characters), ignored=tuple(ignored),
-                      problems=tuple(problems))
+                      problems=tuple(apply_policy(problems, settings)))
 
 
 def _name_clashes(characters: Iterable[Character]) -> list[Problem]:
