@@ -17,7 +17,7 @@ from PIL import Image
 
 from kohya_1to2.dataset import build, compose
 from kohya_1to2.dataset.pairing import plan_pairs
-from kohya_1to2.errors import DatasetError
+from kohya_1to2.errors import DatasetError, Interrupted
 from kohya_1to2.fsutil import TMP_PREFIX
 from kohya_1to2.models import Character, CompositeSettings, Job, SourceImage, SourceSettings
 
@@ -333,3 +333,74 @@ def test_kill_9_of_a_pooled_build_mid_way_then_rerun_equals_a_clean_build(tmp_pa
     assert resumed.reused > 0 and resumed.reused + resumed.written == 300
     run_build(src, clean, budget=300, workers=2)
     assert tree_hashes(out) == tree_hashes(clean)
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+
+def test_ctrl_c_in_process_leaves_no_partial_file(src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "run"
+    real_encode = compose.encode
+    calls = {"n": 0}
+
+    def interrupted_encode(*args: object, **kwargs: object) -> bytes:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_encode(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(compose, "encode", interrupted_encode)
+    with pytest.raises(Interrupted, match="interrupted"):
+        run_build(src, out)
+    assert not list(out.rglob(TMP_PREFIX + "*"))
+    assert not (out / build.MANIFEST_FILE).exists()
+    monkeypatch.setattr(compose, "encode", real_encode)
+    run_build(src, out)
+    run_build(src, tmp_path / "clean")
+    assert tree_hashes(out) == tree_hashes(tmp_path / "clean")
+
+
+def test_ctrl_c_stops_the_pool_workers_and_keeps_finished_work(tmp_path: Path) -> None:
+    src = make_sources(tmp_path / "src", {"a": 5, "b": 5, "c": 5}, size=(160, 200))
+    out = tmp_path / "run"
+    child = _run_child(src, out, 300, kill_at=0, phase="", workers=2)
+    subset = out / "composites" / "1_composite"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(subset.glob("*.png"))) < 20 and child.poll() is None:
+        time.sleep(0.02)
+    assert child.poll() is None, "the build finished before Ctrl-C"
+    os.killpg(child.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
+    _, err = child.communicate(timeout=60)
+    assert err.decode().rstrip().endswith("Interrupted: composite build interrupted; finished composites are kept")
+    assert not list(out.rglob(TMP_PREFIX + "*"))
+    journal = (out / build.JOURNAL_FILE).read_text().splitlines()
+    assert journal and all(
+        (out / json.loads(line)["file"]).stat().st_size == json.loads(line)["bytes"] for line in journal
+    )
+    assert _group_gone(child.pid, within=10.0), "a worker outlived the interrupted build"
+
+
+def _group_gone(group: int, within: float) -> bool:
+    """True once no process of the group is left (multiprocessing's resource tracker may take a moment)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_progress_bar_reports_rate_on_the_console(src: Path, tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    stream = io.StringIO()
+    characters = characters_from(src)
+    job = make_job(src, tmp_path / "run", budget=8, workers=1)
+    build.build_composites(plan_pairs(characters, 8, 0), characters, job, tmp_path / "run",
+                           console=Console(file=stream, width=120))
+    text = stream.getvalue()
+    assert "8/8" in text and "composites/s" in text
