@@ -258,4 +258,20 @@ def test_render_scan_table_rows(tmp_path: Path) -> None:
     text = console.export_text()
     alice_row = next(line for line in text.splitlines() if "alice" in line)
     assert [cell.strip() for cell in alice_row.split("│")[1:6]] == ["alice", "alice", "4", "2", "1"]
-    assert "junk" in text and "2 characters, 3 images" in text
+    assert "1 folder(s) ignored" in text and "2 characters, 3 images" in text
+
+
+def test_unlistable_folder_is_a_problem_not_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    add(tmp_path / "src" / "1_alice", "a", "alice")
+    add(tmp_path / "src" / "1_bob", "b", "bob")
+    real_scandir = os.scandir
+
+    def refusing(path: Path) -> object:
+        if Path(path).name == "1_bob":
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    result = scan(tmp_path / "src")
+    assert [p.code for p in result.problems] == ["unreadable-folder"]
+    assert "Permission denied" in result.problems[0].line and "1_bob" in result.problems[0].line

@@ -130,12 +130,16 @@ def inspect_images(
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_set_pixel_limit, initargs=(Image.MAX_IMAGE_PIXELS,)) as pool:
         futures = {pool.submit(_inspect_batch, [paths[i] for i in batch]): batch for batch in batches}
-        for future in as_completed(futures):
-            batch = futures[future]
-            for index, found in zip(batch, future.result(), strict=True):
-                results[index] = found
-            if progress:
-                progress(len(batch))
+        try:
+            for future in as_completed(futures):
+                batch = futures[future]
+                for index, found in zip(batch, future.result(), strict=True):
+                    results[index] = found
+                if progress:
+                    progress(len(batch))
+        except BaseException:  # Ctrl-C: do not wait for the queued batches
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     return results
 
 
@@ -280,7 +284,11 @@ def _fixed_character(character: Character, fixable: dict[Path, set[str]], settin
     for image in character.images:
         new_path = staging / image.path.name
         if "exif-rotated" in fixable.get(image.path, set()):
-            _write_transposed(image.path, new_path)
+            try:
+                _write_transposed(image.path, new_path)
+            except Exception as exc:  # decoded fine in pre-flight, so this is rare (disk full, file changed)
+                raise DatasetError(f"{image.path}: cannot write its upright copy ({exc})",
+                                   hint="run prepare again, or fix the image by hand") from None
         else:
             _link_or_copy(image.path, new_path)
         new_caption: Path | None = None

@@ -178,7 +178,11 @@ def _scan_character(
 ) -> tuple[Character, list[Problem], list[IgnoredFolder]]:
     problems: list[Problem] = []
     ignored: list[IgnoredFolder] = []
-    files, subfolders = _files(folder)
+    try:
+        files, subfolders = _files(folder)
+    except OSError as exc:
+        files, subfolders = [], []
+        problems.append(_unlistable(folder, exc))
     ignored += [IgnoredFolder(path=sub, reason="subfolder of a character folder (sd-scripts does not recurse)")
                 for sub in subfolders]
 
@@ -226,6 +230,11 @@ def _scan_character(
     return character, problems, ignored
 
 
+def _unlistable(folder: Path, exc: OSError) -> Problem:
+    return Problem(severity="error", code="unreadable-folder", path=folder,
+                   message=f"cannot list the folder ({exc.strerror or exc})", fix="check its permissions")
+
+
 def _missing_root_problem(root: Path) -> Problem:
     what = "is not a directory" if root.exists() else "does not exist"
     return Problem(severity="error", code="root-missing", path=root, message=f"source root {what}",
@@ -258,7 +267,12 @@ def scan_sources(settings: SourceSettings) -> ScanResult:
             ))
             continue
         seen_real.setdefault(os.path.realpath(root), root)
-        for entry in _subdirs(root):
+        try:
+            subdirs = _subdirs(root)
+        except OSError as exc:
+            problems.append(_unlistable(root, exc))
+            continue
+        for entry in subdirs:
             folder = Path(entry.path)
             parsed = parse_folder_name(entry.name)
             if is_reg_name(entry.name):
@@ -283,6 +297,8 @@ def scan_sources(settings: SourceSettings) -> ScanResult:
             ignored += skipped
             if not character.images:
                 ignored.append(IgnoredFolder(path=folder, reason="no images"))
+                if any(p.code == "unreadable-folder" for p in found):
+                    continue
                 problems.append(Problem(
                     severity="warning", code="no-images", path=folder,
                     message=f"character folder has no images ({', '.join(IMAGE_EXTENSIONS)})",
@@ -317,7 +333,7 @@ def _name_clashes(characters: Iterable[Character]) -> list[Problem]:
 
 
 def render_scan_table(result: ScanResult) -> Table:
-    """Per-character summary for the terminal; ignored folders are counted in the caption."""
+    """Per-character summary for the terminal; ignored folders are only counted (the caller lists them)."""
     table = Table(title=f"{len(result.characters)} characters, {result.image_count} images")
     for column in ("character", "trigger", "repeats", "images", "captioned", "folder"):
         table.add_column(column, justify="right" if column in ("repeats", "images", "captioned") else "left")
@@ -326,5 +342,5 @@ def render_scan_table(result: ScanResult) -> Table:
         table.add_row(character.name, character.trigger, str(character.repeats), str(len(character.images)),
                       str(captioned), str(character.folder))
     if result.ignored:
-        table.caption = "ignored: " + "; ".join(f"{i.path.name} ({i.reason})" for i in result.ignored)
+        table.caption = f"{len(result.ignored)} folder(s) ignored (see ScanResult.ignored)"
     return table
