@@ -141,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--gpu-ids")
     acc.add_argument("--accelerate-config", type=Path, help="an accelerate config file (--config_file)")
 
+    setup = sub.add_parser("setup", help="put the pinned sd-scripts in vendor/ and install the training stack")
+    setup.add_argument("--archive", type=Path, default=None,
+                       help="offline: an archive of the pinned sd-scripts tree (default: $SD_SCRIPTS_ARCHIVE)")
+    setup.add_argument("--no-deps", action="store_true", help="only set up sd-scripts; install no packages")
+
     doctor = sub.add_parser("doctor", help="show the training environment and what launch will substitute")
     doctor.add_argument("--sd-scripts", type=Path, default=None)
     doctor.add_argument("--strict", action="store_true", help="exit non-zero if anything would be substituted")

@@ -119,8 +119,8 @@ def parse_weights_report(log_text: str) -> WeightsReport | None:
             if not isinstance(value, dict):
                 # Unparseable but non-empty: report it rather than pass it silently.
                 return WeightsReport(match.group("file"), (info,), ())
-            missing = [str(k) for k in value.get("missing keys", value.get("missing_keys", []))]
-            unexpected = [str(k) for k in value.get("unexpected keys", value.get("unexpected_keys", []))]
+            missing = _string_list(value.get("missing keys", value.get("missing_keys")))
+            unexpected = _string_list(value.get("unexpected keys", value.get("unexpected_keys")))
             other = {k: v for k, v in value.items() if k not in {"missing keys", "missing_keys",
                                                                "unexpected keys", "unexpected_keys"}}
             missing += [f"{k}: {v}" for k, v in other.items()]

@@ -17,7 +17,9 @@ from rich.table import Table
 from rich.text import Text
 
 from kohya_1to2.errors import CheckError, SetupError, UsageError
+from kohya_1to2.kohya import lycoris_sd1_problem
 from kohya_1to2.launch.commands import AccelerateOptions, StageCommand, build_stage_command
+from kohya_1to2.launch.doctor import installed_lycoris_version
 from kohya_1to2.launch.pipeline import (
     StageConfig,
     StageResult,
@@ -136,6 +138,12 @@ def run(args: argparse.Namespace, console: Console) -> int:
     caps = probe_capabilities()
     stages = {n: read_stage(run_dir, n, caps) for n in (1, 2)}
     check_stage_chain(stages[1], stages[2])
+    if str(stages[1].flat.get("network_module", "")).startswith("lycoris"):
+        args_list = stages[1].flat.get("network_args")
+        problem = lycoris_sd1_problem(installed_lycoris_version(), family,
+                                      args_list if isinstance(args_list, list) else None)
+        if problem:
+            raise SetupError(problem, hint="`python -m kohya_1to2 doctor` shows the environment")
     for number in selected:
         stage = stages[number]
         if stage.substitutions and args.strict:

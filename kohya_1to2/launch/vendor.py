@@ -165,9 +165,13 @@ def install_plan(python: str, sd_scripts: Path, *, cuda: bool) -> list[list[str]
         [*pip, "--no-deps", "open-clip-torch"],
         [*pip, "--no-deps", "-e", str(sd_scripts)],
     ]
-    if cuda:
-        plan.append([*pip, "xformers", *kohya.TORCH_PAIR])
     return plan
+
+
+def optional_install_plan(python: str, *, cuda: bool) -> list[list[str]]:
+    """Steps whose failure only costs a substitution at launch (no xformers wheel for this torch: SDPA)."""
+    pip = [python, "-m", "pip", "install", "--disable-pip-version-check"]
+    return [[*pip, "xformers", *kohya.TORCH_PAIR]] if cuda else []
 
 
 def plan_fingerprint(plan: Sequence[Sequence[str]]) -> str:
@@ -187,9 +191,12 @@ def installed_matches(plan: Sequence[Sequence[str]]) -> bool:
         return False
 
 
-def run_install(plan: Sequence[Sequence[str]], log: Path) -> None:
-    """Run the pip commands, output to `log`; the stamp is written only when every step succeeded."""
+def run_install(plan: Sequence[Sequence[str]], log: Path, optional: Sequence[Sequence[str]] = ()) -> list[str]:
+    """Run the pip commands, output to `log`; the stamp is written only when every required step succeeded.
+
+    Returns the optional steps that failed (reported as warnings)."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    failed: list[str] = []
     with log.open("w", encoding="utf-8") as fh:
         for step in plan:
             fh.write("+ " + " ".join(step) + "\n")
@@ -200,4 +207,10 @@ def run_install(plan: Sequence[Sequence[str]], log: Path) -> None:
                     f"installing the training stack failed: {' '.join(step[4:])[:200]}",
                     hint=f"see {log}; re-run setup when fixed (finished steps are quick)",
                 )
+        for step in optional:
+            fh.write("+ " + " ".join(step) + "\n")
+            fh.flush()
+            if subprocess.run(list(step), stdout=fh, stderr=subprocess.STDOUT).returncode != 0:
+                failed.append(" ".join(step[4:]))
     atomic_write_text(stamp_path(), json.dumps({"plan": plan_fingerprint(plan)}) + "\n")
+    return failed

@@ -1,0 +1,84 @@
+"""doctor: findings from probe facts (pure), the lycoris 4.x + SD1 trap, exit codes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kohya_1to2.cli import main
+from kohya_1to2.kohya import lycoris_sd1_problem
+from kohya_1to2.launch import doctor
+
+CPU_FACTS: dict[str, Any] = {
+    "python": "3.11.7", "executable": "/venv/bin/python", "torch": "2.14.1", "torchvision": "0.29.1",
+    "torch_cuda_build": None, "cuda": False, "gpus": [], "xformers": None, "bitsandbytes": "0.50.2",
+    "lycoris-lora": "3.4.0", "accelerate": "1.6.0", "xformers_ok": False, "bitsandbytes_ok": False,
+}
+GPU_FACTS = {**CPU_FACTS, "torch_cuda_build": "12.8", "cuda": True, "xformers": "0.0.30", "xformers_ok": True,
+             "bitsandbytes_ok": True, "gpus": [{"name": "NVIDIA H100", "memory_gib": 79.1}]}
+
+
+def by_label(facts: dict[str, Any], pin: list[str] | None = None) -> dict[str, doctor.Finding]:
+    lines = doctor.findings(facts, Path("/sd"), [] if pin is None else pin, {"HOME": "/nonexistent"})
+    return {line.label: line for line in lines}
+
+
+def test_cpu_machine_reports_no_gpu_and_plans_every_substitution() -> None:
+    lines = by_label(CPU_FACTS)
+    assert "none" in lines["GPUs"].value
+    assert "needs CUDA" in lines["bitsandbytes"].value
+    assert not any(line.problem for line in lines.values())
+    assert {s.key for s in doctor.planned_substitutions(CPU_FACTS)} == {
+        "mixed_precision", "save_precision", "xformers", "sdpa", "optimizer_type"}
+
+
+def test_gpu_machine_plans_no_substitution() -> None:
+    assert "H100 (79.1 GiB)" in by_label(GPU_FACTS)["GPUs"].value
+    assert doctor.planned_substitutions(GPU_FACTS) == []
+
+
+@pytest.mark.parametrize("version", ["4.0.0", "4.1.3"])
+def test_lycoris_4_is_a_problem_with_a_one_line_fix(version: str) -> None:
+    line = by_label({**CPU_FACTS, "lycoris-lora": version})["lycoris-lora"]
+    assert line.problem
+    assert line.fix and "duplicated lora name" in line.fix and "lycoris-lora==3.4.0" in line.fix
+    assert "\n" not in line.fix
+
+
+def test_lycoris_problem_depends_on_family_and_preset() -> None:
+    assert lycoris_sd1_problem("4.1.3", "sd1") is not None
+    assert lycoris_sd1_problem("4.1.3", "sdxl") is None
+    assert lycoris_sd1_problem("3.4.0", "sd1") is None
+    assert lycoris_sd1_problem("4.1.3", "sd1", ["algo=loha", "preset=my.toml"]) is None
+
+
+def test_wrong_pin_and_broken_torch_are_problems() -> None:
+    lines = by_label({**CPU_FACTS, "torch_error": "RuntimeError: operator torchvision::nms does not exist"},
+                     pin=["train_network.py differs"])
+    assert lines["sd-scripts"].problem and lines["torch import"].problem
+    assert "torchvision==" in (lines["torch import"].fix or "")
+
+
+def test_probe_runs_in_a_child_python() -> None:
+    facts = doctor.probe_environment(sys.executable)
+    assert facts["python"].count(".") == 2
+    assert "torch" in facts
+
+
+def test_doctor_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("kohya_1to2.commands.doctor.probe_environment", lambda: dict(CPU_FACTS))
+    monkeypatch.setattr("kohya_1to2.commands.doctor.pin_mismatches", lambda path: [])
+    (tmp_path / "train_network.py").write_text("")
+    sd = ["--sd-scripts", str(tmp_path)]
+    assert main(["doctor", *sd]) == 0
+    out = capsys.readouterr().out
+    assert "AdamW8bit' -> 'AdamW'" in out
+    assert main(["doctor", *sd, "--strict"]) == 5
+    monkeypatch.setattr("kohya_1to2.commands.doctor.probe_environment",
+                        lambda: {**CPU_FACTS, "lycoris-lora": "4.1.3"})
+    assert main(["doctor", *sd]) == 5
+    assert "lycoris-lora" in capsys.readouterr().err
