@@ -13,7 +13,9 @@ from typing import Any
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from kohya_1to2.cli import model_overrides
 from kohya_1to2.dataset.pairing import plan_pairs
@@ -36,7 +38,8 @@ def job_from_args(args: argparse.Namespace) -> Job:
             training=TrainingSettings(**model_overrides(args, "training")),
         )
     except ValidationError as exc:
-        raise UsageError(validation_message(exc, as_flags=True), hint="see `python -m kohya_1to2 prepare --help`") from None
+        message = validation_message(exc, as_flags=True)
+        raise UsageError(message, hint="see `python -m kohya_1to2 prepare --help`") from None
 
 
 def write_job(job: Job, run_dir: Path) -> Path:
@@ -71,7 +74,7 @@ def _summary_table(rows: list[tuple[str, str]]) -> Table:
 def run(args: argparse.Namespace, console: Console) -> int:
     from kohya_1to2.configs.generate import check_plan, render_plan, write_run_configs
     from kohya_1to2.dataset.build import build_composites
-    from kohya_1to2.dataset.preflight import preflight, raise_for_errors, write_fixed_sources
+    from kohya_1to2.dataset.preflight import preflight, raise_for_errors, sort_problems, write_fixed_sources
     from kohya_1to2.dataset.scan import render_scan_table, scan_sources
 
     job = job_from_args(args)
@@ -83,12 +86,13 @@ def run(args: argparse.Namespace, console: Console) -> int:
         reason = escape(ignored.reason)
         console.print(f"[dim]ignored[/] {escape(str(ignored.path))} [dim]({reason})[/]", highlight=False)
 
-    problems = [*scan.problems, *preflight(scan, job.sources)]
+    with _progress(console) as bar:
+        task = bar.add_task("pre-flight", total=scan.image_count)
+        checked = preflight(scan, job.sources, progress=lambda n: bar.advance(task, n), workers=job.composites.workers)
+    problems = sort_problems([*scan.problems, *checked])
     for problem in problems:
-        colour = "red" if problem.severity == "error" else "yellow"
-        fix = f" [dim]fix: {escape(problem.fix)}[/]" if problem.fix else ""
-        where = escape(str(problem.path))
-        console.print(f"[{colour}]{problem.severity}[/] {where}: {escape(problem.message)}{fix}", highlight=False)
+        style = "red" if problem.severity == "error" else "yellow"
+        console.print(Text(problem.line, style=style), soft_wrap=True)
     raise_for_errors(problems)
 
     plans = plan_pairs(scan.characters, job.composites.budget, job.composites.seed)
@@ -145,3 +149,10 @@ def _estimated_sizes(plans: list[Any], settings: CompositeSettings) -> list[tupl
         return header_sizes[path]
 
     return [estimate_composite_size(size_of(p.left.path), size_of(p.right.path), settings) for p in plans]
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, transient=True,
+    )
