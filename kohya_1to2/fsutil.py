@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,9 +20,14 @@ def atomic_path(final: Path) -> Iterator[Path]:
     A reader (or a re-run after kill -9) therefore never sees a partial file under its final name.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=final.suffix, dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    while True:
+        tmp = final.parent / f"{TMP_PREFIX}{secrets.token_hex(6)}{final.suffix}"
+        try:
+            # 0o666 filtered by the umask, like any normal file (mkstemp would force 0o600).
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
         yield tmp
         os.replace(tmp, final)
