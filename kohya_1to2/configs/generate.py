@@ -308,7 +308,7 @@ def _in_memory_plans(
     for c in characters:
         sizes = image_sizes([image.path for image in c.images]) or ()
         known[c.folder.expanduser().resolve()] = (len(c.images), sizes)
-    documents = {}
+    documents: dict[int, tuple[Mapping[str, Any], Mapping[str, Any]]] = {}
     for stage in STAGES:
         dataset_name, train_name = file_names(stage)
         documents[stage] = (toml.loads(files[dataset_name]), toml.loads(files[train_name]))
@@ -331,7 +331,7 @@ def plans_from_run_dir(run_dir: Path) -> list[StagePlan]:
     """The plan of a prepared run directory, from its TOMLs as they are now (hand edits included)."""
     from kohya_1to2.configs.lint import read_toml
 
-    documents = {}
+    documents: dict[int, tuple[Mapping[str, Any], Mapping[str, Any]]] = {}
     for stage in STAGES:
         dataset_name, train_name = file_names(stage)
         documents[stage] = (read_toml(run_dir / dataset_name), read_toml(run_dir / train_name))

@@ -91,7 +91,7 @@ def path_name(path: KeyPath) -> str:
 
 
 def _plain(doc: Any) -> dict[str, Any]:
-    return doc.unwrap() if hasattr(doc, "unwrap") else doc  # type: ignore[no-any-return]
+    return doc.unwrap() if hasattr(doc, "unwrap") else doc
 
 
 def _child(container: Any, part: PathPart) -> Any:
@@ -154,7 +154,7 @@ def merge_toml(base_text: str | None, ours_text: str, theirs_text: str) -> Merge
         if in_theirs and not in_ours and not in_base:
             parent = _locate(ours, path[:-1])
             source = _locate(theirs, path)
-            key = path[-1][0]  # type: ignore[index]
+            key = path[-1][0]
             if parent is not None and source is not None and isinstance(parent.get(key), AoT):
                 parent[key].append(copy.deepcopy(source))
             skip_prefixes.append(path)
@@ -165,11 +165,11 @@ def merge_toml(base_text: str | None, ours_text: str, theirs_text: str) -> Merge
                                           generated="<removed>", previous="(generated entry)"))
             else:
                 parent = _locate(ours, path[:-1])
-                key = path[-1][0]  # type: ignore[index]
+                key = path[-1][0]
                 array = parent.get(key) if parent is not None else None
                 if isinstance(array, AoT):
                     for index, element in enumerate(array):
-                        if _element_id(element, index) == path[-1][1]:  # type: ignore[index]
+                        if _element_id(element, index) == path[-1][1]:
                             del array[index]
                             break
             skip_prefixes.append(path)

@@ -179,12 +179,12 @@ def dataset_document(
 ) -> tomlkit.TOMLDocument:
     """The stage's dataset TOML: [general] from the preset, one subset per character (or the composites)."""
     template = preset.document()
-    comments = key_comments(template[PRESET_SECTION]["dataset"])  # type: ignore[index]
+    comments = key_comments(template[PRESET_SECTION]["dataset"])
     resolution = job.training.resolution or preset.settings.resolution
     doc = tomlkit.document()
     what = "single-character folders" if stage == 1 else "side-by-side composites"
     doc.add(tomlkit.comment(f"kohya-1to2 stage {stage} dataset config ({what}), for sd-scripts --dataset_config."))
-    doc.add(tomlkit.comment("sd-scripts checks this file strictly: keys must sit at an allowed level and keep their type."))
+    doc.add(tomlkit.comment("sd-scripts checks this file strictly: each key at an allowed level, with its type."))
     doc.add(tomlkit.nl())
     general = tomlkit.table()
     _add_commented(general, "resolution", resolution, DATASET_KEY_COMMENTS["resolution"])
@@ -193,7 +193,7 @@ def dataset_document(
             value = max(preset.settings.stage2_max_bucket_reso, int(value))
             comment = "Largest bucket side in stage 2: room for 2:1 buckets that fit side-by-side composites."
         else:
-            comment = comments.get(key)
+            comment = comments.get(key, "")
         _add_commented(general, key, value, comment)
     _add_commented(general, "caption_extension", job.sources.caption_extension,
                    DATASET_KEY_COMMENTS["caption_extension"])

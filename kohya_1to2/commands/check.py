@@ -1,0 +1,27 @@
+"""`check <run dir | file.toml>`: lint the TOMLs against the pinned sd-scripts; exit 4 on problems."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.text import Text
+
+from kohya_1to2.configs.lint import lint_file, lint_run, raise_for_problems
+from kohya_1to2.errors import UsageError
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    target = args.target.expanduser()
+    if target.is_dir():
+        problems = lint_run(target.resolve())
+    elif target.is_file():
+        problems = lint_file(target.resolve())
+    else:
+        raise UsageError(f"{target}: no such run directory or TOML file", hint="pass a run directory or a .toml")
+    for problem in problems:
+        style = "red" if problem.severity == "error" else "yellow"
+        console.print(Text.assemble((f"{problem.severity}: ", style), problem.line()), soft_wrap=True)
+    raise_for_problems(problems, target)
+    console.print(Text(f"ok: {target} passes the checks against sd-scripts v0.10.1"))
+    return 0
