@@ -1,0 +1,97 @@
+"""`prepare` end to end on the bundled example and on bad input, through the real CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from kohya_1to2.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "dataset"
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_prepare_on_the_example_builds_everything_and_leaves_sources_untouched(tmp_path):
+    before = tree_hashes(EXAMPLE)
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "kohya_1to2", "prepare", str(EXAMPLE), "--out", str(out)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(EXAMPLE) == before
+
+    images = sorted((out / "composites" / "1_composite").glob("*.png"))
+    assert len(images) == 12  # default budget: one composite per source image
+    for image in images:
+        caption = image.with_suffix(".txt").read_text(encoding="utf-8")
+        left, right = image.stem.split("_", 1)[1].split("__")
+        assert caption.split(", ")[0] == f"{left}/{right}/COMPOSITE"
+        with Image.open(image) as opened:
+            assert opened.size == (512, 256)  # two 256x256 sources side by side
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(manifest) == 12
+    assert {entry["sha256"] for entry in manifest} == {hashlib.sha256(p.read_bytes()).hexdigest() for p in images}
+    assert (out / "preview.png").stat().st_size > 0
+    for name in ("stage1.dataset.toml", "stage1.train.toml", "stage2.dataset.toml", "stage2.train.toml",
+                 "sample_prompts.txt", "job.json"):
+        assert (out / name).is_file(), name
+
+
+def test_second_run_reuses_every_composite(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["prepare", str(EXAMPLE), "--out", str(out)]) == 0
+    first = tree_hashes(out / "composites")
+    capsys.readouterr()
+    assert main(["prepare", str(EXAMPLE), "--out", str(out)]) == 0
+    assert "12 reused" in capsys.readouterr().out
+    assert tree_hashes(out / "composites") == first
+
+
+def test_dry_run_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["prepare", str(EXAMPLE), "--out", str(out), "--dry-run"]) == 0
+    assert not out.exists()
+    assert "dry run" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("breakage", "needle"),
+    [
+        (lambda folder: (folder / "x_00.txt").write_text(""), "x_00.txt"),
+        (lambda folder: (folder / "x_00.png").write_bytes(b""), "x_00.png"),
+        (lambda folder: (folder / "x_00.txt").write_bytes("caf\xe9".encode("latin-1")), "x_00.txt"),
+    ],
+)
+def test_bad_input_is_one_line_exit_3_and_nothing_written(kohya_dataset, tmp_path, breakage, needle):
+    root = kohya_dataset({"x": 2, "y": 2})
+    breakage(root / "1_x")
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "kohya_1to2", "prepare", str(root), "--out", str(out)], capture_output=True, text=True
+    )
+    assert result.returncode == 3
+    assert "Traceback" not in result.stderr + result.stdout
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and needle in error_lines[0]
+    assert not out.exists()
+
+
+def test_one_character_is_nothing_to_pair(kohya_dataset, tmp_path, capsys):
+    root = kohya_dataset({"solo": 3})
+    assert main(["prepare", str(root), "--out", str(tmp_path / "run")]) == 3
+    assert "pair" in capsys.readouterr().err
