@@ -6,7 +6,6 @@ The parent never imports torch: machine facts come from a fast probe, the traini
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -58,17 +57,15 @@ def run_family(run_dir: Path) -> Family:
 
 
 def lint_problems(run_dir: Path) -> list[str]:
-    """`check` on the run directory (kohya_1to2.configs.lint) as one line per problem."""
-    try:
-        lint = importlib.import_module("kohya_1to2.configs.lint")
-    except ImportError:  # TODO: the configs engineer's lint module; skip until it lands
+    """`check` on the run directory (kohya_1to2.configs.lint), one line per error.
+
+    Needs the run's job.json (written by `prepare`); a hand-assembled run directory without one is not linted.
+    """
+    if not (run_dir / "job.json").is_file():
         return []
-    lint_run_dir = getattr(lint, "lint_run_dir", None)
-    if lint_run_dir is None:
-        return []
-    problems = lint_run_dir(run_dir)
-    errors = [p for p in problems if getattr(p, "severity", "error") == "error"]
-    return [str(p) for p in errors]
+    from kohya_1to2.configs.lint import lint_run
+
+    return [p.line() for p in lint_run(run_dir) if p.severity == "error"]
 
 
 def accelerate_options(args: argparse.Namespace) -> AccelerateOptions:
@@ -110,7 +107,7 @@ def stage_command(args: argparse.Namespace, run_dir: Path, sd_scripts: Path, fam
 def summary_table(results: list[StageResult]) -> Table:
     table = Table(title="1to2 launch summary")
     for column in ("stage", "status", "time", "final weights", "samples"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for result in results:
         table.add_row(
             str(result.stage),

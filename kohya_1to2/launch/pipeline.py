@@ -135,8 +135,9 @@ def is_complete(run_dir: Path, stage: StageConfig) -> bool:
     return bool(data.get("fingerprint") == config_fingerprint(stage))
 
 
-def record_completion(run_dir: Path, stage: StageConfig) -> None:
-    record = {"fingerprint": config_fingerprint(stage), "weights": str(stage.final_weights)}
+def record_completion(run_dir: Path, stage: StageConfig, seconds: float = 0.0) -> None:
+    record = {"fingerprint": config_fingerprint(stage), "weights": str(stage.final_weights),
+              "seconds": round(seconds, 1)}
     atomic_write_text(completion_record_path(run_dir, stage.stage), json.dumps(record, indent=2) + "\n")
 
 
@@ -242,7 +243,7 @@ def execute_stage(run_dir: Path, stage: StageConfig, command: StageCommand) -> S
     seconds = time.monotonic() - started
     log_text = log_path.read_text(encoding="utf-8", errors="replace")
     judge_outcome(stage, result.returncode, result.stopped_because, log_text, result.tail, log_path)
-    record_completion(run_dir, stage)
+    record_completion(run_dir, stage, seconds)
     return StageResult(stage.stage, "trained", seconds, stage.final_weights,
                        sample_images(stage, since=started_wall - 1))
 

@@ -1,0 +1,58 @@
+"""`demo`: the bundled example end to end, `prepare` then `launch`.
+
+Without a GPU (or without --base-model) it uses the CPU smoke profile on the tiny random-init model, built
+once into `.cache/tiny-model/` (in a child process, so this process never imports torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from kohya_1to2.errors import SetupError, UsageError
+from kohya_1to2.launch.substitutions import probe_capabilities
+from kohya_1to2.launch.tiny_model import is_complete
+from kohya_1to2.launch.vendor import repo_root
+
+
+def tiny_model_dir() -> Path:
+    return repo_root() / ".cache" / "tiny-model"
+
+
+def ensure_tiny_model(console: Console) -> Path:
+    """Reuse the cached tiny model, or build it in a child Python (it imports torch)."""
+    out = tiny_model_dir()
+    if is_complete(out):
+        console.print(f"tiny model: reusing {out}")
+        return out
+    proc = subprocess.run([sys.executable, "-m", "kohya_1to2", "make-tiny-model", str(out)])
+    if proc.returncode != 0 or not is_complete(out):
+        raise SetupError("building the tiny model failed (see the output above)",
+                         hint="run `python -m kohya_1to2 doctor` to check the training environment")
+    return out
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    from kohya_1to2.cli import main
+
+    example = repo_root() / "examples" / "dataset"
+    if not example.is_dir():
+        raise UsageError(f"bundled example {example} not found", hint="run demo from a clone of kohya-1to2")
+    out = args.out.expanduser().resolve()
+    cuda = probe_capabilities().cuda
+    if args.base_model:
+        preset, model = "seed", str(Path(args.base_model).expanduser().resolve())
+        if not cuda:
+            console.print("warning: no CUDA GPU; the seed preset on a real model is very slow on CPU")
+    else:
+        preset, model = "smoke", str(ensure_tiny_model(console))
+        console.print("demo: CPU smoke profile (tiny random-init model, a few steps per stage)")
+    code = main(["prepare", str(example), "--out", str(out), "--preset", preset, "--base-model", model])
+    if code != 0:
+        return code
+    launch = ["launch", str(out)] + (["--smoke"] if preset == "smoke" else [])
+    return main(launch)

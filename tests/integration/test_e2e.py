@@ -1,0 +1,137 @@
+"""The real thing: bundled example -> `prepare` (smoke preset, tiny model) -> `launch` both stages on CPU.
+
+Real pinned sd-scripts, real LyCORIS LoHa, a random-init model; ~5 minutes on 2 cores and ~9 GB RAM.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kohya_1to2.kohya import parse_weights_report
+from kohya_1to2.launch.tiny_model import is_complete
+from kohya_1to2.launch.vendor import default_sd_scripts, pin_mismatches, repo_root
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+EXAMPLE = repo_root() / "examples" / "dataset"
+TINY_MODEL = repo_root() / ".cache" / "tiny-model"
+
+
+def missing_requirement() -> str | None:
+    sd = default_sd_scripts()
+    if not (sd / "train_network.py").is_file():
+        return f"sd-scripts not set up at {sd} (run ./bootstrap.sh)"
+    if pin_mismatches(sd):
+        return f"sd-scripts at {sd} is not the pin (run python -m kohya_1to2 setup)"
+    for module in ("torch", "diffusers", "transformers", "accelerate", "lycoris", "open_clip"):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} not installed (run ./bootstrap.sh)"
+    return None
+
+
+def cli(*args: str, timeout: float = 1500) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kohya_1to2", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=repo_root())
+
+
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a .safetensors file (tensor names, dtypes, offsets, __metadata__), no torch."""
+    with path.open("rb") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        header: dict[str, Any] = json.loads(fh.read(size))
+    return header
+
+
+def tensor_bytes(path: Path) -> dict[str, bytes]:
+    header = safetensors_header(path)
+    data = path.read_bytes()
+    start = 8 + struct.unpack("<Q", data[:8])[0]
+    return {name: data[start + info["data_offsets"][0]: start + info["data_offsets"][1]]
+            for name, info in header.items() if name != "__metadata__"}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    if reason := missing_requirement():
+        pytest.skip(reason)
+    if not is_complete(TINY_MODEL):
+        built = cli("make-tiny-model", str(TINY_MODEL), timeout=600)
+        assert built.returncode == 0, built.stderr[-3000:]
+    # spaces, quotes and unicode in the run directory: they must survive TOML and argv
+    run = tmp_path_factory.mktemp("e2e") / "run 'one' ü"
+    prepared = cli("prepare", str(EXAMPLE), "--out", str(run), "--preset", "smoke", "--base-model", str(TINY_MODEL))
+    assert prepared.returncode == 0, prepared.stdout[-3000:] + prepared.stderr[-3000:]
+    started = time.monotonic()
+    launched = cli("launch", str(run))
+    seconds = time.monotonic() - started
+    assert launched.returncode == 0, launched.stdout[-5000:] + launched.stderr[-3000:]
+    return {"run": run, "launch": launched, "seconds": seconds}
+
+
+def stage_file(run: Path, stage: int) -> Path:
+    job = json.loads((run / "job.json").read_text())
+    name = job["training"]["output_name"]
+    return run / "output" / f"stage{stage}" / (f"{name}_stage1.safetensors" if stage == 1 else f"{name}.safetensors")
+
+
+def test_stage_1_is_a_loha_with_the_preset_network(trained_run: dict[str, Any]) -> None:
+    header = safetensors_header(stage_file(trained_run["run"], 1))
+    meta = header["__metadata__"]
+    names = [n for n in header if n != "__metadata__"]
+    assert names and all(".hada_w" in n or n.endswith(".alpha") for n in names)
+    assert any(n.startswith("lora_unet_") for n in names) and any(n.startswith("lora_te_") for n in names)
+    assert {n.rsplit(".", 1)[1] for n in names} == {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"}
+    assert meta["ss_network_module"] == "lycoris.kohya"
+    assert meta["ss_network_dim"] == "8"
+    assert float(meta["ss_network_alpha"]) == 1.0
+    net_args = json.loads(meta["ss_network_args"])
+    assert net_args["algo"] == "loha"
+    assert net_args["conv_dim"] == "0" and net_args["conv_alpha"] == "16"
+    # conv_dim = 0: no LoHa on convolutions, so every hada_w1_a is a 2-D (linear) factor
+    assert all(len(header[n]["shape"]) == 2 for n in names if n.endswith("hada_w1_a"))
+
+
+def test_stage_2_started_from_stage_1_and_trained_on(trained_run: dict[str, Any]) -> None:
+    run = trained_run["run"]
+    log = (run / "logs" / "stage2.log").read_text(encoding="utf-8")
+    report = parse_weights_report(log)
+    assert report is not None and report.clean
+    assert Path(report.file) == stage_file(run, 1)
+    one, two = tensor_bytes(stage_file(run, 1)), tensor_bytes(stage_file(run, 2))
+    assert one.keys() == two.keys(), "stage 2 trains exactly the modules of stage 1"
+    assert any(one[k] != two[k] for k in one), "stage 2 changed the weights"
+    meta2 = safetensors_header(stage_file(run, 2))["__metadata__"]
+    assert meta2["ss_network_dim"] == "8" and meta2["ss_network_module"] == "lycoris.kohya"
+
+
+def test_a_sample_image_per_stage_and_a_summary(trained_run: dict[str, Any]) -> None:
+    run = trained_run["run"]
+    for stage in (1, 2):
+        assert list((run / "output" / f"stage{stage}" / "sample").glob("*.png")), f"no sample from stage {stage}"
+        assert (run / "logs" / f"stage{stage}.log").stat().st_size > 0
+    assert "summary" in trained_run["launch"].stdout
+
+
+def test_a_second_launch_skips_both_completed_stages(trained_run: dict[str, Any]) -> None:
+    again = cli("launch", str(trained_run["run"]), timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("skipped") >= 2
+
+
+def test_record_timings_for_bench(trained_run: dict[str, Any]) -> None:
+    """Leave the smoke run's per-stage figures where bench/bench_launch.py can report them."""
+    out = os.environ.get("KOHYA_1TO2_BENCH_OUT")
+    if out:
+        Path(out).write_text(json.dumps({"launch_seconds": trained_run["seconds"],
+                                         "run": str(trained_run["run"])}))
+    assert trained_run["seconds"] > 0
