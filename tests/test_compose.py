@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from kohya_1to2.dataset import compose
 from kohya_1to2.errors import DatasetError, UsageError
@@ -192,22 +192,55 @@ def _noisy(size: tuple[int, int] = (64, 48)) -> Image.Image:
     return Image.frombytes("RGB", size, bytes((i * 37 + (i // 7) * 11) % 256 for i in range(size[0] * size[1] * 3)))
 
 
-def test_png_is_lossless_and_deterministic() -> None:
+def _realistic(size: tuple[int, int] = (256, 192)) -> Image.Image:
+    """A smooth colour field with shapes and sensor-like noise: compresses like a photo or a render."""
+    small = Image.merge("RGB", [Image.effect_noise((size[0] // 16, size[1] // 16), 60) for _ in range(3)])
+    image = small.resize(size, Image.Resampling.BICUBIC)
+    noise = Image.merge("RGB", [Image.effect_noise(size, 6) for _ in range(3)])
+    image = Image.blend(image, noise, 0.1)
+    ImageDraw.Draw(image).ellipse((20, 20, 120, 140), fill=(200, 40, 90))
+    return image
+
+
+def _idat_zlib_level(png: bytes) -> int:
+    """FLEVEL of the first IDAT's zlib header: 0 = fastest ... 3 = maximum compression."""
+    at = png.index(b"IDAT") + 4
+    return png[at + 1] >> 6
+
+
+@pytest.fixture(params=["default", "pillow"])
+def png_encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both PNG paths: OpenCV's libpng when installed (the default), and Pillow without it."""
+    if request.param == "pillow":
+        monkeypatch.setattr(compose, "_opencv", lambda: None)
+    return compose.png_encoder()
+
+
+def test_png_is_lossless_and_deterministic(png_encoder: str) -> None:
     image = _noisy()
     first, second = compose.encode(image, "png"), compose.encode(image, "png")
     assert first == second
-    assert Image.open(io.BytesIO(first)).tobytes() == image.tobytes()
+    decoded = Image.open(io.BytesIO(first))
+    assert decoded.mode == "RGB" and decoded.tobytes() == image.tobytes()
 
 
-def test_png_uses_fast_run_length_zlib() -> None:
-    image = _noisy((256, 256))
-    slow = io.BytesIO()
-    image.save(slow, "PNG", compress_level=9)
+def test_png_uses_fastest_zlib_level_at_near_default_size(png_encoder: str) -> None:
+    image = _realistic()
     fast = compose.encode(image, "png")
+    assert _idat_zlib_level(fast) == 0
+    default = io.BytesIO()
+    image.save(default, "PNG", compress_level=6)
+    assert _idat_zlib_level(default.getvalue()) == 2
+    assert len(fast) < 1.2 * len(default.getvalue())
+
+
+def test_pillow_fallback_is_level_1_run_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compose, "_opencv", lambda: None)
+    image = _noisy((128, 96))
     reference = io.BytesIO()
     image.save(reference, "PNG", compress_level=1, compress_type=zlib.Z_RLE)
-    assert fast == reference.getvalue()
-    assert fast != slow.getvalue()
+    assert compose.encode(image, "png") == reference.getvalue()
+    assert compose.png_encoder().startswith("pillow-")
 
 
 @pytest.mark.parametrize("fmt", ["jpg", "webp"])

@@ -44,7 +44,7 @@ from kohya_1to2.errors import DatasetError, Interrupted, OneToTwoError
 from kohya_1to2.fsutil import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from kohya_1to2.models import Character, CompositePlan, CompositeSettings, Job
 
-BUILD_VERSION = "compose-1"
+BUILD_VERSION = "compose-2"
 """Bump when compose.py's pixels or encoding change: every output is then rebuilt."""
 
 MANIFEST_FILE = "manifest.jsonl"
@@ -112,6 +112,7 @@ def settings_fingerprint(settings: CompositeSettings) -> str:
     relevant = {
         "build": BUILD_VERSION,
         "pillow": PIL.__version__,
+        "png_encoder": compose.png_encoder() if settings.format == "png" else None,
         "layout": settings.layout,
         "background": settings.background,
         "gap": settings.gap,

@@ -6,6 +6,7 @@ byte-identical to a clean one.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import re
@@ -13,6 +14,7 @@ import unicodedata
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageOps
 
@@ -152,9 +154,11 @@ def pair_layout(left: Size, right: Size, gap: int = 0, max_side: int | None = No
         if scale < 1.0:
             height = max(1, math.floor(height * scale))
             widths = [max(1, math.floor(w * height / h)) for w, h in (left, right)]
-            # Per-half rounding may still overshoot by a pixel: take it from the wider half.
-            overflow = sum(widths) - room
-            if overflow > 0:
+            # Rounding (or a 1-pixel height floor on extreme shapes) may overshoot: trim the wider half.
+            for _ in range(2):
+                overflow = sum(widths) - room
+                if overflow <= 0:
+                    break
                 wide = 0 if widths[0] >= widths[1] else 1
                 widths[wide] = max(1, widths[wide] - overflow)
     return PairLayout(left=(widths[0], height), right=(widths[1], height), gap=gap)
@@ -184,16 +188,45 @@ def compose_pair(left: Image.Image, right: Image.Image, settings: CompositeSetti
 # ---------------------------------------------------------------- encoding and naming
 
 
+@functools.cache
+def _opencv() -> Any | None:
+    """OpenCV's libpng encoder when the training environment has it (sd-scripts requires opencv)."""
+    try:
+        import cv2
+        import numpy  # noqa: F401  (cv2 needs it; fail here, not mid-build)
+    except ImportError:  # not installed, or a GUI build missing libGL on a headless box
+        return None
+    return cv2
+
+
+def png_encoder() -> str:
+    """Which PNG encoder `encode` uses; part of the settings fingerprint, since the bytes differ."""
+    cv2 = _opencv()
+    return f"opencv-{cv2.__version__}" if cv2 is not None else f"pillow-{Image.__version__}"
+
+
 def encode(image: Image.Image, fmt: str = "png", quality: int = 95) -> bytes:
     """Deterministic encoded bytes (no timestamps, no metadata).
 
     PNG uses zlib level 1 with the run-length strategy: about the size of the default level at several
-    times the speed, which is what dominates a large build.
+    times the speed, which is what dominates a large build. libpng (through OpenCV) does it ~1.5x faster
+    than Pillow, whose adaptive row filtering costs more than the compression, so it is used when present.
     """
-    buffer = io.BytesIO()
     if fmt == "png":
+        cv2 = _opencv()
+        if cv2 is not None:
+            import numpy
+
+            bgr = cv2.cvtColor(numpy.asarray(image.convert("RGB")), cv2.COLOR_RGB2BGR)
+            params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+            ok, encoded = cv2.imencode(".png", bgr, params)
+            if ok:
+                return bytes(encoded.tobytes())
+        buffer = io.BytesIO()
         image.save(buffer, "PNG", compress_level=1, compress_type=zlib.Z_RLE)
-    elif fmt == "jpg":
+        return buffer.getvalue()
+    buffer = io.BytesIO()
+    if fmt == "jpg":
         image.save(buffer, "JPEG", quality=quality, subsampling="4:4:4" if quality >= 90 else "4:2:0")
     elif fmt == "webp":
         image.save(buffer, "WEBP", quality=quality, method=4)
