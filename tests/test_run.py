@@ -310,3 +310,20 @@ def test_run_child_tees_output_and_keeps_the_tail(tmp_path: Path) -> None:
     assert result.returncode == 0
     assert result.tail[-1] == "100%" and result.tail[0] == "23" and len(result.tail) == 30
     assert (tmp_path / "l.log").read_bytes() == b"# header\n" + echo.getvalue()
+
+
+def test_resume_continues_from_the_newest_saved_state(fake_env: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run(tmp_path / "run")
+    assert launch(run, fake_env, "--resume") == 2
+    assert "no saved state of stage 1" in capsys.readouterr().err
+    old, new = (run / "output" / "stage1" / n for n in ("net_stage1-000001-state", "net_stage1-000002-state"))
+    for i, state in enumerate((old, new)):
+        state.mkdir(parents=True)
+        (state / "train_state.json").write_text("{}")
+        os.utime(state, (1_000_000 + i, 1_000_000 + i))
+    assert launch(run, fake_env, "--resume", "--stage", "1") == 0
+    import toml
+
+    effective = toml.load(run / ".1to2" / "launch" / "stage1.train.toml")
+    assert [t["resume"] for t in effective.values() if "resume" in t] == [str(new)]

@@ -6,6 +6,7 @@ The parent never imports torch: machine facts come from a fast probe, the traini
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -26,6 +27,7 @@ from kohya_1to2.launch.pipeline import (
     dry_run_text,
     execute_stage,
     is_complete,
+    latest_state_dir,
     read_stage,
     select_stages,
     strict_error,
@@ -141,6 +143,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
                                       args_list if isinstance(args_list, list) else None)
         if problem:
             raise SetupError(problem, hint="`python -m kohya_1to2 doctor` shows the environment")
+    if args.resume:
+        # resume the first selected stage that is not complete; it continues from its newest saved state
+        for number in selected:
+            if args.force or not is_complete(run_dir, stages[number]):
+                state = latest_state_dir(stages[number])
+                stages[number] = dataclasses.replace(stages[number], resume_from=state)
+                console.print(Text(f"stage {number}: resuming from {state}"), soft_wrap=True)
+                break
     for number in selected:
         stage = stages[number]
         if stage.substitutions and args.strict:

@@ -53,9 +53,33 @@ class StageConfig:
         value = self.flat.get("network_weights")
         return Path(value) if value else None
 
+    resume_from: Path | None = None
+
     @property
     def effective_text(self) -> str:
-        return apply_substitutions(self.text, list(self.substitutions)) if self.substitutions else self.text
+        text = apply_substitutions(self.text, list(self.substitutions)) if self.substitutions else self.text
+        return with_resume(text, self.resume_from) if self.resume_from else text
+
+
+def with_resume(text: str, state_dir: Path) -> str:
+    """Add sd-scripts' `resume = <state dir>` (in the first table: sd-scripts flattens them anyway)."""
+    doc = tomlkit.parse(text)
+    table: Any = next((v for v in doc.values() if isinstance(v, dict)), doc)
+    table["resume"] = str(state_dir)
+    return tomlkit.dumps(doc)
+
+
+def latest_state_dir(stage: StageConfig) -> Path:
+    """The newest `<output_name>*-state` folder sd-scripts' save_state wrote for this stage."""
+    folder = stage.final_weights.parent
+    name = str(stage.flat.get("output_name") or "last")
+    states = [p for p in folder.glob(f"{name}*-state") if p.is_dir() and (p / "train_state.json").is_file()]
+    if not states:
+        raise UsageError(
+            f"--resume: no saved state of stage {stage.stage} in {folder}",
+            hint=f"enable save_state = true (and save_every_n_epochs or save_every_n_steps) in {stage.train_toml}",
+        )
+    return max(states, key=lambda p: p.stat().st_mtime)
 
 
 def read_stage(run_dir: Path, stage: int, caps: Capabilities) -> StageConfig:
