@@ -104,3 +104,21 @@ def test_the_stamp_makes_a_rerun_a_no_op(tmp_path: Path, monkeypatch: pytest.Mon
                     reason="vendor/sd-scripts not set up (run ./bootstrap.sh)")
 def test_the_vendored_tree_is_the_pin() -> None:
     assert vendor.pin_mismatches(vendor.default_sd_scripts()) == []
+
+
+def _pinned_archive() -> Path | None:
+    import os
+
+    named = os.environ.get("SD_SCRIPTS_ARCHIVE")
+    beside = vendor.repo_root().parent / "shared" / "vendor" / "sd-scripts-v0.10.1.tar.gz"
+    return Path(named) if named else beside if beside.is_file() else None
+
+
+@pytest.mark.integration
+def test_the_real_archive_extracts_to_the_pin(tmp_path: Path) -> None:
+    archive = _pinned_archive()
+    if archive is None:
+        pytest.skip("no sd-scripts archive (set SD_SCRIPTS_ARCHIVE or put it in ../shared/vendor/)")
+    vendor.extract_archive(archive, tmp_path / "sd-scripts")
+    assert vendor.pin_mismatches(tmp_path / "sd-scripts") == []
+    assert vendor.require_sd_scripts(tmp_path / "sd-scripts") == (tmp_path / "sd-scripts").resolve()
