@@ -74,7 +74,9 @@ from pathlib import Path
 import kohya_1to2.commands.launch as launch
 launch.require_sd_scripts = lambda path: Path(path)
 from kohya_1to2.cli import main
-sys.exit(main(sys.argv[1:]))
+code = main(sys.argv[1:])
+assert "torch" not in sys.modules, "the wrapper imported torch"
+sys.exit(code)
 """
 
 
@@ -236,6 +238,16 @@ def test_strict_refuses_substitutions(fake_env: Path, tmp_path: Path, capsys: py
     effective = (run / ".1to2" / "launch" / "stage1.train.toml").read_text()
     assert 'mixed_precision = "no"' in effective
     assert "substitution: mixed_precision" in (run / "logs" / "stage1.log").read_text()
+
+
+def test_the_wrapper_never_imports_torch(fake_env: Path, tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run")
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    proc = subprocess.run([sys.executable, str(driver), "launch", str(run), "--sd-scripts", str(fake_env)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert calls(run) == ["1", "2"]
 
 
 def alive(pid: int) -> bool:
