@@ -1,0 +1,245 @@
+"""`check`: a corpus of mistakes sd-scripts accepts silently (or fails on cryptically), each reported with
+file, key and fix; generated files pass; the cross-stage and data checks of a run directory."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import toml
+from PIL import Image
+
+from kohya_1to2.cli import main
+from kohya_1to2.configs.generate import render_run_files, write_run_configs
+from kohya_1to2.configs.lint import Problem, lint_dataset, lint_file, lint_run, lint_training, value_fits
+from kohya_1to2.models import Character, Job, SourceImage, SourceSettings, TrainingSettings
+
+RUN = Path("/runs/example")
+
+
+def chars(root: Path) -> list[Character]:
+    out = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        name = folder.name.split("_", 1)[1]
+        images = tuple(SourceImage(path=p, character=name, tags=(name,)) for p in sorted(folder.glob("*.png")))
+        out.append(Character(name=name, trigger=name, repeats=1, folder=folder, images=images))
+    return out
+
+
+def generated(name: str) -> str:
+    job = Job(out=RUN, sources=SourceSettings(roots=[Path("/d")]), training=TrainingSettings(base_model="/m"))
+    folder = Path("/d/1_alice")
+    character = Character(name="alice", trigger="alice", repeats=1, folder=folder,
+                          images=(SourceImage(path=folder / "a.png", character="alice"),))
+    return render_run_files(job, [character], composite_dir=RUN / "c", composite_repeats=1, composite_count=1,
+                            run_dir=RUN)[name]
+
+
+def section_edit(text: str, section: str, line: str) -> str:
+    return text.replace(f"[{section}]\n", f"[{section}]\n{line}\n", 1)
+
+
+TRAINING_CORPUS: list[tuple[str, str, str, str]] = [
+    # (section, inserted line, reported key, words of the fix)
+    ("network", "netwrok_dim = 8", "network.netwrok_dim", "did you mean 'network_dim'"),
+    ("optimizer", 'lerning_rate = 0.001', "optimizer.lerning_rate", "did you mean 'learning_rate'"),
+    ("optimizer", 'unet_lr = "1e-4"', "optimizer.unet_lr", "without quotes"),
+    ("training", 'train_batch_size = "2"', "training.train_batch_size", "without quotes"),
+    ("network", "network_dim = 8.0", "network.network_dim", "network_dim = 8"),
+    ("training", "max_train_epochs = 40.0", "training.max_train_epochs", "max_train_epochs = 40"),
+    ("training", 'mixed_precision = "fp32"', "training.mixed_precision", '"bf16"'),
+    ("saving", 'save_precision = "half"', "saving.save_precision", '"fp16"'),
+    ("saving", 'save_model_as = "ckpt2"', "saving.save_model_as", '"safetensors"'),
+    ("model", "max_token_length = 300", "model.max_token_length", "225"),
+    ("sampling", 'sample_sampler = "euler_x"', "sampling.sample_sampler", '"k_euler_a"'),
+    ("training", 'xformers = "true"', "training.xformers", "no quotes"),
+    ("training", "cache_latents = 1", "training.cache_latents", "true or"),
+    ("network", 'network_args = "algo=loha"', "network.network_args", '["algo=loha"]'),
+    ("network", "network_args = [8, 4]", "network.network_args", "quote it"),
+    ("training", "resolution = 512", "training.resolution", "dataset TOML"),
+    ("model", "learning_rate = 0.001", "optimizer.learning_rate", "one section only"),
+    ("training", "cache_text_encoder_outputs = true", "training.cache_text_encoder_outputs", "model family"),
+    ("training", "num_repeats = 3", "training.num_repeats", "dataset TOML"),
+    ("optimizer", "lr_scheduler_num_cycles = 1.5", "optimizer.lr_scheduler_num_cycles", "an integer"),
+    ("optimizer", 'text_encoder_lr = "5e-4"', "optimizer.text_encoder_lr", "without quotes"),
+    ("model", "clip_skip = [2]", "model.clip_skip", "an integer"),
+    ("training", "seed = true", "training.seed", "an integer"),
+]
+
+
+def _single(problems: list[Problem], key: str) -> Problem:
+    matching = [p for p in problems if p.key == key]
+    assert matching, f"nothing reported for {key}: {[p.line() for p in problems]}"
+    return matching[0]
+
+
+@pytest.mark.parametrize(("section", "line", "key", "fix"), TRAINING_CORPUS, ids=[c[1] for c in TRAINING_CORPUS])
+def test_training_corpus_is_reported_with_file_key_and_fix(section: str, line: str, key: str, fix: str) -> None:
+    text = generated("stage1.train.toml")
+    doc = toml.loads(text)
+    if section in doc and line.split(" = ")[0] in doc[section]:
+        text = text.replace(f"\n{line.split(' = ')[0]} = ", f"\n{line.split(' = ')[0]}_was = ", 1)
+        text = text.replace(f"{line.split(' = ')[0]}_was = ", f"{line} #", 1)
+    else:
+        text = section_edit(text, section, line)
+    problems = lint_training(toml.loads(text), "train_network.py", "stage1.train.toml")
+    problem = _single(problems, key)
+    assert fix in problem.fix, problem.line()
+    assert problem.line().startswith(f"stage1.train.toml: {key}: ")
+
+
+DATASET_CORPUS: list[tuple[str, str, str, str]] = [
+    ("general", "cache_latents = true", "general.cache_latents", "training TOML"),
+    ("general", "max_token_length = 225", "general.max_token_length", "training TOML"),
+    ("datasets.subsets", "resolution = 512", "datasets[0].subsets[0].resolution", "[general] or [[datasets]]"),
+    ("datasets.subsets", "batch_size = 2", "datasets[0].subsets[0].batch_size", "[general] or [[datasets]]"),
+    ("datasets", "is_reg = true", "datasets[0].is_reg", "[[datasets.subsets]]"),
+    ("datasets.subsets", "num_repeat = 2", "datasets[0].subsets[0].num_repeat", "did you mean 'num_repeats'"),
+    ("general", "network_multiplier = 1", "general.network_multiplier", "network_multiplier = 1.0"),
+    ("general", "validation_split = 0", "general.validation_split", "validation_split = 0.0"),
+    ("general", "enable_bucket = 1", "general.enable_bucket", "enable_bucket = true"),
+    ("general", 'resolution = "512"', "general.resolution", "resolution = 512"),
+    ("general", 'keep_tokens = "1"', "general.keep_tokens", "keep_tokens = 1"),
+    ("general", "caption_extension = 1", "general.caption_extension", 'caption_extension = "1"'),
+    ("general", "face_crop_aug_range = [2, 3]", "general.face_crop_aug_range", "face_crop_aug_range"),
+]
+
+
+@pytest.mark.parametrize(("section", "line", "key", "fix"), DATASET_CORPUS, ids=[c[1] for c in DATASET_CORPUS])
+def test_dataset_corpus_is_reported_with_file_key_and_fix(section: str, line: str, key: str, fix: str) -> None:
+    text = generated("stage1.dataset.toml")
+    name = line.split(" = ")[0]
+    if section == "general" and f"\n{name} = " in text:
+        start = text.index(f"\n{name} = ") + 1
+        text = text[:start] + line + text[text.index("\n", start):]
+    else:
+        header = f"[[{section}]]\n" if section.startswith("datasets") else f"[{section}]\n"
+        text = text.replace(header, header + line + "\n", 1)
+    problem = _single(lint_dataset(toml.loads(text), "stage1.dataset.toml"), key)
+    assert fix in problem.fix, problem.line()
+
+
+def test_dataset_structure_problems() -> None:
+    problems = lint_dataset({"foo": 1, "datasets": [{"subsets": [{"num_repeats": 1}]}]}, "d.toml")
+    keys = {p.key: p for p in problems}
+    assert "top-level" in keys["foo"].problem
+    assert keys["datasets[0].subsets[0].image_dir"].problem == "required key missing"
+    assert lint_dataset({"datasets": {"a": 1}}, "d.toml")[0].fix.startswith("write each dataset as [[datasets]]")
+
+
+def test_value_fits_mirrors_voluptuous_strictness() -> None:
+    assert value_fits(1.0, "float") and not value_fits(1, "float")
+    assert value_fits(2, "float|int") and value_fits([512, 768], "int|int[2]") and not value_fits([512], "int|int[2]")
+    assert not value_fits(True, "int") and value_fits(True, "bool")
+
+
+@pytest.mark.parametrize("name", ["stage1.train.toml", "stage2.train.toml", "stage1.dataset.toml",
+                                  "stage2.dataset.toml"])
+def test_generated_files_pass_the_lint(name: str) -> None:
+    doc = toml.loads(generated(name))
+    if "datasets" in doc:
+        assert lint_dataset(doc, name) == []
+    else:
+        assert lint_training(doc, "train_network.py", name) == []
+
+
+def test_gpu_only_options_are_not_flagged() -> None:
+    doc = toml.loads(generated("stage1.train.toml"))
+    flat = {k: v for t in doc.values() for k, v in t.items()}
+    assert flat["optimizer_type"] == "AdamW8bit" and flat["xformers"] is True and flat["mixed_precision"] == "fp16"
+    assert lint_training(doc, "train_network.py", "x") == []
+
+
+# ------------------------------------------------------------------------------------------- run directory
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path, kohya_dataset: Callable[..., Path]) -> Path:
+    root = kohya_dataset({"alice": 2, "bob": 2})
+    run = tmp_path / "run"
+    composites = run / "composites" / "1_composite"
+    composites.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (256, 128)).save(composites / f"{i:04d}.png")
+        (composites / f"{i:04d}.txt").write_text("alice/bob/COMPOSITE, x, y\n")
+    job = Job(out=run, sources=SourceSettings(roots=[root]), training=TrainingSettings(base_model="/m"))
+    write_run_configs(job, chars(root), composite_dir=composites, composite_repeats=1,
+                      composite_sizes=[(256, 128)] * 3, run_dir=run)
+    (run / "job.json").write_text(job.model_dump_json())
+    return run
+
+
+def _rewrite(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_prepared_run_has_no_errors(run_dir: Path) -> None:
+    assert [p.line() for p in lint_run(run_dir) if p.severity == "error"] == []
+
+
+SEMANTIC_CASES: list[tuple[str, str, str, str, str]] = [
+    ("stage2.train.toml", "network_dim = 8", "network_dim = 16", "network_dim", "same network_dim"),
+    ("stage2.train.toml", '"conv_dim=0"', '"conv_dim=4"', "network_args", "same network_args"),
+    ("stage2.train.toml", "1to2_stage1.safetensors", "other.safetensors", "network_weights", "1to2_stage1"),
+    ("stage1.train.toml", '"algo=loha"', '"algo=lora"', "network_args", "algo=loha"),
+    ("stage1.train.toml", '"lycoris.kohya"', '"lycoris_missing.kohya"', "network_module", "pip install"),
+    ("stage1.dataset.toml", 'caption_extension = ".txt"', 'caption_extension = ".caption"',
+     "datasets[0].subsets[0].caption_extension", 'caption_extension = ".txt"'),
+    ("stage2.dataset.toml", "enable_bucket = true", "enable_bucket = false", "datasets[0].enable_bucket",
+     "enable_bucket = true"),
+    ("stage2.dataset.toml", "resolution = 512", "resolution = 2048", "datasets[0].min_bucket_reso",
+     "min_bucket_reso <= resolution"),
+    ("stage1.dataset.toml", "bucket_reso_steps = 64", "bucket_reso_steps = 48", "datasets[0].bucket_reso_steps",
+     "use 64"),
+]
+
+
+@pytest.mark.parametrize(("name", "old", "new", "key", "fix"), SEMANTIC_CASES, ids=[c[2] for c in SEMANTIC_CASES])
+def test_semantic_checks_of_a_run(run_dir: Path, name: str, old: str, new: str, key: str, fix: str) -> None:
+    _rewrite(run_dir / name, old, new)
+    problems = [p for p in lint_run(run_dir) if p.file == str(run_dir / name)]
+    problem = _single(problems, key)
+    assert fix in problem.fix, problem.line()
+
+
+def test_buckets_too_narrow_for_composites_are_reported(run_dir: Path) -> None:
+    _rewrite(run_dir / "stage2.dataset.toml", "min_bucket_reso = 256", "min_bucket_reso = 512")
+    _rewrite(run_dir / "stage2.dataset.toml", "max_bucket_reso = 1024", "max_bucket_reso = 512")
+    problem = _single(lint_run(run_dir), "datasets[0].max_bucket_reso")
+    assert "cropping" in problem.problem and "raise max_bucket_reso" in problem.fix
+
+
+def test_empty_subset_folder_is_an_error(run_dir: Path) -> None:
+    for image in (run_dir / "composites" / "1_composite").glob("*.png"):
+        image.unlink()
+    problem = _single(lint_run(run_dir), "datasets[0].subsets[0].image_dir")
+    assert "has no images" in problem.problem
+
+
+def test_check_command_exit_codes_and_output(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(run_dir)]) == 0
+    _rewrite(run_dir / "stage1.train.toml", "network_dim = 8", "netwrok_dim = 8")
+    assert main(["check", str(run_dir)]) == 4
+    out = capsys.readouterr()
+    assert f"{run_dir / 'stage1.train.toml'}: network.netwrok_dim: unknown option" in out.out.replace("\n", "")
+    assert "problem(s)" in out.err
+    assert main(["check", str(run_dir / "stage2.dataset.toml")]) == 0
+    (run_dir / "bad.toml").write_text("[general\n")
+    assert main(["check", str(run_dir / "bad.toml")]) == 4
+
+
+def test_single_file_lint_tells_dataset_from_training(tmp_path: Path) -> None:
+    path = tmp_path / "x.toml"
+    path.write_text('[general]\ncache_latents = true\n')
+    assert lint_file(path)[0].key == "general.cache_latents"
+    path.write_text('[t]\nnetwrok_dim = 1\n')
+    assert lint_file(path)[0].key == "t.netwrok_dim"
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj)
