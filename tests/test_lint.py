@@ -3,10 +3,8 @@ file, key and fix; generated files pass; the cross-stage and data checks of a ru
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import toml
@@ -108,16 +106,21 @@ DATASET_CORPUS: list[tuple[str, str, str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("section", "line", "key", "fix"), DATASET_CORPUS, ids=[c[1] for c in DATASET_CORPUS])
-def test_dataset_corpus_is_reported_with_file_key_and_fix(section: str, line: str, key: str, fix: str) -> None:
+def dataset_variant(section: str, line: str) -> str:
+    """The generated stage-1 dataset TOML with one line replaced or inserted (also used by the integration
+    test, which feeds every variant to sd-scripts' own sanitizer)."""
     text = generated("stage1.dataset.toml")
     name = line.split(" = ")[0]
     if section == "general" and f"\n{name} = " in text:
         start = text.index(f"\n{name} = ") + 1
-        text = text[:start] + line + text[text.index("\n", start):]
-    else:
-        header = f"[[{section}]]\n" if section.startswith("datasets") else f"[{section}]\n"
-        text = text.replace(header, header + line + "\n", 1)
+        return text[:start] + line + text[text.index("\n", start):]
+    header = f"[[{section}]]\n" if section.startswith("datasets") else f"[{section}]\n"
+    return text.replace(header, header + line + "\n", 1)
+
+
+@pytest.mark.parametrize(("section", "line", "key", "fix"), DATASET_CORPUS, ids=[c[1] for c in DATASET_CORPUS])
+def test_dataset_corpus_is_reported_with_file_key_and_fix(section: str, line: str, key: str, fix: str) -> None:
+    text = dataset_variant(section, line)
     problem = _single(lint_dataset(toml.loads(text), "stage1.dataset.toml"), key)
     assert fix in problem.fix, problem.line()
 
@@ -239,7 +242,3 @@ def test_single_file_lint_tells_dataset_from_training(tmp_path: Path) -> None:
     assert lint_file(path)[0].key == "general.cache_latents"
     path.write_text('[t]\nnetwrok_dim = 1\n')
     assert lint_file(path)[0].key == "t.netwrok_dim"
-
-
-def _json(obj: Any) -> str:
-    return json.dumps(obj)
