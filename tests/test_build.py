@@ -280,6 +280,7 @@ CHILD = textwrap.dedent(
             calls["n"] += 1
             if calls["n"] == kill_at and phase == "mid-write":
                 tmp = final.with_name(fsutil.TMP_PREFIX + "x" + final.suffix)
+                tmp.parent.mkdir(parents=True, exist_ok=True)
                 raw = data.encode() if isinstance(data, str) else data
                 tmp.write_bytes(raw[: len(raw) // 2])
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -302,7 +303,9 @@ def _run_child(src: Path, out: Path, budget: int, kill_at: int, phase: str, work
 
 
 @pytest.mark.parametrize(
-    ("kill_at", "phase"), [(1, "mid-write"), (4, "after-write"), (7, "mid-write"), (9, "after-write")]
+    ("kill_at", "phase"),
+    [(1, "mid-write"), (4, "after-write"), (7, "mid-write"), (9, "after-write"), (14, "after-write"),
+     (19, "mid-write")],
 )
 def test_kill_9_at_a_write_then_rerun_equals_a_clean_build(src: Path, tmp_path: Path, kill_at: int, phase: str) -> None:
     out, clean = tmp_path / "run", tmp_path / "clean"
@@ -410,3 +413,32 @@ def test_progress_bar_reports_rate_on_the_console(src: Path, tmp_path: Path) -> 
                            console=Console(file=stream, width=120))
     text = stream.getvalue()
     assert "8/8" in text and "composites/s" in text
+
+
+def test_each_source_is_decoded_once_even_with_a_tiny_cache(
+    src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_load = compose.load_source
+    decoded: list[Path] = []
+
+    def counting_load(path: Path, *args: object, **kwargs: object) -> Image.Image:
+        decoded.append(path)
+        return real_load(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(compose, "load_source", counting_load)
+    characters = characters_from(src)
+    plans = plan_pairs(characters, 30, 0)
+    sources = {p for plan in plans for p in (plan.left.path, plan.right.path)}
+
+    spilled = build.build_composites(plans, characters, make_job(src, tmp_path / "a", budget=30, workers=1),
+                                     tmp_path / "a", cache_bytes=1)
+    assert sorted(decoded) == sorted(sources)  # once each, although the cache holds a single image
+    assert not (tmp_path / "a" / build.SPILL_DIR).exists()
+
+    decoded.clear()
+    monkeypatch.setattr(build, "SPILL_MAX_BYTES", 0)  # no room to spill: the bounded cache alone
+    plain = build.build_composites(plans, characters, make_job(src, tmp_path / "b", budget=30, workers=1),
+                                   tmp_path / "b", cache_bytes=1)
+    assert len(decoded) > len(sources)
+    assert spilled.sizes == plain.sizes
+    assert tree_hashes(tmp_path / "a") == tree_hashes(tmp_path / "b")

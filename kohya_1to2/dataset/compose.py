@@ -217,7 +217,7 @@ def encode(image: Image.Image, fmt: str = "png", quality: int = 95) -> bytes:
         if cv2 is not None:
             import numpy
 
-            bgr = cv2.cvtColor(numpy.asarray(image.convert("RGB")), cv2.COLOR_RGB2BGR)
+            bgr = cv2.cvtColor(numpy.asarray(image if image.mode == "RGB" else image.convert("RGB")), cv2.COLOR_RGB2BGR)
             params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
             ok, encoded = cv2.imencode(".png", bgr, params)
             if ok:

@@ -3,7 +3,6 @@ look right before hours of training."""
 
 from __future__ import annotations
 
-import io
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Protocol
 
 from PIL import Image, ImageDraw, ImageFont
 
+from kohya_1to2.dataset.compose import encode
 from kohya_1to2.fsutil import atomic_write_bytes
 
 CELL_WIDTH = 384
@@ -73,7 +73,5 @@ def contact_sheet(
         for line_no, line in enumerate(lines):
             draw.text((x + PADDING, y + PADDING + THUMB_HEIGHT + 4 + line_no * LINE_HEIGHT), line, fill=TEXT,
                       font=font)
-    buffer = io.BytesIO()
-    sheet.save(buffer, "PNG", compress_level=6)
-    atomic_write_bytes(out_path, buffer.getvalue())
+    atomic_write_bytes(out_path, encode(sheet, "png"))
     return out_path
