@@ -3,6 +3,7 @@ file, key and fix; generated files pass; the cross-stage and data checks of a ru
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -234,6 +235,15 @@ def test_check_command_exit_codes_and_output(run_dir: Path, capsys: pytest.Captu
     assert main(["check", str(run_dir / "stage2.dataset.toml")]) == 0
     (run_dir / "bad.toml").write_text("[general\n")
     assert main(["check", str(run_dir / "bad.toml")]) == 4
+
+
+def test_single_file_in_an_sdxl_run_is_checked_against_the_sdxl_parser(run_dir: Path) -> None:
+    job = json.loads((run_dir / "job.json").read_text())
+    job["training"]["preset"] = "sdxl"
+    (run_dir / "job.json").write_text(json.dumps(job))
+    _rewrite(run_dir / "stage1.train.toml", "[training]\n", "[training]\ncache_text_encoder_outputs = false\n")
+    _rewrite(run_dir / "stage1.train.toml", "max_train_epochs = 40", "max_train_epoch = 40")
+    assert [p.key for p in lint_file(run_dir / "stage1.train.toml")] == ["training.max_train_epoch"]
 
 
 def test_single_file_lint_tells_dataset_from_training(tmp_path: Path) -> None:

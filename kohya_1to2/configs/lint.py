@@ -487,20 +487,31 @@ def script_for(document: Mapping[str, Any], family: str | None = None) -> str:
 def lint_file(path: Path, family: str | None = None) -> list[Problem]:
     """Syntax, keys, types and choices of one TOML (dataset or training, told apart by its content)."""
     document = read_toml(path)
+    if family is None and (path.parent / "job.json").is_file():
+        family = _run_family(path.parent)
+    script = script_for(document, family)
     if is_dataset_document(document):
-        return lint_dataset(document, str(path))
-    return lint_training(document, script_for(document, family), str(path))
+        return lint_dataset(document, str(path), script=script)
+    return lint_training(document, script, str(path))
+
+
+def _run_family(run_dir: Path) -> str:
+    """The model family of the run a file belongs to (job.json's family, else its preset's)."""
+    from kohya_1to2.configs.generate import load_job
+    from kohya_1to2.configs.presets import load_preset
+    from kohya_1to2.configs.render import resolved_family
+
+    job = load_job(run_dir)
+    return resolved_family(job, load_preset(job.training.preset))
 
 
 def lint_run(run_dir: Path) -> list[Problem]:
     """Every generated file of a run directory, plus the cross-file 1to2 checks."""
-    from kohya_1to2.configs.generate import image_sizes, list_images, load_job
-    from kohya_1to2.configs.presets import load_preset
-    from kohya_1to2.configs.render import STAGES, file_names, resolved_family
+    from kohya_1to2.configs.generate import image_sizes, list_images
+    from kohya_1to2.configs.render import STAGES, file_names
     from kohya_1to2.models import IMAGE_EXTENSIONS
 
-    job = load_job(run_dir)
-    family = resolved_family(job, load_preset(job.training.preset))
+    family = _run_family(run_dir)
     script = TRAINING_SCRIPTS[family]
     problems: list[Problem] = []
     flats: dict[int, dict[str, Any]] = {}
