@@ -2,6 +2,7 @@
 
     python bench/bench_launch.py overhead          # wrapper start -> child start, vs a bare Python start
     python bench/bench_launch.py smoke RUN_DIR     # per-stage wall time and s/step of a finished run
+    python bench/bench_launch.py dryrun RUN_DIR    # all pre-child work on a real prepared run (check included)
 
 `overhead` uses a fake sd-scripts (a script that records when it starts) behind a stand-in
 `accelerate.commands.launch`, so it measures only our code: reading TOMLs, check, probe, argv, spawn.
@@ -101,6 +102,21 @@ def overhead(repeats: int) -> None:
     print(f"wrapper overhead (minus 2 floors): {(w - 2 * f) * 1000:7.0f} ms  (target < 1000 ms; torch not imported)")
 
 
+def dryrun(run: Path, repeats: int) -> None:
+    floor, times = [], []
+    for _ in range(repeats):
+        t0 = time.time()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        floor.append(time.time() - t0)
+        t0 = time.time()
+        subprocess.run([sys.executable, "-m", "kohya_1to2", "launch", str(run), "--dry-run"], check=True,
+                       stdout=subprocess.DEVNULL)
+        times.append(time.time() - t0)
+    f, d = statistics.median(floor), statistics.median(times)
+    print(f"launch --dry-run on {run}: {d * 1000:.0f} ms ({(d - f) * 1000:.0f} ms over a bare python start; "
+          "includes check, TOML reads, capability probe, argv)")
+
+
 STEP_RE = re.compile(r"steps: 100%.*?(\d+)/(\d+) \[([\d:]+)<[^,]*,\s*([\d.]+)(s/it|it/s)")
 
 
@@ -128,9 +144,14 @@ def main() -> None:
     o.add_argument("--repeats", type=int, default=5)
     s = sub.add_parser("smoke")
     s.add_argument("run_dir", type=Path)
+    d = sub.add_parser("dryrun")
+    d.add_argument("run_dir", type=Path)
+    d.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     if args.what == "overhead":
         overhead(args.repeats)
+    elif args.what == "dryrun":
+        dryrun(args.run_dir, args.repeats)
     else:
         smoke(args.run_dir)
 
