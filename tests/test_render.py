@@ -92,6 +92,7 @@ def test_job_choices_override_the_preset() -> None:
     assert two["network_weights"].endswith("duo_stage1.safetensors")
     assert not any(k.startswith("sample_") for k in one), "sampling off removes the sampling keys"
     assert toml.loads(files["stage2.dataset.toml"])["general"]["resolution"] == 768
+    assert "--w 768 --h 768" in files["sample_prompts.txt"], "samples follow the stage's resolution"
 
 
 def test_sdxl_stage2_buckets_fit_composites() -> None:

@@ -24,7 +24,7 @@ from rich.text import Text
 from kohya_1to2.configs.buckets import BucketSettings
 from kohya_1to2.configs.merge import Conflict, merge_toml
 from kohya_1to2.configs.plan import StagePlan, SubsetPlan, check_stage_plans, plan_stage, render_stage_plans
-from kohya_1to2.configs.presets import load_preset
+from kohya_1to2.configs.presets import PresetSettings, load_preset
 from kohya_1to2.configs.prompts import sample_prompts_text
 from kohya_1to2.configs.render import (
     SAMPLE_PROMPTS_FILE,
@@ -127,8 +127,17 @@ def render_run_files(
         files[dataset_name] = tomlkit.dumps(dataset_document(job, preset, stage, subsets[stage]))
         files[train_name] = tomlkit.dumps(training_document(job, preset, stage, run_dir))
     triggers = [(c.name, c.trigger) for c in characters]
-    files[SAMPLE_PROMPTS_FILE] = sample_prompts_text(triggers, preset.settings, job.composites.captions)
+    files[SAMPLE_PROMPTS_FILE] = sample_prompts_text(triggers, sample_settings(job, preset.settings),
+                                                     job.composites.captions)
     return files
+
+
+def sample_settings(job: Job, settings: PresetSettings) -> PresetSettings:
+    """Samples follow --resolution when the preset samples at its own training resolution."""
+    wanted = job.training.resolution
+    if wanted and (settings.sample_width, settings.sample_height) == (settings.resolution, settings.resolution):
+        return settings.model_copy(update={"sample_width": wanted, "sample_height": wanted})
+    return settings
 
 
 # ------------------------------------------------------------------------------------------- writing
