@@ -169,3 +169,37 @@ def test_dataset_mistakes_the_lint_reports_are_really_rejected_by_sd_scripts(tmp
         paths.append(str(path))
     result = _read_with_sd_scripts({"training": [], "bad_datasets": paths})
     assert all(r == "MultipleInvalid" for r in result["rejected"]), result["rejected"]
+
+
+BUCKETS = r"""
+import json, sys
+sys.path.insert(0, ".")
+from library.train_util import BucketManager
+request = json.load(sys.stdin)
+out = []
+for (res, low, high, steps), sizes in request:
+    manager = BucketManager(False, (res, res), low, high, steps)
+    manager.make_buckets()
+    out.append([[list(manager.select_bucket(w, h)[0]), list(manager.select_bucket(w, h)[1])] for w, h in sizes])
+print("@@" + json.dumps(out))
+"""
+
+
+def test_bucket_preview_matches_sd_scripts_bucket_manager() -> None:
+    from kohya_1to2.configs.buckets import BucketSettings, buckets_for, select_bucket
+
+    settings = [(512, 256, 1024, 64), (1024, 512, 1536, 64), (256, 128, 512, 64), (128, 64, 1024, 64),
+                (768, 256, 1024, 64), (1024, 256, 2048, 32)]
+    sizes = [(1024, 512), (2048, 1024), (192, 128), (96, 128), (1500, 600), (640, 480), (512, 512), (300, 900)]
+    request = [[s, sizes] for s in settings]
+    proc = subprocess.run([sys.executable, "-c", BUCKETS], input=json.dumps(request), cwd=SD_SCRIPTS,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    real = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("@@"))[2:])
+    for (res, low, high, steps), results in zip(settings, real, strict=True):
+        resos = buckets_for(BucketSettings(resolution=(res, res), min_bucket_reso=low, max_bucket_reso=high,
+                                           bucket_reso_steps=steps))
+        ours = [select_bucket(size, resos) for size in sizes]
+        assert [list(o[0]) for o in ours] == [r[0] for r in results], f"resolution {res}, range {low}..{high}"
+        real_crops = [1 - (b[0] * b[1]) / (r[0] * r[1]) for b, r in results]
+        assert [round(o[1], 6) for o in ours] == [round(max(0.0, c), 6) for c in real_crops]
