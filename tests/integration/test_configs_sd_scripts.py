@@ -203,3 +203,39 @@ def test_bucket_preview_matches_sd_scripts_bucket_manager() -> None:
         assert [list(o[0]) for o in ours] == [r[0] for r in results], f"resolution {res}, range {low}..{high}"
         real_crops = [1 - (b[0] * b[1]) / (r[0] * r[1]) for b, r in results]
         assert [round(o[1], 6) for o in ours] == [round(max(0.0, c), 6) for c in real_crops]
+
+
+SILENT = r"""
+import json, sys
+sys.path.insert(0, ".")
+import train_network
+from library import train_util
+out = []
+for path in json.load(sys.stdin):
+    parser = train_network.setup_parser()
+    sys.argv = ["train_network.py", "--config_file", path]
+    try:
+        train_util.read_config_from_file(parser.parse_args(), parser)
+        out.append("accepted")
+    except BaseException as exc:
+        out.append(type(exc).__name__)
+print("@@" + json.dumps(out))
+"""
+
+
+def test_training_mistakes_the_lint_reports_pass_sd_scripts_silently(tmp_path: Path) -> None:
+    """Why the lint exists: sd-scripts' own config reader accepts every case of the training corpus."""
+    spec = importlib.util.spec_from_file_location("corpus", REPO / "tests" / "test_lint.py")
+    assert spec and spec.loader
+    corpus = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(corpus)
+    paths = []
+    for i, (section, line, _, _) in enumerate(corpus.TRAINING_CORPUS):
+        path = tmp_path / f"train{i}.toml"
+        path.write_text(corpus.training_variant(section, line), encoding="utf-8")
+        paths.append(str(path))
+    proc = subprocess.run([sys.executable, "-c", SILENT], input=json.dumps(paths), cwd=SD_SCRIPTS,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("@@"))[2:])
+    assert results == ["accepted"] * len(paths)
