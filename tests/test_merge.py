@@ -78,6 +78,19 @@ def test_deleted_key_stays_deleted() -> None:
     assert "xformers" not in toml.loads(result.text)["training"]
 
 
+def test_keys_the_generator_drops_leave_no_orphan_comments() -> None:
+    base = files_for(sample=True)["stage1.train.toml"]
+    ours = base.replace("[sampling]\n", "[sampling]\n# my own note\n") + "\n[extra]\nmine = 1\n"
+    ours = edit(ours, "network", "network_dim", 4)
+    result = merge_toml(base, ours, files_for(sample=False)["stage1.train.toml"])
+    merged = toml.loads(result.text)
+    assert "sample_sampler" not in result.text and "# Sampler used for samples." not in result.text
+    assert "# my own note" in result.text and merged["sampling"] == {}, "a section with user comments stays"
+    assert merged["network"]["network_dim"] == 4 and merged["extra"] == {"mine": 1}
+    plain = merge_toml(base, edit(base, "network", "network_dim", 4), files_for(sample=False)["stage1.train.toml"])
+    assert "[sampling]" not in plain.text
+
+
 def test_characters_added_and_removed_merge_by_image_dir() -> None:
     base = files_for(("alice", "bob"))["stage1.dataset.toml"]
     doc = tomlkit.parse(base)

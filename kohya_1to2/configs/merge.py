@@ -15,7 +15,7 @@ from typing import Any
 import tomlkit
 import tomlkit.exceptions
 from pydantic import BaseModel, ConfigDict
-from tomlkit.items import AoT, Table
+from tomlkit.items import AoT, Comment, Null, Table
 
 from kohya_1to2.configs.presets import key_comments
 
@@ -129,7 +129,8 @@ def merge_toml(base_text: str | None, ours_text: str, theirs_text: str) -> Merge
     """
     ours = tomlkit.parse(ours_text)
     theirs = tomlkit.parse(theirs_text)
-    base_plain = _plain(tomlkit.parse(base_text)) if base_text is not None else None
+    base_doc = tomlkit.parse(base_text) if base_text is not None else None
+    base_plain = _plain(base_doc) if base_doc is not None else None
     ours_plain, theirs_plain = _plain(ours), _plain(theirs)
     base_leaves = dict(leaves(base_plain)) if base_plain is not None else {}
     ours_leaves = dict(leaves(ours_plain))
@@ -137,20 +138,14 @@ def merge_toml(base_text: str | None, ours_text: str, theirs_text: str) -> Merge
     conflicts: list[Conflict] = []
     kept: list[str] = []
 
-    def has(mapping: dict[KeyPath, Any], path: KeyPath) -> Any:
-        return mapping.get(path, MISSING) if path in mapping else MISSING
-
-    def present(mapping: dict[KeyPath, Any], path: KeyPath) -> bool:
-        return path in mapping
-
     # 1. whole array-of-tables elements (subsets): added or removed by the generator
     element_paths = sorted(
         {p for p in [*base_leaves, *theirs_leaves, *ours_leaves] if isinstance(p[-1], tuple)}, key=path_name
     )
     skip_prefixes: list[KeyPath] = []
     for path in element_paths:
-        in_base = base_plain is not None and present(base_leaves, path)
-        in_ours, in_theirs = present(ours_leaves, path), present(theirs_leaves, path)
+        in_base = base_plain is not None and path in base_leaves
+        in_ours, in_theirs = path in ours_leaves, path in theirs_leaves
         if in_theirs and not in_ours and not in_base:
             parent = _locate(ours, path[:-1])
             source = _locate(theirs, path)
@@ -184,8 +179,8 @@ def merge_toml(base_text: str | None, ours_text: str, theirs_text: str) -> Merge
     all_paths = [p for p in dict.fromkeys([*base_leaves, *theirs_leaves, *ours_leaves])
                  if not isinstance(p[-1], tuple) and not skipped(p)]
     for path in all_paths:
-        b = has(base_leaves, path) if base_plain is not None else MISSING
-        o, t = has(ours_leaves, path), has(theirs_leaves, path)
+        b = base_leaves.get(path, MISSING)
+        o, t = ours_leaves.get(path, MISSING), theirs_leaves.get(path, MISSING)
         cb, co, ct = canonical(b), canonical(o), canonical(t)
         if base_plain is None:
             if co != ct:
@@ -194,7 +189,7 @@ def merge_toml(base_text: str | None, ours_text: str, theirs_text: str) -> Merge
             continue
         if co == cb:
             if ct != cb:
-                _set(ours, theirs, path, t)
+                _set(ours, theirs, path, t, base_doc)
         elif ct == cb:
             kept.append(path_name(path))
         elif co != ct:
@@ -203,7 +198,7 @@ def merge_toml(base_text: str | None, ours_text: str, theirs_text: str) -> Merge
     return MergeResult(text=tomlkit.dumps(ours), conflicts=tuple(conflicts), kept_edits=tuple(kept))
 
 
-def _set(ours: Any, theirs: Any, path: KeyPath, value: Any) -> None:
+def _set(ours: Any, theirs: Any, path: KeyPath, value: Any, base: Any = None) -> None:
     """Set (or delete, for MISSING) one key in the user's document, creating tables the generator added."""
     parent_path, key = path[:-1], path[-1]
     assert isinstance(key, str)
@@ -212,7 +207,13 @@ def _set(ours: Any, theirs: Any, path: KeyPath, value: Any) -> None:
         return
     if value is MISSING:
         if key in parent:
-            del parent[key]
+            base_parent = _locate(base, parent_path) if base is not None else None
+            generated = key_comments(base_parent).get(key, "") if isinstance(base_parent, Table) else ""
+            _delete_with_comment(parent, key, generated.splitlines())
+            if (len(parent_path) == 1 and len(parent) == 0 and _locate(theirs, parent_path) is None
+                    and isinstance(parent, Table)
+                    and not any(isinstance(item, Comment) for _, item in parent.value.body)):
+                del ours[parent_path[0]]  # a section the generator dropped, now empty and uncommented
         return
     if key in parent:
         parent[key] = value
@@ -222,6 +223,24 @@ def _set(ours: Any, theirs: Any, path: KeyPath, value: Any) -> None:
     for line in (comment or "").splitlines():
         parent.add(tomlkit.comment(line))
     parent.add(key, value)
+
+
+def _delete_with_comment(parent: Any, key: str, generated_comment: list[str]) -> None:
+    """Delete a key and the generated comment lines right above it (comments the user wrote stay)."""
+    container = parent.value if isinstance(parent, Table) else parent
+    body = container.body
+    index = next((i for i, (k, _) in enumerate(body) if k is not None and k.key == key), None)
+    del parent[key]
+    if index is None:
+        return
+    lines = list(generated_comment)
+    j = index - 1
+    while j >= 0 and lines and body[j][0] is None and isinstance(body[j][1], Comment):
+        if body[j][1].as_string().strip().lstrip("#").strip() != lines[-1]:
+            break
+        body[j] = (None, Null())
+        lines.pop()
+        j -= 1
 
 
 def _ensure(ours: Any, theirs: Any, path: KeyPath) -> Any:
