@@ -120,7 +120,8 @@ def render_stage_plans(plans: Sequence[StagePlan]) -> Group:
         parts.append(table)
         approx = "" if plan.exact else "~"
         parts.append(Text(
-            f"  batch {plan.batch_size} · {approx}{plan.steps_per_epoch} steps/epoch · {plan.epochs} epochs · "
+            f"  batch {plan.batch_size} · {approx}{plan.steps_per_epoch} steps/epoch · "
+            f"{plan.epochs} epoch{'' if plan.epochs == 1 else 's'} · "
             f"{approx}{plan.total_steps} steps in total"
         ))
         if plan.buckets:
