@@ -239,7 +239,7 @@ def test_corrupt_source_is_reported_and_finished_work_is_kept(src: Path, tmp_pat
 
 def test_schedule_groups_shared_sources() -> None:
     items = [
-        build.WorkItem(index=i, left=f"s{i % 32:02d}", right=f"s{(i * 7 + 3) % 32:02d}", image_path="", caption_path="",
+        build.WorkItem(index=i, left=f"s{i % 32:02d}", right=f"s{(i * 7 + 3) % 32:02d}", image_name="", caption_name="",
                        caption="")
         for i in range(400)
     ]

@@ -212,7 +212,7 @@ def _idat_zlib_level(png: bytes) -> int:
 def png_encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Both PNG paths: OpenCV's libpng when installed (the default), and Pillow without it."""
     if request.param == "pillow":
-        monkeypatch.setattr(compose, "_opencv", lambda: None)
+        monkeypatch.setattr(compose, "opencv_version", lambda: None)
     return compose.png_encoder()
 
 
@@ -235,7 +235,7 @@ def test_png_uses_fastest_zlib_level_at_near_default_size(png_encoder: str) -> N
 
 
 def test_pillow_fallback_is_level_1_run_length(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(compose, "_opencv", lambda: None)
+    monkeypatch.setattr(compose, "opencv_version", lambda: None)
     image = _noisy((128, 96))
     reference = io.BytesIO()
     image.save(reference, "PNG", compress_level=1, compress_type=zlib.Z_RLE)

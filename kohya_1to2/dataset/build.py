@@ -20,7 +20,7 @@ import re
 import shutil
 import signal
 import struct
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -148,8 +148,8 @@ class WorkItem:
     index: int
     left: str
     right: str
-    image_path: str
-    caption_path: str
+    image_name: str
+    caption_name: str
     caption: str
 
 
@@ -182,7 +182,9 @@ class WorkerConfig:
     format: str
     quality: int
     cache_bytes: int = CACHE_BYTES
+    subset_dir: str = "."
     spill_dir: str | None = None
+    spill_sources: frozenset[str] = frozenset()
 
 
 ItemResult = tuple[int, tuple[int, int], int, str, tuple[int, int], tuple[int, int]]
@@ -234,8 +236,11 @@ _SPILL_HEADER = struct.Struct("<4I")
 
 
 def _spill_path(key: str) -> Path | None:
+    """Where a decoded source (key = path) or a resized one (path + size) is shared; None: not shared."""
     if _worker_config is None or _worker_config.spill_dir is None:
         return None
+    if key.split("\n", 1)[0] not in _worker_config.spill_sources:
+        return None  # used by one composite only: writing it would cost more than it saves
     return Path(_worker_config.spill_dir) / (hashlib.sha1(key.encode("utf-8")).hexdigest() + ".rgb")
 
 
@@ -278,8 +283,8 @@ def _build_one(item: WorkItem) -> ItemResult:
               for path, image, size in ((item.left, left, layout.left), (item.right, right, layout.right))]
     image = compose.join(halves[0], halves[1], layout, config.background)
     data = compose.encode(image, config.format, config.quality)
-    atomic_write_bytes(Path(item.image_path), data)
-    atomic_write_text(Path(item.caption_path), item.caption + "\n")
+    atomic_write_bytes(Path(config.subset_dir, item.image_name), data)
+    atomic_write_text(Path(config.subset_dir, item.caption_name), item.caption + "\n")
     return (item.index, image.size, len(data), hashlib.sha256(data).hexdigest(), left_size, right_size)
 
 
@@ -368,6 +373,11 @@ def _remove_owned(folder: Path, pattern: re.Pattern[str], keep: set[str]) -> int
     return removed
 
 
+def _shared_sources(items: Sequence[WorkItem]) -> frozenset[str]:
+    uses = Counter(p for item in items for p in (item.left, item.right))
+    return frozenset(path for path, count in uses.items() if count > 1)
+
+
 def _spill_fits(items: Sequence[WorkItem], max_side: int | None, run_dir: Path) -> bool:
     """Spill decoded sources to disk only if (pixels of every source + one resized copy) fit the budget."""
     from PIL import Image
@@ -445,6 +455,7 @@ def build_composites(
     expected_names: set[str] = set()
     reused = 0
     preview_stale = False
+    interned: dict[str, str] = {}  # one string per source path, however many composites use it
 
     for position, plan in enumerate(plans):
         if plan.index != position:
@@ -483,10 +494,10 @@ def build_composites(
         to_build.append(
             WorkItem(
                 index=plan.index,
-                left=str(plan.left.path),
-                right=str(plan.right.path),
-                image_path=str(subset / name),
-                caption_path=str(subset / caption_name),
+                left=interned.setdefault(str(plan.left.path), str(plan.left.path)),
+                right=interned.setdefault(str(plan.right.path), str(plan.right.path)),
+                image_name=name,
+                caption_name=caption_name,
                 caption=caption,
             )
         )
@@ -504,7 +515,7 @@ def build_composites(
                     plan = plans[index]
                     entry = ManifestEntry(
                         index=index,
-                        file=f"{subset.relative_to(run_dir).as_posix()}/{Path(items_by_index[index].image_path).name}",
+                        file=f"{subset.relative_to(run_dir).as_posix()}/{items_by_index[index].image_name}",
                         caption=items_by_index[index].caption,
                         left=SourceRecord(path=str(plan.left.path), size=left_size,
                                           fingerprint=fingerprint(plan.left.path)),
@@ -534,7 +545,9 @@ def build_composites(
                 format=settings.format,
                 quality=settings.quality,
                 cache_bytes=cache_bytes,
+                subset_dir=str(subset),
                 spill_dir=str(spill) if use_spill else None,
+                spill_sources=_shared_sources(to_build),
             )
             try:
                 _run_work(to_build, config, workers or _default_workers(settings), record, console, reused,
@@ -618,7 +631,7 @@ def _run_pool(
     context: Any
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["kohya_1to2.dataset.build", "cv2", "numpy"])
+        context.set_forkserver_preload(["kohya_1to2.dataset.build"])
     else:
         context = multiprocessing.get_context("spawn")
     stop = context.Event()

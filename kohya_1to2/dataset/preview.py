@@ -3,6 +3,7 @@ look right before hours of training."""
 
 from __future__ import annotations
 
+import io
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +11,6 @@ from typing import Protocol
 
 from PIL import Image, ImageDraw, ImageFont
 
-from kohya_1to2.dataset.compose import encode
 from kohya_1to2.fsutil import atomic_write_bytes
 
 CELL_WIDTH = 384
@@ -73,5 +73,7 @@ def contact_sheet(
         for line_no, line in enumerate(lines):
             draw.text((x + PADDING, y + PADDING + THUMB_HEIGHT + 4 + line_no * LINE_HEIGHT), line, fill=TEXT,
                       font=font)
-    atomic_write_bytes(out_path, encode(sheet, "png"))
+    buffer = io.BytesIO()
+    sheet.save(buffer, "PNG", compress_level=1)  # Pillow here: the main process never loads OpenCV
+    atomic_write_bytes(out_path, buffer.getvalue())
     return out_path
