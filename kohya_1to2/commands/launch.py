@@ -116,7 +116,7 @@ def summary_table(results: list[StageResult]) -> Table:
             result.status,
             f"{result.seconds:.0f} s" if result.seconds else "-",
             Text(str(result.weights or "-")),
-            Text("\n".join(p.name for p in result.samples[-4:]) or "-"),
+            Text(f"{len(result.samples)} in {result.samples[0].parent}" if result.samples else "-"),
         )
     return table
 
