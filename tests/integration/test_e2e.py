@@ -140,3 +140,37 @@ def test_record_timings_for_bench(trained_run: dict[str, Any]) -> None:
         Path(out).write_text(json.dumps({"launch_seconds": trained_run["seconds"],
                                          "run": str(trained_run["run"])}))
     assert trained_run["seconds"] > 0
+
+
+SDXL_NETWORK_PROBE = """\
+import sys
+sys.path.insert(0, ".")
+import torch
+from library import sdxl_original_unet
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+import lycoris.kohya as lk
+with torch.device("meta"):  # full-size SDXL UNet structure without allocating its 2.6B weights
+    unet = sdxl_original_unet.SdxlUNet2DConditionModel()
+    te1 = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=1024, num_hidden_layers=2,
+                                       num_attention_heads=12))
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=1280, intermediate_size=1024, num_hidden_layers=2,
+                                                     num_attention_heads=20, projection_dim=1280))
+net = lk.create_network(1.0, 8, 1.0, None, [te1, te2], unet, algo="loha", conv_dim="0", conv_alpha="16")
+net.apply_to([te1, te2], unet, True, True)
+names = [m.lora_name for m in net.text_encoder_loras + net.unet_loras]
+assert len(names) == len(set(names)), "duplicated lora name"
+print("SDXL", len(net.text_encoder_loras), len(net.unet_loras), {type(m).__name__ for m in net.unet_loras})
+"""
+
+
+def test_the_pinned_lycoris_builds_a_loha_on_sdxl() -> None:
+    """SDXL check of the lycoris-lora pin: the network the SDXL script creates, on the real SDXL UNet layout
+    (4.x failed SD1 exactly here, with a duplicated module name). Training SDXL needs a GPU-sized model."""
+    if reason := missing_requirement():
+        pytest.skip(reason)
+    proc = subprocess.run([sys.executable, "-c", SDXL_NETWORK_PROBE], cwd=default_sd_scripts(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("SDXL"))
+    _, te_modules, unet_modules, kinds = line.split(" ", 3)
+    assert int(te_modules) > 0 and int(unet_modules) > 0 and kinds == "{'LohaModule'}"
