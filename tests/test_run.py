@@ -339,3 +339,19 @@ def test_resume_continues_from_the_newest_saved_state(fake_env: Path, tmp_path: 
 
     effective = toml.load(run / ".1to2" / "launch" / "stage1.train.toml")
     assert [t["resume"] for t in effective.values() if "resume" in t] == [str(new)]
+
+
+def test_relative_paths_are_refused_but_hub_ids_pass(fake_env: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run(tmp_path / "run")
+    (tmp_path / "models" / "base").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    toml1 = run / "stage1.train.toml"
+    original = toml1.read_text()
+    toml1.write_text('[model]\npretrained_model_name_or_path = "models/base"\n' + original)
+    assert launch(run, fake_env, "--dry-run") == 2
+    err = capsys.readouterr().err
+    assert "pretrained_model_name_or_path" in err and str(tmp_path / "models" / "base") in err
+    toml1.write_text('[model]\npretrained_model_name_or_path = "some-org/some-model"\n' + original)
+    assert launch(run, fake_env, "--dry-run") == 0

@@ -23,6 +23,7 @@ from kohya_1to2.launch.doctor import installed_lycoris_version
 from kohya_1to2.launch.pipeline import (
     StageConfig,
     StageResult,
+    check_absolute_paths,
     check_stage_chain,
     dry_run_text,
     execute_stage,
@@ -137,6 +138,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     caps = probe_capabilities()
     stages = {n: read_stage(run_dir, n, caps) for n in (1, 2)}
     check_stage_chain(stages[1], stages[2])
+    for stage_config in stages.values():
+        check_absolute_paths(stage_config)
     if str(stages[1].flat.get("network_module", "")).startswith("lycoris"):
         args_list = stages[1].flat.get("network_args")
         problem = lycoris_sd1_problem(installed_lycoris_version(), family,
