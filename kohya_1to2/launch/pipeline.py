@@ -38,6 +38,7 @@ class StageConfig:
     text: str
     flat: dict[str, Any]
     substitutions: tuple[Substitution, ...]
+    resume_from: Path | None = None  # --resume: the sd-scripts state folder to continue from
 
     @property
     def final_weights(self) -> Path:
@@ -52,8 +53,6 @@ class StageConfig:
     def network_weights(self) -> Path | None:
         value = self.flat.get("network_weights")
         return Path(value) if value else None
-
-    resume_from: Path | None = None
 
     @property
     def effective_text(self) -> str:
