@@ -56,3 +56,10 @@ def test_preset_sample_size_is_used() -> None:
     smoke = load_preset("smoke").settings
     line = sample_prompt_lines([("a", "alice"), ("b", "bob")], smoke, CaptionRules())[0]
     assert parse_line(line)["w"] == str(smoke.sample_width) and parse_line(line)["s"] == str(smoke.sample_steps)
+
+
+def test_prompt_cap_alternates_single_and_pair_prompts():
+    capped = SETTINGS.model_copy(update={"sample_max_prompts": 3})
+    lines = sample_prompt_lines([("a", "alice"), ("b", "bob"), ("c", "cid")], capped, CaptionRules())
+    assert [parse_line(line)["prompt"] for line in lines] == ["alice", "alice/bob", "bob"]
+    assert len(sample_prompt_lines([("a", "alice"), ("b", "bob")], SETTINGS, CaptionRules())) == 4

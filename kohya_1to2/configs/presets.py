@@ -36,6 +36,8 @@ class PresetSettings(BaseModel):
     sample_height: int = Field(ge=64)
     sample_steps: int = Field(ge=1, le=1000)
     sample_negative: str = ""
+    sample_max_prompts: int = Field(0, ge=0)
+    """0 = every prompt; else at most this many, alternating single and pair prompts (cheap CPU runs)."""
 
 
 class Preset(BaseModel):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from itertools import permutations
+from itertools import permutations, zip_longest
 
 from kohya_1to2.configs.presets import PresetSettings
 from kohya_1to2.errors import DatasetError, UsageError
@@ -61,16 +61,16 @@ def sample_prompt_lines(
         raise UsageError(f"preset sample_negative {negative!r} {problem}", hint="edit the preset's [preset] table")
     composite_negative = ", ".join(p for p in (captions.composite_tag, negative) if p)
     size = f"--w {settings.sample_width} --h {settings.sample_height} --s {settings.sample_steps}"
-    lines: list[str] = []
-    seed = 1000
-    for _, trigger in triggers:
-        neg = f" --n {negative}" if negative else ""
-        lines.append(f"{trigger}{neg} {size} --d {seed}")
-        seed += 1
-    for (_, left), (_, right) in permutations(triggers, 2):
-        lines.append(f"{pair_prompt(left, right, captions)} --n {composite_negative} {size} --d {seed}")
-        seed += 1
-    return lines
+    neg = f" --n {negative}" if negative else ""
+    singles = [f"{trigger}{neg}" for _, trigger in triggers]
+    pairs = [f"{pair_prompt(left, right, captions)} --n {composite_negative}"
+             for (_, left), (_, right) in permutations(triggers, 2)]
+    prompts = singles + pairs
+    if settings.sample_max_prompts:
+        # Alternate single and pair prompts so even a cap of 2 shows one character alone and one pair.
+        alternating = [p for duo in zip_longest(singles, pairs) for p in duo if p is not None]
+        prompts = alternating[: settings.sample_max_prompts]
+    return [f"{prompt} {size} --d {1000 + n}" for n, prompt in enumerate(prompts)]
 
 
 def sample_prompts_text(
