@@ -95,3 +95,20 @@ def test_one_character_is_nothing_to_pair(kohya_dataset, tmp_path, capsys):
     root = kohya_dataset({"solo": 3})
     assert main(["prepare", str(root), "--out", str(tmp_path / "run")]) == 3
     assert "pair" in capsys.readouterr().err
+
+
+def test_relative_base_model_and_sources_are_written_absolute(tmp_path, monkeypatch):
+    model = tmp_path / "models" / "base.safetensors"
+    model.parent.mkdir()
+    model.write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    assert main(["prepare", str(EXAMPLE), "--out", "run", "--base-model", "models/base.safetensors"]) == 0
+    job = json.loads((tmp_path / "run" / "job.json").read_text(encoding="utf-8"))
+    assert job["training"]["base_model"] == str(model.resolve())
+    assert job["out"] == str((tmp_path / "run").resolve())
+    assert str(model.resolve()) in (tmp_path / "run" / "stage1.train.toml").read_text(encoding="utf-8")
+
+
+def test_a_base_model_that_is_not_a_local_path_is_kept_as_typed(tmp_path):
+    assert main(["prepare", str(EXAMPLE), "--out", str(tmp_path / "run"), "--base-model", "org/some-model"]) == 0
+    assert json.loads((tmp_path / "run" / "job.json").read_text())["training"]["base_model"] == "org/some-model"

@@ -42,6 +42,20 @@ def job_from_args(args: argparse.Namespace) -> Job:
         raise UsageError(message, hint="see `python -m kohya_1to2 prepare --help`") from None
 
 
+def with_absolute_paths(job: Job) -> Job:
+    """sd-scripts runs with its own folder as cwd, so every local path written into a TOML must be absolute.
+
+    A base model that does not exist here is kept as typed: it may be a Hugging Face id, or a path on the
+    training machine (`check`/`launch` verify it there).
+    """
+    base = job.training.base_model
+    training = job.training
+    if base and Path(base).expanduser().exists():
+        training = training.model_copy(update={"base_model": str(Path(base).expanduser().resolve())})
+    sources = job.sources.model_copy(update={"roots": [r.expanduser().resolve() for r in job.sources.roots]})
+    return job.model_copy(update={"out": job.out.expanduser().resolve(), "sources": sources, "training": training})
+
+
 def write_job(job: Job, run_dir: Path) -> Path:
     """Save the resolved job so plan/check/launch and regeneration use exactly these settings."""
     path = run_dir / JOB_FILE
@@ -77,8 +91,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from kohya_1to2.dataset.preflight import preflight, raise_for_errors, sort_problems, write_fixed_sources
     from kohya_1to2.dataset.scan import render_scan_table, scan_sources
 
-    job = job_from_args(args)
-    run_dir = job.out.expanduser().resolve()
+    job = with_absolute_paths(job_from_args(args))
+    run_dir = job.out
 
     scan = scan_sources(job.sources)
     console.print(render_scan_table(scan))
