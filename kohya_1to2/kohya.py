@@ -133,6 +133,16 @@ def parse_weights_report(log_text: str) -> WeightsReport | None:
     return None
 
 
+def installed_lycoris_version() -> str | None:
+    """lycoris-lora's version from package metadata (no import)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("lycoris-lora")
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def lycoris_sd1_problem(lycoris_version: str | None, family: str | None, network_args: list[str] | None = None,
                         ) -> str | None:
     """One-line explanation when this lycoris-lora cannot train this family, else None."""

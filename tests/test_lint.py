@@ -257,3 +257,17 @@ def test_single_file_lint_tells_dataset_from_training(tmp_path: Path) -> None:
     assert lint_file(path)[0].key == "general.cache_latents"
     path.write_text('[t]\nnetwrok_dim = 1\n')
     assert lint_file(path)[0].key == "t.netwrok_dim"
+
+
+def test_lycoris_4_on_sd1_is_reported_by_check(monkeypatch) -> None:
+    import kohya_1to2.kohya as kohya
+    from kohya_1to2.configs.lint import lint_network
+
+    flat = {"network_module": "lycoris.kohya", "network_args": ["algo=loha"], "pretrained_model_name_or_path": "m"}
+    monkeypatch.setattr(kohya, "installed_lycoris_version", lambda: "4.1.3")
+    problems = lint_network(flat, "stage1.train.toml", "sd1")
+    assert [p.key for p in problems] == ["network_module"]
+    assert "duplicated lora name" in problems[0].problem and "lycoris-lora==3.4.0" in problems[0].fix
+    assert lint_network(flat, "stage1.train.toml", "sdxl") == []
+    monkeypatch.setattr(kohya, "installed_lycoris_version", lambda: "3.4.0")
+    assert lint_network(flat, "stage1.train.toml", "sd1") == []

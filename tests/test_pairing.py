@@ -42,7 +42,9 @@ sizes_strategy = st.lists(st.integers(min_value=1, max_value=7), min_size=2, max
 
 
 @settings(max_examples=60, deadline=None)
-@given(sizes=sizes_strategy, budget=st.one_of(st.none(), st.integers(min_value=1, max_value=150)), seed=st.integers(0, 9))
+@given(
+    sizes=sizes_strategy, budget=st.one_of(st.none(), st.integers(min_value=1, max_value=150)), seed=st.integers(0, 9)
+)
 def test_balanced_over_ordered_pairs_and_even_within_characters(sizes, budget, seed):
     characters = make_characters(sizes)
     plans = plan_pairs(characters, budget, seed)

@@ -17,9 +17,8 @@ from rich.table import Table
 from rich.text import Text
 
 from kohya_1to2.errors import CheckError, SetupError, UsageError
-from kohya_1to2.kohya import lycoris_sd1_problem
+from kohya_1to2.kohya import installed_lycoris_version, lycoris_sd1_problem
 from kohya_1to2.launch.commands import AccelerateOptions, StageCommand, build_stage_command
-from kohya_1to2.launch.doctor import installed_lycoris_version
 from kohya_1to2.launch.pipeline import (
     StageConfig,
     StageResult,

@@ -364,20 +364,27 @@ def _subset_values(dataset_doc: Mapping[str, Any]) -> list[tuple[str, dict[str, 
     return out
 
 
-def lint_network(flat: Mapping[str, Any], file: str) -> list[Problem]:
+def lint_network(flat: Mapping[str, Any], file: str, family: str | None = None) -> list[Problem]:
+    from kohya_1to2.kohya import LYCORIS_PIN, installed_lycoris_version, lycoris_sd1_problem
+
     problems = []
     module = flat.get("network_module")
     if isinstance(module, str) and not module.startswith("networks."):
         top = module.split(".", 1)[0]
         if importlib.util.find_spec(top) is None:
             problems.append(Problem(file=file, key="network_module", problem=f"{module!r} is not importable",
-                                    fix="pip install lycoris-lora==3.4.0 (or run `python -m kohya_1to2 setup`)"))
+                                    fix=f"pip install '{LYCORIS_PIN}' (or run `python -m kohya_1to2 setup`)"))
     if module == "lycoris.kohya":
         algo = _network_arg_map(flat.get("network_args")).get("algo", "lora")
         if algo != "loha":
             problems.append(Problem(file=file, key="network_args", severity="warning",
                                     problem=f"algo={algo}: the 1to2 method trains a LoHa",
                                     fix='put "algo=loha" in network_args'))
+        args = flat.get("network_args")
+        broken = lycoris_sd1_problem(installed_lycoris_version(), family, args if isinstance(args, list) else None)
+        if broken:
+            message, _, fix = broken.partition("; fix: ")
+            problems.append(Problem(file=file, key="network_module", problem=message, fix=fix))
     if not flat.get("pretrained_model_name_or_path"):
         problems.append(Problem(file=file, key="pretrained_model_name_or_path", problem="no base model set",
                                 fix="re-run prepare with --base-model PATH, or set it here"))
@@ -523,7 +530,7 @@ def lint_run(run_dir: Path) -> list[Problem]:
         problems += lint_training(train_doc, script, str(train_path))
         flat = _flatten(train_doc)
         flats[stage] = flat
-        problems += lint_network(flat, str(train_path))
+        problems += lint_network(flat, str(train_path), family)
         problems += lint_captions(dataset_doc, str(dataset_path), IMAGE_EXTENSIONS)
         sizes: list[tuple[int, int]] = []
         if stage == 2:

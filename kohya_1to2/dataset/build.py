@@ -264,6 +264,11 @@ def _spilled(key: str, make: Callable[[], tuple[Any, tuple[int, int]]]) -> tuple
     return image, source_size
 
 
+def _init_worker_reset() -> None:
+    global _worker_config, _worker_cache, _worker_stop
+    _worker_config, _worker_cache, _worker_stop = None, None, None
+
+
 def _load(path: str) -> tuple[Any, tuple[int, int]]:
     def decode() -> tuple[Any, tuple[int, int]]:
         assert _worker_config is not None
@@ -611,6 +616,8 @@ def _run_work(
                         break
             except KeyboardInterrupt:
                 raise _interrupted() from None
+            finally:
+                _init_worker_reset()  # drop the cached images: this is the caller's process
         else:
             error = _run_pool(chunks, config, workers, record, lambda n: progress.advance(task, n))
     if error:

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -154,10 +153,3 @@ def _ok(facts: dict[str, Any], name: str) -> str:
     reason = facts.get(f"{name}_error") or "needs CUDA"
     return f"{version} (not usable: {reason})"
 
-
-def installed_lycoris_version() -> str | None:
-    """lycoris-lora's version from package metadata (no import)."""
-    try:
-        return metadata.version("lycoris-lora")
-    except metadata.PackageNotFoundError:
-        return None
