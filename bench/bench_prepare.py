@@ -232,10 +232,10 @@ def _floor_worker(
         cpu += time.process_time() - start_cpu
     cache: dict[str, Image.Image] = {}
     for n, (left_path, right_path) in enumerate(composites):
+        if len(cache) >= 40:
+            cache.clear()
         for path in (left_path, right_path):
             if path not in cache:
-                if len(cache) >= 40:
-                    cache.clear()
                 cache[path] = compose.load_source(Path(path), (255, 255, 255), 2048)
         halves = [cache[left_path], cache[right_path]]
         layout = compose.pair_layout(halves[0].size, halves[1].size, 0, 2048)

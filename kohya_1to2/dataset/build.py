@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import struct
+import sys
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -56,8 +57,9 @@ CHUNK_SIZE = 12
 """Composites per worker task: small enough for a smooth progress bar and a quick Ctrl-C."""
 SOURCE_GROUP = 8
 """Sources per scheduling group: a task's composites draw from two groups, so <= 16 distinct sources."""
-CACHE_BYTES = 64 * 1024 * 1024
-"""Per-worker decoded-source cache (about 20 sources of 1000x1000): bounds memory whatever the budget."""
+CACHE_BYTES = 32 * 1024 * 1024
+"""Per-worker decoded-source cache (about 10 sources of 1000x1000): bounds memory whatever the budget;
+misses are cheap (a raw read from the spill, ~1 ms/MP) when the spill is on."""
 PREVIEW_ITEMS = 12
 SPILL_DIR = Path(".1to2") / "decoded"
 """Raw decoded sources shared by the workers during a build; removed when the build ends."""
@@ -232,6 +234,31 @@ def _init_worker(config: WorkerConfig, stop: Any = None, ignore_sigint: bool = T
     _worker_config, _worker_cache, _worker_stop = config, SourceCache(config.cache_bytes), stop
 
 
+def _release_freed_memory() -> None:
+    """Give freed image buffers back to the OS between chunks.
+
+    glibc raises its mmap threshold after the first big free, so later multi-MB buffers live on the heap and
+    stay there once freed (worker RSS grew by ~80 MB). Trimming per chunk costs far less than forcing every
+    buffer through mmap (which cost ~18% CPU).
+    """
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+def _load_libc() -> Any:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018  (glibc only)
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_libc = _load_libc() if sys.platform.startswith("linux") else None
+
+
 _SPILL_HEADER = struct.Struct("<4I")
 
 
@@ -311,6 +338,7 @@ def _build_chunk(chunk: list[WorkItem]) -> tuple[list[ItemResult], tuple[str, st
             results.append(_build_one(item))
         except OneToTwoError as exc:
             return results, (exc.message, exc.hint)
+    _release_freed_memory()
     return results, None
 
 
