@@ -5,6 +5,7 @@ Layout (under the run directory):
   manifest.jsonl                   one line per composite: sources, fingerprints, output size and hash
   preview.png                      contact sheet of the first composites
   .1to2/composites.journal.jsonl   manifest lines of composites finished by an unfinished build
+  .1to2/decoded/                   raw decoded sources shared by the workers, only while a build runs
 
 A re-run trusts an output only if its manifest (or journal) line matches the current plan, the sources'
 size + mtime are unchanged and the file has the recorded size; it then never decodes an image. Encoding is
