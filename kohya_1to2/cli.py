@@ -63,7 +63,9 @@ def add_model_flags(
         if name in exclude or (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
             continue
         default = field.get_default(call_default_factory=True)
-        help_text = f"{field.description or name} (default: {default})"
+        help_text = field.description or name
+        if default is not None:
+            help_text += f" (default: {default})"
         dest = f"{dest_prefix}__{name}"
         if field.annotation is bool:
             parser.add_argument(
@@ -71,7 +73,10 @@ def add_model_flags(
             )
             continue
         arg_type, choices = _scalar_type(field.annotation)
-        parser.add_argument(_flag(name), dest=dest, type=arg_type, choices=choices, default=None, help=help_text)
+        metavar = None if choices else name.upper()
+        parser.add_argument(
+            _flag(name), dest=dest, type=arg_type, choices=choices, default=None, help=help_text, metavar=metavar
+        )
 
 
 def model_overrides(args: argparse.Namespace, dest_prefix: str) -> dict[str, Any]:

@@ -136,7 +136,7 @@ Family = Literal["sd1", "sd2", "sdxl"]
 class TrainingSettings(Strict):
     """User choices for both stages; `None` means "the preset's value"."""
 
-    preset: str = Field("seed", description="preset template in templates/ (seed, sdxl)")
+    preset: str = Field("seed", description="preset in templates/ (seed, sdxl, smoke) or a path to your own template")
     base_model: str | None = Field(None, description="base model checkpoint or diffusers folder")
     family: Family | None = Field(None, description="model family; default from the preset")
     v_parameterization: bool = Field(False, description="v-prediction base model (SD2 768-v, v-pred SDXL)")
