@@ -17,7 +17,7 @@ from PIL import Image
 
 from kohya_1to2.dataset import build, compose
 from kohya_1to2.dataset.pairing import plan_pairs
-from kohya_1to2.errors import DatasetError, Interrupted
+from kohya_1to2.errors import DatasetError, Interrupted, SetupError
 from kohya_1to2.fsutil import TMP_PREFIX
 from kohya_1to2.models import Character, CompositeSettings, Job, SourceImage, SourceSettings
 
@@ -442,3 +442,17 @@ def test_each_source_is_decoded_once_even_with_a_tiny_cache(
     assert len(decoded) > len(sources)
     assert spilled.sizes == plain.sizes
     assert tree_hashes(tmp_path / "a") == tree_hashes(tmp_path / "b")
+
+
+def test_unwritable_output_is_a_setup_error_naming_the_file(
+    src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    def disk_full(final: Path, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(build, "atomic_write_bytes", disk_full)
+    with pytest.raises(SetupError, match=r"cannot write composite .*000000_.*\.png: No space left") as caught:
+        run_build(src, tmp_path / "run")
+    assert "disk space" in (caught.value.hint or "")

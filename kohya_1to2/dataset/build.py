@@ -43,6 +43,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from kohya_1to2 import errors
 from kohya_1to2.dataset import captions, compose
 from kohya_1to2.errors import DatasetError, Interrupted, OneToTwoError
 from kohya_1to2.fsutil import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
@@ -329,8 +330,13 @@ def _fitted(cache: SourceCache, path: str, image: Any, size: tuple[int, int]) ->
     return cache.get(key, lambda _: _spilled(key, lambda: (compose.fit(image, size), size)))[0]
 
 
-def _build_chunk(chunk: list[WorkItem]) -> tuple[list[ItemResult], tuple[str, str | None] | None]:
-    """Build a chunk; stop early if the parent asked; a user-data error is returned, not raised."""
+ChunkError = tuple[str, str, str | None]
+"""(error class name in kohya_1to2.errors, message, hint): picklable, raised again in the parent."""
+
+
+def _build_chunk(chunk: list[WorkItem]) -> tuple[list[ItemResult], ChunkError | None]:
+    """Build a chunk; stop early if the parent asked; a user-facing error is returned, not raised."""
+    assert _worker_config is not None
     results: list[ItemResult] = []
     for item in chunk:
         if _worker_stop is not None and _worker_stop.is_set():
@@ -338,7 +344,11 @@ def _build_chunk(chunk: list[WorkItem]) -> tuple[list[ItemResult], tuple[str, st
         try:
             results.append(_build_one(item))
         except OneToTwoError as exc:
-            return results, (exc.message, exc.hint)
+            return results, (type(exc).__name__, exc.message, exc.hint)
+        except OSError as exc:  # disk full, permissions: the run directory, not the data, is the problem
+            where = Path(_worker_config.subset_dir, item.image_name)
+            return results, ("SetupError", f"cannot write composite {where}: {exc.strerror or exc}",
+                             "check free disk space and write permission of the run directory")
     _release_freed_memory()
     return results, None
 
@@ -632,7 +642,7 @@ def _run_work(
         disable=console is None,
         transient=False,
     )
-    error: tuple[str, str | None] | None = None
+    error: ChunkError | None = None
     with progress:
         task = progress.add_task("build", total=total, completed=already)
         if workers <= 1 or len(chunks) <= 2:
@@ -650,7 +660,8 @@ def _run_work(
         else:
             error = _run_pool(chunks, config, workers, record, lambda n: progress.advance(task, n))
     if error:
-        raise DatasetError(error[0], hint=error[1])
+        kind, message, hint = error
+        raise getattr(errors, kind, OneToTwoError)(message, hint=hint)
 
 
 def _run_pool(
@@ -659,7 +670,7 @@ def _run_pool(
     workers: int,
     record: Callable[[Iterable[ItemResult]], int],
     advance: Callable[[int], None],
-) -> tuple[str, str | None] | None:
+) -> ChunkError | None:
     import multiprocessing
 
     # Never plain fork (the parent runs a progress-bar thread). forkserver: one clean process imports this
@@ -674,7 +685,7 @@ def _run_pool(
     executor = ProcessPoolExecutor(
         max_workers=min(workers, len(chunks)), mp_context=context, initializer=_init_worker, initargs=(config, stop)
     )
-    error: tuple[str, str | None] | None = None
+    error: ChunkError | None = None
     pending: set[Future[Any]] = set()
     try:
         # Keep a bounded window of tasks in flight so memory does not grow with the number of chunks.
