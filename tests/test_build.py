@@ -343,7 +343,7 @@ def test_kill_9_of_a_pooled_build_mid_way_then_rerun_equals_a_clean_build(tmp_pa
 
 def test_ctrl_c_in_process_leaves_no_partial_file(src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "run"
-    real_encode = compose.encode
+    real_encode = compose.encode_pair
     calls = {"n": 0}
 
     def interrupted_encode(*args: object, **kwargs: object) -> bytes:
@@ -352,12 +352,12 @@ def test_ctrl_c_in_process_leaves_no_partial_file(src: Path, tmp_path: Path, mon
             raise KeyboardInterrupt
         return real_encode(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(compose, "encode", interrupted_encode)
+    monkeypatch.setattr(compose, "encode_pair", interrupted_encode)
     with pytest.raises(Interrupted, match="interrupted"):
         run_build(src, out)
     assert not list(out.rglob(TMP_PREFIX + "*"))
     assert not (out / build.MANIFEST_FILE).exists()
-    monkeypatch.setattr(compose, "encode", real_encode)
+    monkeypatch.setattr(compose, "encode_pair", real_encode)
     run_build(src, out)
     run_build(src, tmp_path / "clean")
     assert tree_hashes(out) == tree_hashes(tmp_path / "clean")

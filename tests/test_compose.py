@@ -282,3 +282,12 @@ def test_slug_never_escapes_or_hides(name: str) -> None:
     assert result and "/" not in result and "\\" not in result and "\x00" not in result
     assert not result.startswith(("-", ".")) and "__" not in result
     assert len(result) <= 48
+
+
+@pytest.mark.parametrize("gap", [0, 5])
+def test_encode_pair_gives_the_bytes_of_encode_join(png_encoder: str, gap: int) -> None:
+    left, right = _realistic((40, 30)), _realistic((24, 30)).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    layout = compose.pair_layout(left.size, right.size, gap, None)
+    joined = compose.join(left, right, layout, BG)
+    assert compose.encode_pair(left, right, layout, BG) == compose.encode(joined, "png")
+    assert Image.open(io.BytesIO(compose.encode_pair(left, right, layout, BG))).tobytes() == joined.tobytes()

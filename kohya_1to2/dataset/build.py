@@ -315,11 +315,10 @@ def _build_one(item: WorkItem) -> ItemResult:
     layout = compose.pair_layout(left.size, right.size, config.gap, config.max_side)
     halves = [_fitted(_worker_cache, path, image, size)
               for path, image, size in ((item.left, left, layout.left), (item.right, right, layout.right))]
-    image = compose.join(halves[0], halves[1], layout, config.background)
-    data = compose.encode(image, config.format, config.quality)
+    data = compose.encode_pair(halves[0], halves[1], layout, config.background, config.format, config.quality)
     atomic_write_bytes(Path(config.subset_dir, item.image_name), data)
     atomic_write_text(Path(config.subset_dir, item.caption_name), item.caption + "\n")
-    return (item.index, image.size, len(data), hashlib.sha256(data).hexdigest(), left_size, right_size)
+    return (item.index, layout.size, len(data), hashlib.sha256(data).hexdigest(), left_size, right_size)
 
 
 def _fitted(cache: SourceCache, path: str, image: Any, size: tuple[int, int]) -> Any:

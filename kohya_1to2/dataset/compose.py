@@ -233,11 +233,8 @@ def encode(image: Image.Image, fmt: str = "png", quality: int = 95) -> bytes:
         if cv2 is not None:
             import numpy
 
-            bgr = cv2.cvtColor(numpy.asarray(image if image.mode == "RGB" else image.convert("RGB")), cv2.COLOR_RGB2BGR)
-            params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
-            ok, encoded = cv2.imencode(".png", bgr, params)
-            if ok:
-                return bytes(encoded.tobytes())
+            rgb = numpy.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+            return _png_with_opencv(cv2, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         buffer = io.BytesIO()
         image.save(buffer, "PNG", compress_level=1, compress_type=zlib.Z_RLE)
         return buffer.getvalue()
@@ -249,6 +246,33 @@ def encode(image: Image.Image, fmt: str = "png", quality: int = 95) -> bytes:
     else:
         raise UsageError(f"composites.format {fmt!r} is not one of png, jpg, webp")
     return buffer.getvalue()
+
+
+def _png_with_opencv(cv2: Any, bgr: Any) -> bytes:
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+    ok, encoded = cv2.imencode(".png", bgr, params)
+    if not ok:
+        raise OSError("OpenCV could not encode a PNG")
+    return bytes(encoded.tobytes())
+
+
+def encode_pair(
+    left: Image.Image, right: Image.Image, layout: PairLayout, background_rgb: RGB, fmt: str = "png", quality: int = 95
+) -> bytes:
+    """`encode(join(...))`, same bytes; with OpenCV the fitted halves go straight into one BGR buffer
+    (no RGB canvas and no whole-image copy: ~2 ms and ~12 MB less per 2 MP composite)."""
+    cv2 = _opencv() if fmt == "png" and opencv_version() else None
+    if cv2 is None:
+        return encode(join(left, right, layout, background_rgb), fmt, quality)
+    import numpy
+
+    width, height = layout.size
+    split = layout.left[0] + layout.gap
+    canvas = numpy.empty((height, width, 3), numpy.uint8)
+    canvas[:, layout.left[0] : split] = background_rgb[::-1]
+    canvas[:, : layout.left[0]] = cv2.cvtColor(numpy.asarray(left), cv2.COLOR_RGB2BGR)
+    canvas[:, split:] = cv2.cvtColor(numpy.asarray(right), cv2.COLOR_RGB2BGR)
+    return _png_with_opencv(cv2, canvas)
 
 
 _SEPARATORS = re.compile(r"[\s_]+")
