@@ -163,7 +163,8 @@ def schedule(
     """Chunks ordered so composites sharing sources land together and a worker's cache keeps hitting.
 
     Sources are ranked and cut into groups; composites are sorted by (left group, right group) in a snake
-    order, so each chunk touches at most two groups and consecutive chunks share one of them.
+    order: in a dense plan a chunk stays within one block of 2 x `group` sources, and consecutive chunks
+    share their left group.
     """
     ranks = {path: n for n, path in enumerate(sorted({p for item in items for p in (item.left, item.right)}))}
 
