@@ -112,3 +112,41 @@ def test_relative_base_model_and_sources_are_written_absolute(tmp_path, monkeypa
 def test_a_base_model_that_is_not_a_local_path_is_kept_as_typed(tmp_path):
     assert main(["prepare", str(EXAMPLE), "--out", str(tmp_path / "run"), "--base-model", "org/some-model"]) == 0
     assert json.loads((tmp_path / "run" / "job.json").read_text())["training"]["base_model"] == "org/some-model"
+
+
+def test_fix_sources_trains_both_stages_on_corrected_copies(kohya_dataset, tmp_path):
+    root = kohya_dataset({"x": 2, "y": 2})
+    rotated = root / "1_x" / "x_00.jpg"
+    image = Image.new("RGB", (60, 40), (10, 200, 10))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    image.save(rotated, exif=exif)
+    (root / "1_x" / "x_00.png").unlink()
+    rotated.with_suffix(".txt").write_text("x, tag\n", encoding="utf-8")
+    before = tree_hashes(root)
+    out = tmp_path / "run"
+    assert main(["prepare", str(root), "--out", str(out), "--fix-sources"]) == 0
+    assert tree_hashes(root) == before
+    dataset = (out / "stage1.dataset.toml").read_text(encoding="utf-8")
+    assert str(out / "sources" / "1_x") in dataset
+    with Image.open(out / "sources" / "1_x" / "x_00.jpg") as fixed:
+        assert fixed.size == (40, 60) and fixed.getexif().get(0x0112) in (None, 1)
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
+    fixed_dir = str(out / "sources")
+    used = [entry[side]["path"] for entry in manifest for side in ("left", "right")]
+    assert any(path.startswith(fixed_dir) for path in used)
+    assert not any(path.startswith(str(root / "1_x")) for path in used)
+
+
+def test_dry_run_size_estimate_matches_the_real_build(tmp_path):
+    from kohya_1to2.commands.prepare import _estimated_sizes
+    from kohya_1to2.dataset.build import read_manifest
+    from kohya_1to2.dataset.pairing import plan_pairs
+    from kohya_1to2.dataset.scan import scan_sources
+    from kohya_1to2.models import CompositeSettings, SourceSettings
+
+    out = tmp_path / "run"
+    assert main(["prepare", str(EXAMPLE), "--out", str(out), "--max-side", "300", "--gap", "7"]) == 0
+    settings = CompositeSettings(max_side=300, gap=7)
+    plans = plan_pairs(scan_sources(SourceSettings(roots=[EXAMPLE])).characters, None, 0)
+    assert _estimated_sizes(plans, settings) == [tuple(entry.size) for entry in read_manifest(out)]

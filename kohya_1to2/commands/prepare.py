@@ -21,7 +21,15 @@ from kohya_1to2.cli import model_overrides
 from kohya_1to2.dataset.pairing import plan_pairs
 from kohya_1to2.errors import UsageError
 from kohya_1to2.fsutil import atomic_write_text
-from kohya_1to2.models import CaptionRules, CompositeSettings, Job, SourceSettings, TrainingSettings, validation_message
+from kohya_1to2.models import (
+    CaptionRules,
+    CompositePlan,
+    CompositeSettings,
+    Job,
+    SourceSettings,
+    TrainingSettings,
+    validation_message,
+)
 
 JOB_FILE = "job.json"
 
@@ -64,18 +72,6 @@ def write_job(job: Job, run_dir: Path) -> Path:
     return path
 
 
-def estimate_composite_size(
-    left: tuple[int, int], right: tuple[int, int], settings: CompositeSettings
-) -> tuple[int, int]:
-    """Width x height of a composite, without building it: both halves at the smaller height, then capped."""
-    height = min(left[1], right[1])
-    width = round(left[0] * height / left[1]) + round(right[0] * height / right[1]) + settings.gap
-    if settings.max_side and max(width, height) > settings.max_side:
-        scale = settings.max_side / max(width, height)
-        width, height = round(width * scale), round(height * scale)
-    return width, height
-
-
 def _summary_table(rows: list[tuple[str, str]]) -> Table:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
@@ -109,7 +105,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
         console.print(Text(problem.line, style=style), soft_wrap=True)
     raise_for_errors(problems)
 
-    plans = plan_pairs(scan.characters, job.composites.budget, job.composites.seed)
+    characters = scan.characters
+    if job.sources.fix_sources and not args.dry_run:
+        # Stage 1 and the composites both use the corrected copies.
+        characters = write_fixed_sources(scan, problems, run_dir).characters
+    plans = plan_pairs(characters, job.composites.budget, job.composites.seed)
     if args.dry_run:
         sizes = _estimated_sizes(plans, job.composites)
         composite_dir = run_dir / "composites" / f"{job.composites.repeats}_composite"
@@ -117,10 +117,6 @@ def run(args: argparse.Namespace, console: Console) -> int:
         console.print(render_plan(job, scan.characters, composite_dir, job.composites.repeats, sizes))
         console.print(f"[bold]dry run:[/] {len(plans)} composites planned; nothing written to {run_dir}")
         return 0
-
-    characters = scan.characters
-    if job.sources.fix_sources:
-        characters = write_fixed_sources(scan, problems, run_dir).characters
 
     built = build_composites(plans, characters, job, run_dir, force=args.force, console=console)
     check_plan(job, characters, built.subset_dir, job.composites.repeats, built.sizes)
@@ -151,18 +147,25 @@ def run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _estimated_sizes(plans: list[Any], settings: CompositeSettings) -> list[tuple[int, int]]:
+def _estimated_sizes(plans: list[CompositePlan], settings: CompositeSettings) -> list[tuple[int, int]]:
+    """Composite sizes for the dry-run plan from image headers alone (no pixel decode)."""
     from PIL import Image
+
+    from kohya_1to2.dataset.compose import pair_layout
 
     header_sizes: dict[Path, tuple[int, int]] = {}
 
     def size_of(path: Path) -> tuple[int, int]:
         if path not in header_sizes:
-            with Image.open(path) as image:  # header only: no pixel decode
-                header_sizes[path] = image.size
+            with Image.open(path) as image:
+                width, height = image.size
+                # EXIF orientations 5-8 are rotated by 90 degrees: compose applies them, so swap here too.
+                header_sizes[path] = (height, width) if image.getexif().get(0x0112) in (5, 6, 7, 8) else (width, height)
         return header_sizes[path]
 
-    return [estimate_composite_size(size_of(p.left.path), size_of(p.right.path), settings) for p in plans]
+    return [
+        pair_layout(size_of(p.left.path), size_of(p.right.path), settings.gap, settings.max_side).size for p in plans
+    ]
 
 
 def _progress(console: Console) -> Progress:
