@@ -30,29 +30,25 @@ def _count_tag(kind: str, count: int) -> str:
 
 
 def _merge_count_tags(left: list[str], right: list[str]) -> tuple[list[str], list[str]]:
-    """`1girl` + `1girl` -> `2girls` (at the left count tag's place); other tags untouched."""
+    """`1girl` + `1girl` -> `2girls` (at the first count tag's place); other tags untouched."""
     totals: dict[str, int] = {}
     for tag in left + right:
         if match := _COUNT_TAG.match(tag):
             totals[match.group(3)] = totals.get(match.group(3), 0) + int(match.group(1))
     placed: set[str] = set()
-    merged_left: list[str] = []
-    for tag in left:
-        match = _COUNT_TAG.match(tag)
-        if not match:
-            merged_left.append(tag)
-        elif match.group(3) not in placed:
-            placed.add(match.group(3))
-            merged_left.append(_count_tag(match.group(3), totals[match.group(3)]))
-    merged_right: list[str] = []
-    for tag in right:
-        match = _COUNT_TAG.match(tag)
-        if not match:
-            merged_right.append(tag)
-        elif match.group(3) not in placed:
-            placed.add(match.group(3))
-            merged_right.append(_count_tag(match.group(3), totals[match.group(3)]))
-    return merged_left, merged_right
+
+    def merged(tags: list[str]) -> list[str]:
+        out: list[str] = []
+        for tag in tags:
+            match = _COUNT_TAG.match(tag)
+            if not match:
+                out.append(tag)
+            elif (kind := match.group(3)) not in placed:
+                placed.add(kind)
+                out.append(_count_tag(kind, totals[kind]))
+        return out
+
+    return merged(left), merged(right)
 
 
 def image_tags(image: SourceImage, trigger: str) -> list[str]:
