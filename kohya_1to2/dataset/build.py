@@ -22,6 +22,7 @@ import shutil
 import signal
 import struct
 import sys
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -174,6 +175,28 @@ def schedule(
 
     ordered = sorted(items, key=key)
     return [ordered[start : start + chunk_size] for start in range(0, len(ordered), chunk_size)]
+
+
+def first_items_first(chunks: Sequence[list[WorkItem]], below: int) -> list[list[WorkItem]]:
+    """Composites with an index below `below` pulled into one leading chunk (the preview can then be made
+    while the rest builds); the other chunks keep their order."""
+    head = sorted((item for chunk in chunks for item in chunk if item.index < below), key=lambda item: item.index)
+    rest = [kept for chunk in chunks if (kept := [item for item in chunk if item.index >= below])]
+    return [head, *rest] if head else rest
+
+
+def taper(chunks: Sequence[list[WorkItem]], workers: int) -> list[list[WorkItem]]:
+    """The same items in the same order, the last chunks cut smaller (guided scheduling): each chunk is at
+    most 1/(2 x workers) of what is left, so workers finish together instead of one running a whole last
+    chunk while the others idle. Early chunks keep their size (and cache locality)."""
+    split = max(0, len(chunks) - 2 * workers) if workers > 1 else len(chunks)
+    result = list(chunks[:split])
+    remaining = [item for chunk in chunks[split:] for item in chunk]
+    while remaining:
+        size = max(1, min(CHUNK_SIZE, -(-len(remaining) // (2 * workers))))
+        result.append(remaining[:size])
+        remaining = remaining[size:]
+    return result
 
 
 # ---------------------------------------------------------------- worker side
@@ -549,6 +572,21 @@ def build_composites(
 
     removed += _remove_owned(subset, pattern, keep=expected_names)
 
+    preview_path = run_dir / PREVIEW_FILE
+    want_preview = bool(plans) and (preview_stale or force or not preview_path.is_file())
+    head_count = min(PREVIEW_ITEMS, len(plans))
+    early_preview: _Background | None = None
+
+    def preview_when_ready() -> None:
+        """Called as results come in (pool only): once the first composites exist, make the preview in a
+        background thread while the workers go on, instead of serially after the last chunk."""
+        nonlocal early_preview
+        if want_preview and early_preview is None and all(line is not None for line in lines[:head_count]):
+            from kohya_1to2.dataset.preview import contact_sheet
+
+            entries = [ManifestEntry.model_validate_json(line) for line in lines[:head_count] if line is not None]
+            early_preview = _Background(lambda: contact_sheet(entries, preview_path, max_items=PREVIEW_ITEMS))
+
     if to_build:
         journal_path.parent.mkdir(parents=True, exist_ok=True)
         with journal_path.open("a", encoding="utf-8") as journal:
@@ -595,7 +633,11 @@ def build_composites(
             )
             try:
                 _run_work(to_build, config, workers or _default_workers(settings), record, console, reused,
-                          len(plans))
+                          len(plans), preview_when_ready if want_preview else None)
+            except BaseException:
+                if early_preview is not None:
+                    early_preview.join(reraise=False)
+                raise
             finally:
                 shutil.rmtree(spill, ignore_errors=True)
 
@@ -603,8 +645,9 @@ def build_composites(
     journal_path.unlink(missing_ok=True)
 
     head = [ManifestEntry.model_validate_json(line) for line in lines[:PREVIEW_ITEMS] if line is not None]
-    preview_path = run_dir / PREVIEW_FILE
-    if head and (preview_stale or force or not preview_path.is_file()):
+    if early_preview is not None:
+        early_preview.join()
+    elif head and want_preview:
         from kohya_1to2.dataset.preview import contact_sheet
 
         contact_sheet(head, preview_path, max_items=PREVIEW_ITEMS)
@@ -621,6 +664,27 @@ def build_composites(
     )
 
 
+class _Background:
+    """A function run on a thread; `join` waits and raises what it raised."""
+
+    def __init__(self, target: Callable[[], object]) -> None:
+        self._target = target
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="1to2-preview", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._target()
+        except BaseException as exc:  # handed to the joining thread
+            self._error = exc
+
+    def join(self, reraise: bool = True) -> None:
+        self._thread.join()
+        if reraise and self._error is not None:
+            raise self._error
+
+
 def _run_work(
     items: list[WorkItem],
     config: WorkerConfig,
@@ -629,8 +693,13 @@ def _run_work(
     console: Console | None,
     already: int,
     total: int,
+    on_results: Callable[[], None] | None = None,
 ) -> None:
-    """Run the chunks in-process (one worker or a tiny job) or on a process pool, with a progress bar."""
+    """Run the chunks in-process (one worker or a tiny job) or on a process pool, with a progress bar.
+
+    On the pool, the first composites (the preview's) go first and `on_results` is called after each
+    finished chunk; the last chunks are cut smaller so the workers finish together.
+    """
     chunks = schedule(items)
     progress = Progress(
         TextColumn("composites"),
@@ -658,7 +727,14 @@ def _run_work(
             finally:
                 _init_worker_reset()  # drop the cached images: this is the caller's process
         else:
-            error = _run_pool(chunks, config, workers, record, lambda n: progress.advance(task, n))
+            chunks = taper(first_items_first(chunks, PREVIEW_ITEMS) if on_results else chunks, workers)
+
+            def advance(results: Iterable[ItemResult]) -> None:
+                progress.advance(task, record(results))
+                if on_results is not None:
+                    on_results()
+
+            error = _run_pool(chunks, config, workers, advance)
     if error:
         kind, message, hint = error
         raise getattr(errors, kind, OneToTwoError)(message, hint=hint)
@@ -668,8 +744,7 @@ def _run_pool(
     chunks: list[list[WorkItem]],
     config: WorkerConfig,
     workers: int,
-    record: Callable[[Iterable[ItemResult]], int],
-    advance: Callable[[int], None],
+    record: Callable[[Iterable[ItemResult]], object],
 ) -> ChunkError | None:
     import multiprocessing
 
@@ -699,7 +774,7 @@ def _run_pool(
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 results, chunk_error = future.result()
-                advance(record(results))
+                record(results)
                 error = error or chunk_error
             if error:
                 stop.set()
