@@ -585,7 +585,12 @@ def build_composites(
             from kohya_1to2.dataset.preview import contact_sheet
 
             entries = [ManifestEntry.model_validate_json(line) for line in lines[:head_count] if line is not None]
-            early_preview = _Background(lambda: contact_sheet(entries, preview_path, max_items=PREVIEW_ITEMS))
+
+            def make_preview() -> None:
+                contact_sheet(entries, preview_path, max_items=PREVIEW_ITEMS)
+                _release_freed_memory()  # the decoded composites' buffers, or the main process keeps ~20 MB
+
+            early_preview = _Background(make_preview)
 
     if to_build:
         journal_path.parent.mkdir(parents=True, exist_ok=True)
