@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from pathlib import Path
@@ -39,23 +38,12 @@ from kohya_1to2.models import Family
 
 
 def run_family(run_dir: Path) -> Family:
-    """The model family of a prepared run: job.json's, else its preset's, else SD1."""
-    job_file = run_dir / "job.json"
-    if not job_file.is_file():
+    """The model family of a prepared run (see configs.lint); a hand-assembled run without job.json is SD1."""
+    if not (run_dir / "job.json").is_file():
         return "sd1"
-    try:
-        training = json.loads(job_file.read_text(encoding="utf-8")).get("training", {})
-    except ValueError:
-        raise UsageError(f"{job_file} is not valid JSON", hint="re-run `prepare` to rewrite it") from None
-    family = training.get("family")
-    if family in ("sd1", "sd2", "sdxl"):
-        return family
-    try:
-        from kohya_1to2.configs.presets import load_preset
+    from kohya_1to2.configs.lint import run_family as prepared_run_family
 
-        return load_preset(training.get("preset", "seed")).settings.family
-    except ImportError:  # pragma: no cover - configs package always ships with us
-        return "sd1"
+    return prepared_run_family(run_dir)
 
 
 def lint_problems(run_dir: Path) -> list[str]:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from kohya_1to2.configs.buckets import BucketSettings, assign_buckets
 from kohya_1to2.errors import CheckError
 from kohya_1to2.kohya import TRAINING_SCRIPTS
+from kohya_1to2.models import Family
 
 SNAPSHOT = Path(__file__).resolve().parents[1] / "data" / "kohya_v0.10.1.json"
 SD_SCRIPTS_CAPTION_DEFAULT = ".caption"
@@ -495,15 +496,15 @@ def lint_file(path: Path, family: str | None = None) -> list[Problem]:
     """Syntax, keys, types and choices of one TOML (dataset or training, told apart by its content)."""
     document = read_toml(path)
     if family is None and (path.parent / "job.json").is_file():
-        family = _run_family(path.parent)
+        family = run_family(path.parent)
     script = script_for(document, family)
     if is_dataset_document(document):
         return lint_dataset(document, str(path), script=script)
     return lint_training(document, script, str(path))
 
 
-def _run_family(run_dir: Path) -> str:
-    """The model family of the run a file belongs to (job.json's family, else its preset's)."""
+def run_family(run_dir: Path) -> Family:
+    """The model family of a prepared run (job.json's family, else its preset's)."""
     from kohya_1to2.configs.generate import load_job
     from kohya_1to2.configs.presets import load_preset
     from kohya_1to2.configs.render import resolved_family
@@ -518,7 +519,7 @@ def lint_run(run_dir: Path) -> list[Problem]:
     from kohya_1to2.configs.render import STAGES, file_names
     from kohya_1to2.models import IMAGE_EXTENSIONS
 
-    family = _run_family(run_dir)
+    family = run_family(run_dir)
     script = TRAINING_SCRIPTS[family]
     problems: list[Problem] = []
     flats: dict[int, dict[str, Any]] = {}
