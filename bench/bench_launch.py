@@ -22,13 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-SHIM = """\
-import runpy, sys
-args = sys.argv[1:]
-i = next(n for n, a in enumerate(args) if a.endswith(".py"))
-sys.argv = args[i:]
-runpy.run_path(args[i], run_name="__main__")
-"""
+# the fake sd-scripts and CLI driver are shared with tests/test_run.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from fake_launch import DRIVER, make_fake_sd_scripts, q
+
 FAKE_TRAIN = """\
 import os, sys, time, toml
 start = time.time()
@@ -41,31 +38,8 @@ if cfg.get("network_weights"):
     print(f"load network weights from {cfg['network_weights']}: {{}}")
 open(os.environ["BENCH_STAMP"], "a").write(f"{start}\\n")
 """
-DRIVER = """\
-import sys
-from pathlib import Path
-import kohya_1to2.commands.launch as launch
-launch.require_sd_scripts = lambda path: Path(path)
-from kohya_1to2.cli import main
-code = main(sys.argv[1:])
-assert "torch" not in sys.modules, "the wrapper imported torch"
-sys.exit(code)
-"""
-
-
-def q(path: Path) -> str:
-    return json.dumps(str(path))
-
-
 def make_fake(root: Path) -> tuple[Path, Path, Path]:
-    shim = root / "shim" / "accelerate" / "commands"
-    shim.mkdir(parents=True)
-    (shim.parent / "__init__.py").write_text("")
-    (shim / "__init__.py").write_text("")
-    (shim / "launch.py").write_text(SHIM)
-    sd = root / "sd"
-    sd.mkdir()
-    (sd / "train_network.py").write_text(FAKE_TRAIN)
+    sd, _ = make_fake_sd_scripts(root, FAKE_TRAIN, sd_name="sd")
     (root / "driver.py").write_text(DRIVER)
     run = root / "run"
     run.mkdir()

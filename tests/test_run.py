@@ -6,7 +6,6 @@ A stand-in `accelerate.commands.launch` on PYTHONPATH runs the script directly, 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,17 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from fake_launch import DRIVER, make_fake_sd_scripts, q
 
 from kohya_1to2.cli import main
 from kohya_1to2.launch.run import run_child
-
-FAKE_ACCELERATE = """\
-import runpy, sys
-args = sys.argv[1:]
-i = next(n for n, a in enumerate(args) if a.endswith(".py"))
-sys.argv = args[i:]
-runpy.run_path(args[i], run_name="__main__")
-"""
 
 FAKE_TRAIN = """\
 import os, subprocess, sys, time, toml
@@ -68,34 +60,11 @@ with open(os.path.join(os.path.dirname(cfg["output_dir"]), "calls.txt"), "a") as
     fh.write(f"{stage}\\n")
 """
 
-DRIVER = """\
-import sys
-from pathlib import Path
-import kohya_1to2.commands.launch as launch
-launch.require_sd_scripts = lambda path: Path(path)
-from kohya_1to2.cli import main
-code = main(sys.argv[1:])
-assert "torch" not in sys.modules, "the wrapper imported torch"
-sys.exit(code)
-"""
-
-
-def q(path: Path) -> str:
-    return json.dumps(str(path))
-
-
 @pytest.fixture
 def fake_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fake sd-scripts dir; the fake accelerate goes first on the child's PYTHONPATH."""
-    shim = tmp_path / "shim" / "accelerate" / "commands"
-    shim.mkdir(parents=True)
-    (shim.parent / "__init__.py").write_text("")
-    (shim / "__init__.py").write_text("")
-    (shim / "launch.py").write_text(FAKE_ACCELERATE)
-    sd = tmp_path / "sd-scripts"
-    sd.mkdir()
-    (sd / "train_network.py").write_text(FAKE_TRAIN)
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "shim"))
+    sd, shim = make_fake_sd_scripts(tmp_path, FAKE_TRAIN)
+    monkeypatch.setenv("PYTHONPATH", str(shim))
     monkeypatch.setattr("kohya_1to2.commands.launch.require_sd_scripts", lambda path: Path(path))
     return sd
 
