@@ -5,10 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
 
 TMP_PREFIX = ".tmp-1to2-"
 
@@ -42,11 +41,6 @@ def atomic_write_bytes(final: Path, data: bytes) -> None:
 
 def atomic_write_text(final: Path, text: str) -> None:
     atomic_write_bytes(final, text.encode("utf-8"))
-
-
-def atomic_write_with(final: Path, writer: Callable[[IO[bytes]], None]) -> None:
-    with atomic_path(final) as tmp, tmp.open("wb") as fh:
-        writer(fh)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
