@@ -257,9 +257,3 @@ def _ensure(ours: Any, theirs: Any, path: KeyPath) -> Any:
         node = child
     return node
 
-
-def parse_or_none(text: str) -> Any:
-    try:
-        return tomlkit.parse(text)
-    except tomlkit.exceptions.ParseError:
-        return None

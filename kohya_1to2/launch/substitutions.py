@@ -61,11 +61,6 @@ def _locate(doc: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
     return found
 
 
-def _get(doc: Mapping[str, Any], key: str) -> Any:
-    table = _locate(doc, key)
-    return None if table is None else table[key]
-
-
 def plan_substitutions(flat: Mapping[str, Any], caps: Capabilities) -> list[Substitution]:
     """The substitutions a flattened training config needs on a machine with `caps`."""
     subs: list[Substitution] = []
