@@ -10,7 +10,8 @@ import tomlkit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kohya_1to2.configs.generate import GENERATED_DIR, render_run_files, write_generated_file, write_run_configs
+from kohya_1to2.configs.generate import render_run_files, write_generated_file, write_run_configs
+from kohya_1to2.rundir import RunDir
 from kohya_1to2.configs.merge import MISSING, canonical, leaves, merge_toml, path_name
 from kohya_1to2.models import Character, Job, SourceImage, SourceSettings, TrainingSettings
 
@@ -125,7 +126,7 @@ def test_write_run_configs_records_backs_up_and_overwrites_on_request(tmp_path: 
     kwargs: dict[str, Any] = dict(composite_dir=run / "c", composite_repeats=1, composite_sizes=[(2, 1)], run_dir=run)
     first = write_run_configs(job, chars(), **kwargs)
     assert {f.status for f in first.files} == {"written"}
-    assert (run / GENERATED_DIR / "stage1.train.toml").read_text() == (run / "stage1.train.toml").read_text()
+    assert (RunDir(run).generated / "stage1.train.toml").read_text() == (run / "stage1.train.toml").read_text()
     assert {f.status for f in write_run_configs(job, chars(), **kwargs).files} == {"unchanged"}
 
     train = run / "stage1.train.toml"
@@ -153,8 +154,8 @@ def test_write_run_configs_records_backs_up_and_overwrites_on_request(tmp_path: 
 
 def test_unparsable_user_file_is_kept_and_reported(tmp_path: Path) -> None:
     (tmp_path / "stage1.train.toml").write_text("[training\n")
-    (tmp_path / GENERATED_DIR).mkdir(parents=True)
-    (tmp_path / GENERATED_DIR / "stage1.train.toml").write_text("[training]\n")
+    RunDir(tmp_path).generated.mkdir(parents=True)
+    (RunDir(tmp_path).generated / "stage1.train.toml").write_text("[training]\n")
     result = write_generated_file(tmp_path, "stage1.train.toml", "[training]\nx = 1\n", overwrite_edits=False,
                                   stamp="t")
     assert result.status == "kept" and "not valid TOML" in result.conflicts[0].user

@@ -70,12 +70,15 @@ def fake_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def make_run(run: Path) -> Path:
+    base = run.parent / "base.safetensors"
+    base.write_bytes(b"fake model")
     for stage in (1, 2):
         (run / f"stage{stage}.dataset.toml").parent.mkdir(parents=True, exist_ok=True)
         (run / f"stage{stage}.dataset.toml").write_text("[general]\n", encoding="utf-8")
         name = "net_stage1" if stage == 1 else "net"
         weights = run / "output" / "stage1" / "net_stage1.safetensors"
         (run / f"stage{stage}.train.toml").write_text(
+            f'[model]\npretrained_model_name_or_path = {q(base)}\n'
             '[network]\nnetwork_module = "lycoris.kohya"\nnetwork_dim = 8\n'
             + (f"network_weights = {q(weights)}\n" if stage == 2 else "")
             + f'[saving]\noutput_dir = {q(run / "output" / f"stage{stage}")}\noutput_name = "{name}"\n'
@@ -318,9 +321,10 @@ def test_relative_paths_are_refused_but_hub_ids_pass(fake_env: Path, tmp_path: P
     monkeypatch.chdir(tmp_path)
     toml1 = run / "stage1.train.toml"
     original = toml1.read_text()
-    toml1.write_text('[model]\npretrained_model_name_or_path = "models/base"\n' + original)
+    base_line = next(line for line in original.splitlines() if line.startswith("pretrained_model_name_or_path"))
+    toml1.write_text(original.replace(base_line, 'pretrained_model_name_or_path = "models/base"'))
     assert launch(run, fake_env, "--dry-run") == 2
     err = capsys.readouterr().err
     assert "pretrained_model_name_or_path" in err and str(tmp_path / "models" / "base") in err
-    toml1.write_text('[model]\npretrained_model_name_or_path = "some-org/some-model"\n' + original)
+    toml1.write_text(original.replace(base_line, 'pretrained_model_name_or_path = "some-org/some-model"'))
     assert launch(run, fake_env, "--dry-run") == 0

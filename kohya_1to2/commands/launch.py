@@ -16,16 +16,16 @@ from rich.table import Table
 from rich.text import Text
 
 from kohya_1to2.errors import CheckError, SetupError, UsageError
-from kohya_1to2.kohya import installed_lycoris_version, lycoris_sd1_problem
+from kohya_1to2.kohya import base_model_problem, installed_lycoris_version, lycoris_sd1_problem
 from kohya_1to2.launch.commands import AccelerateOptions, StageCommand, build_stage_command
 from kohya_1to2.launch.pipeline import (
     StageConfig,
     StageResult,
     check_absolute_paths,
     check_stage_chain,
+    decide_stages,
     dry_run_text,
     execute_stage,
-    is_complete,
     latest_state_dir,
     read_stage,
     select_stages,
@@ -35,15 +35,7 @@ from kohya_1to2.launch.pipeline import (
 from kohya_1to2.launch.substitutions import Capabilities, probe_capabilities
 from kohya_1to2.launch.vendor import require_sd_scripts
 from kohya_1to2.models import Family
-
-
-def run_family(run_dir: Path) -> Family:
-    """The model family of a prepared run (see configs.lint); a hand-assembled run without job.json is SD1."""
-    if not (run_dir / "job.json").is_file():
-        return "sd1"
-    from kohya_1to2.configs.lint import run_family as prepared_run_family
-
-    return prepared_run_family(run_dir)
+from kohya_1to2.rundir import RunDir, run_family, writer_lock
 
 
 def lint_problems(run_dir: Path) -> list[str]:
@@ -51,7 +43,7 @@ def lint_problems(run_dir: Path) -> list[str]:
 
     Needs the run's job.json (written by `prepare`); a hand-assembled run directory without one is not linted.
     """
-    if not (run_dir / "job.json").is_file():
+    if not RunDir(run_dir).job_file.is_file():
         return []
     from kohya_1to2.configs.lint import lint_run
 
@@ -114,6 +106,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if not run_dir.is_dir():
         raise UsageError(f"run directory {run_dir} not found", hint="create it with `python -m kohya_1to2 prepare`")
     selected = select_stages(args.stage, args.from_stage)
+    if args.dry_run:
+        return launch_stages(args, console, run_dir, selected)
+    with writer_lock(RunDir(run_dir), "launch"):
+        return launch_stages(args, console, run_dir, selected)
+
+
+def launch_stages(args: argparse.Namespace, console: Console, run_dir: Path, selected: tuple[int, ...]) -> int:
+    """Check, decide which stages run (the same decision for --dry-run), then run them in order."""
     problems = lint_problems(run_dir)
     if problems:
         raise CheckError(
@@ -127,28 +127,35 @@ def run(args: argparse.Namespace, console: Console) -> int:
     check_stage_chain(stages[1], stages[2])
     for stage_config in stages.values():
         check_absolute_paths(stage_config)
+    require_base_model(stages[1])
     if str(stages[1].flat.get("network_module", "")).startswith("lycoris"):
         args_list = stages[1].flat.get("network_args")
         problem = lycoris_sd1_problem(installed_lycoris_version(), family,
                                       args_list if isinstance(args_list, list) else None)
         if problem:
             raise SetupError(problem, hint="`python -m kohya_1to2 doctor` shows the environment")
+    decisions = decide_stages(run_dir, stages, selected, force=args.force)
     if args.resume:
-        # resume the first selected stage that is not complete; it continues from its newest saved state
-        for number in selected:
-            if args.force or not is_complete(run_dir, stages[number]):
-                state = latest_state_dir(stages[number])
-                stages[number] = dataclasses.replace(stages[number], resume_from=state)
-                console.print(Text(f"stage {number}: resuming from {state}"), soft_wrap=True)
-                break
-    for number in selected:
+        # the first stage that runs continues from its newest saved state
+        first = next((n for n in selected if decisions[n].runs), None)
+        if first is not None:
+            state = latest_state_dir(stages[first])
+            stages[first] = dataclasses.replace(stages[first], resume_from=state)
+            decisions = decide_stages(run_dir, stages, selected, force=args.force)
+            console.print(Text(f"stage {first}: resuming from {state}"), soft_wrap=True)
+    running = [n for n in selected if decisions[n].runs]
+    for number in running:
         stage = stages[number]
         if stage.substitutions and args.strict:
             raise strict_error(stage)
         for sub in stage.substitutions:
             console.print(Text(f"stage {number}: substitution: {sub.describe()}", style="yellow"), soft_wrap=True)
-        write_effective_toml(stage)
-    commands = {n: stage_command(args, run_dir, sd_scripts, family, stages[n], caps) for n in selected}
+    for number in selected:
+        console.print(Text(decisions[number].line(), style="bold" if decisions[number].runs else "dim"),
+                      soft_wrap=True)
+    for number in running:
+        write_effective_toml(stages[number])  # what the printed command reads, also after --dry-run
+    commands = {n: stage_command(args, run_dir, sd_scripts, family, stages[n], caps) for n in running}
     if args.dry_run:
         console.print(Text(dry_run_text(list(commands.values()))), soft_wrap=True)
         return 0
@@ -156,8 +163,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     results: list[StageResult] = []
     for number in selected:
         stage = stages[number]
-        if not args.force and is_complete(run_dir, stage):
-            console.print(f"stage {number}: complete and unchanged, skipped (--force re-runs it)")
+        if not decisions[number].runs:
             results.append(StageResult(number, "skipped", weights=stage.final_weights))
             continue
         if stage.network_weights is not None and not stage.network_weights.is_file():
@@ -169,3 +175,15 @@ def run(args: argparse.Namespace, console: Console) -> int:
         results.append(execute_stage(run_dir, stage, commands[number]))
     console.print(summary_table(results))
     return 0
+
+
+def require_base_model(stage: StageConfig) -> None:
+    """A missing or unusable base model is found before any child starts (sd-scripts fails ~20 s in)."""
+    value = stage.flat.get("pretrained_model_name_or_path")
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"{stage.train_toml}: pretrained_model_name_or_path is not set",
+                         hint="set it to your base model (.safetensors/.ckpt file or diffusers folder)")
+    problem = base_model_problem(value)
+    if problem:
+        raise SetupError(f"{stage.train_toml}: pretrained_model_name_or_path: {problem}",
+                         hint="point it at an existing .safetensors/.ckpt file or diffusers folder")

@@ -7,7 +7,6 @@ Inputs are the job and the scanned characters only (no dataset-module imports), 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any, Literal
 import toml
 import tomlkit
 import tomlkit.exceptions
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -25,7 +24,7 @@ from kohya_1to2.configs.buckets import BucketSettings
 from kohya_1to2.configs.merge import Conflict, merge_toml
 from kohya_1to2.configs.plan import StagePlan, SubsetPlan, check_stage_plans, plan_stage, render_stage_plans
 from kohya_1to2.configs.presets import PresetSettings, load_preset
-from kohya_1to2.configs.prompts import sample_prompts_text
+from kohya_1to2.configs.prompts import parse_size, sample_prompts_text
 from kohya_1to2.configs.render import (
     SAMPLE_PROMPTS_FILE,
     STAGES,
@@ -34,15 +33,11 @@ from kohya_1to2.configs.render import (
     file_names,
     training_document,
 )
-from kohya_1to2.errors import UsageError
 from kohya_1to2.fsutil import atomic_write_text
+from kohya_1to2.imagefiles import image_sizes, list_images
 from kohya_1to2.kohya import flatten_training_config
-from kohya_1to2.models import IMAGE_EXTENSIONS, Character, Job, validation_message
-
-JOB_FILE = "job.json"
-STATE_DIR = ".1to2"
-GENERATED_DIR = f"{STATE_DIR}/generated"
-BACKUP_DIR = f"{STATE_DIR}/backup"
+from kohya_1to2.models import Character, Job
+from kohya_1to2.rundir import RunDir
 
 Status = Literal["written", "updated", "unchanged", "merged", "kept", "overwritten"]
 
@@ -105,7 +100,7 @@ class GenerateReport(BaseModel):
 def _stage1_subsets(characters: Sequence[Character]) -> list[SubsetSpec]:
     return [
         SubsetSpec(name=c.name, image_dir=c.folder.expanduser().resolve(), num_repeats=c.repeats,
-                   images=len(c.images))
+                   images=len(c.images), caption_prefix=c.caption_prefix)
         for c in characters
     ]
 
@@ -128,7 +123,9 @@ def render_run_files(
         files[train_name] = tomlkit.dumps(training_document(job, preset, stage, run_dir))
     triggers = [(c.name, c.trigger) for c in characters]
     files[SAMPLE_PROMPTS_FILE] = sample_prompts_text(triggers, sample_settings(job, preset.settings),
-                                                     job.composites.captions)
+                                                     job.composites.captions, pairs=job.training.sample_pairs,
+                                                     pair_size=parse_size(job.training.sample_pair_size)
+                                                     if job.training.sample_pair_size else None)
     return files
 
 
@@ -144,7 +141,7 @@ def sample_settings(job: Job, settings: PresetSettings) -> PresetSettings:
 
 
 def _backup(run_dir: Path, name: str, text: str, stamp: str) -> Path:
-    folder = run_dir / BACKUP_DIR
+    folder = RunDir(run_dir).backups
     path = folder / f"{name}.{stamp}"
     counter = 1
     while path.exists():
@@ -158,7 +155,7 @@ def write_generated_file(run_dir: Path, name: str, new_text: str, *, overwrite_e
                          ) -> FileResult:
     """Write one generated file without losing hand edits; record what was generated."""
     target = run_dir / name
-    record = run_dir / GENERATED_DIR / name
+    record = RunDir(run_dir).generated / name
     current = target.read_text(encoding="utf-8") if target.is_file() else None
     base = record.read_text(encoding="utf-8") if record.is_file() else None
     result: FileResult
@@ -176,7 +173,7 @@ def write_generated_file(run_dir: Path, name: str, new_text: str, *, overwrite_e
         result = FileResult(name=name, status="overwritten", backup=backup, note="your edits were discarded")
     elif not name.endswith(".toml"):
         changed = base is None or base != new_text
-        conflicts = (Conflict(key="(whole file)", user="your edited file", generated=f"{GENERATED_DIR}/{name}",
+        conflicts = (Conflict(key="(whole file)", user="your edited file", generated=str(record.relative_to(run_dir)),
                               previous="(generated before)"),) if changed else ()
         result = FileResult(name=name, status="kept", conflicts=conflicts, note="edited by you: left as is")
     else:
@@ -184,7 +181,7 @@ def write_generated_file(run_dir: Path, name: str, new_text: str, *, overwrite_e
             merged = merge_toml(base, current, new_text)
         except tomlkit.exceptions.ParseError as exc:
             conflict = Conflict(key="(whole file)", user=f"not valid TOML ({exc})",
-                                generated=f"{GENERATED_DIR}/{name}", previous="")
+                                generated=str(record.relative_to(run_dir)), previous="")
             result = FileResult(name=name, status="kept", conflicts=(conflict,),
                                 note="fix the syntax, then re-run prepare")
         else:
@@ -222,40 +219,7 @@ def write_run_configs(
     return GenerateReport(files=tuple(results))
 
 
-def load_job(run_dir: Path) -> Job:
-    """The job `prepare` saved in the run directory."""
-    path = run_dir / JOB_FILE
-    if not path.is_file():
-        raise UsageError(f"{path}: not found", hint="run `python -m kohya_1to2 prepare ... --out <run dir>` first")
-    try:
-        return Job.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path}: not valid JSON ({exc})", hint="re-run prepare to rewrite it") from None
-    except ValidationError as exc:
-        raise UsageError(f"{path}: {validation_message(exc)}", hint="re-run prepare to rewrite it") from None
-
-
 # ------------------------------------------------------------------------------------------- plan
-
-
-def image_sizes(paths: Sequence[Path]) -> tuple[tuple[int, int], ...] | None:
-    """Header-only sizes of images, or None if one cannot be read."""
-    from PIL import Image
-
-    sizes = []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                sizes.append(image.size)
-        except (OSError, ValueError):
-            return None
-    return tuple(sizes)
-
-
-def list_images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 Known = Mapping[Path, tuple[int, tuple[tuple[int, int], ...]]]

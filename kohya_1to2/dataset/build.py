@@ -1,11 +1,8 @@
 """Build the stage-2 composite folder: parallel workers, atomic writes, incremental re-runs, a manifest.
 
-Layout (under the run directory):
-  composites/{repeats}_composite/  images + caption files, names `000042_alice__bob.png`
-  manifest.jsonl                   one line per composite: sources, fingerprints, output size and hash
-  preview.png                      contact sheet of the first composites
-  .1to2/composites.journal.jsonl   manifest lines of composites finished by an unfinished build
-  .1to2/decoded/                   raw decoded sources shared by the workers, only while a build runs
+Writes (paths from `RunDir`): the composite subset (images + captions named `000042_alice__bob.png`), the
+manifest (one line per composite: sources, fingerprints, output size and hash), the preview, and while a build
+runs its journal and the spill of decoded sources.
 
 A re-run trusts an output only if its manifest (or journal) line matches the current plan, the sources'
 size + mtime are unchanged and the file has the recorded size; it then never decodes an image. Encoding is
@@ -47,15 +44,13 @@ from rich.text import Text
 from kohya_1to2 import errors
 from kohya_1to2.dataset import captions, compose
 from kohya_1to2.errors import DatasetError, Interrupted, OneToTwoError
-from kohya_1to2.fsutil import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
+from kohya_1to2.fsutil import TMP_PREFIX, atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from kohya_1to2.models import Character, CompositePlan, CompositeSettings, Job
+from kohya_1to2.rundir import RunDir
 
 BUILD_VERSION = "compose-2"
 """Bump when compose.py's pixels or encoding change: every output is then rebuilt."""
 
-MANIFEST_FILE = "manifest.jsonl"
-PREVIEW_FILE = "preview.png"
-JOURNAL_FILE = Path(".1to2") / "composites.journal.jsonl"
 CHUNK_SIZE = 12
 """Composites per worker task: small enough for a smooth progress bar and a quick Ctrl-C."""
 SOURCE_GROUP = 8
@@ -64,8 +59,6 @@ CACHE_BYTES = 32 * 1024 * 1024
 """Per-worker decoded-source cache (about 10 sources of 1000x1000): bounds memory whatever the budget;
 misses are cheap (a raw read from the spill, ~1 ms/MP) when the spill is on."""
 PREVIEW_ITEMS = 12
-SPILL_DIR = Path(".1to2") / "decoded"
-"""Raw decoded sources shared by the workers during a build; removed when the build ends."""
 SPILL_MAX_BYTES = 8 * 1024**3
 
 
@@ -108,6 +101,8 @@ class BuildResult:
     written: int
     removed: int
     preview_path: Path | None = None
+    strays: list[Path] = field(default_factory=list)
+    """Files found in subset folders that this run did not write, moved to `.1to2/strays/` (new places)."""
     entries_head: list[ManifestEntry] = field(default_factory=list)
 
 
@@ -131,10 +126,6 @@ def settings_fingerprint(settings: CompositeSettings) -> str:
         "max_side": settings.max_side,
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def subset_dir_for(run_dir: Path, repeats: int) -> Path:
-    return run_dir / "composites" / f"{repeats}_composite"
 
 
 def owned_file_pattern(caption_extension: str) -> re.Pattern[str]:
@@ -257,7 +248,20 @@ def _init_worker(config: WorkerConfig, stop: Any = None, ignore_sigint: bool = T
     global _worker_config, _worker_cache, _worker_stop
     if ignore_sigint:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
     _worker_config, _worker_cache, _worker_stop = config, SourceCache(config.cache_bytes), stop
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when its parent dies (the forkserver, which exits with prepare).
+
+    Without it a `kill -9` of prepare leaves workers writing composites into a run nobody owns any more.
+    """
+    if _libc is not None and hasattr(_libc, "prctl"):
+        pr_set_pdeathsig = 1
+        _libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() == 1:  # the parent died before the call took effect
+            os._exit(1)
 
 
 def _release_freed_memory() -> None:
@@ -430,6 +434,30 @@ def _prepare_subset_dir(run_dir: Path, subset: Path, pattern: re.Pattern[str]) -
     return removed
 
 
+def move_strays(layout: RunDir, subset: Path, pattern: re.Pattern[str]) -> list[Path]:
+    """Move every file of a composite subset folder that this build would not write to `.1to2/strays/`.
+
+    sd-scripts trains every image in the folder: a file the manifest does not own must never ride along.
+    """
+    composites = subset.parent
+    folders = [p for p in composites.iterdir() if p.is_dir() and re.fullmatch(r"\d+_composite", p.name)] \
+        if composites.is_dir() else []
+    moved: list[Path] = []
+    for folder in sorted(folders):
+        for child in sorted(folder.iterdir()):
+            if pattern.match(child.name) or child.name.startswith(TMP_PREFIX):
+                continue
+            target = layout.strays / folder.name / child.name
+            counter = 1
+            while target.exists():
+                target = layout.strays / folder.name / f"{child.stem}.{counter}{child.suffix}"
+                counter += 1
+            target.parent.mkdir(parents=True, exist_ok=True)
+            child.rename(target)
+            moved.append(target)
+    return moved
+
+
 def _remove_owned(folder: Path, pattern: re.Pattern[str], keep: set[str]) -> int:
     """Delete files this build owns that the plan no longer names; return how many images went."""
     removed = 0
@@ -485,14 +513,16 @@ def build_composites(
     """Make `run_dir/composites/{repeats}_composite/` match `plans`, reusing what is still valid."""
     settings = job.composites
     run_dir = run_dir.resolve()
-    subset = subset_dir_for(run_dir, settings.repeats)
+    layout = RunDir(run_dir)
+    subset = layout.composite_subset(settings.repeats)
     caption_ext = job.sources.caption_extension
     pattern = owned_file_pattern(caption_ext)
-    manifest_path = run_dir / MANIFEST_FILE
-    journal_path = run_dir / JOURNAL_FILE
+    manifest_path = layout.manifest
+    journal_path = layout.journal
     settings_id = settings_fingerprint(settings)
     by_name = {c.name: c for c in characters}
 
+    strays = move_strays(layout, subset, pattern)
     removed = _prepare_subset_dir(run_dir, subset, pattern)
     remove_stale_temporaries(subset)
     remove_stale_temporaries(run_dir)
@@ -572,7 +602,7 @@ def build_composites(
 
     removed += _remove_owned(subset, pattern, keep=expected_names)
 
-    preview_path = run_dir / PREVIEW_FILE
+    preview_path = layout.preview
     want_preview = bool(plans) and (preview_stale or force or not preview_path.is_file())
     head_count = min(PREVIEW_ITEMS, len(plans))
     early_preview: _Background | None = None
@@ -622,7 +652,7 @@ def build_composites(
                 return done
 
             items_by_index = {item.index: item for item in to_build}
-            spill = run_dir / SPILL_DIR
+            spill = layout.spill
             shutil.rmtree(spill, ignore_errors=True)  # a killed run's leftovers
             use_spill = _spill_fits(to_build, settings.max_side, run_dir)
             config = WorkerConfig(
@@ -666,6 +696,7 @@ def build_composites(
         removed=removed,
         preview_path=preview_path if head else None,
         entries_head=head,
+        strays=strays,
     )
 
 
@@ -816,5 +847,5 @@ def _interrupted() -> Interrupted:
 
 def read_manifest(run_dir: Path) -> list[ManifestEntry]:
     """The manifest of a built run directory, in index order."""
-    entries = _read_lines(run_dir / MANIFEST_FILE)
+    entries = _read_lines(RunDir(run_dir).manifest)
     return [entries[index] for index in sorted(entries)]

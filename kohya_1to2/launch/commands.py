@@ -14,8 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from kohya_1to2 import kohya
 from kohya_1to2.models import Family
-
-LAUNCH_DIR = Path(".1to2") / "launch"
+from kohya_1to2.rundir import RunDir
 
 
 class AccelerateOptions(BaseModel):
@@ -49,15 +48,6 @@ class StageCommand(BaseModel):
         """The exact command, shell-quoted, for `--dry-run` and the log."""
         env = " ".join(f"{key}={shlex.quote(value)}" for key, value in sorted(self.env.items()))
         return f"cd {shlex.quote(str(self.cwd))} && env {env} {shlex.join(self.argv)}"
-
-
-def stage_paths(run_dir: Path, stage: int) -> tuple[Path, Path, Path]:
-    """(user training TOML, dataset TOML, effective training TOML that launch passes) of a stage."""
-    return (
-        run_dir / f"stage{stage}.train.toml",
-        run_dir / f"stage{stage}.dataset.toml",
-        run_dir / LAUNCH_DIR / f"stage{stage}.train.toml",
-    )
 
 
 def accelerate_arguments(
@@ -107,7 +97,7 @@ def stage_environment(
     env: dict[str, str] = {}
     if private_accelerate:
         user_home = environ.get("HF_HOME") or str(Path(environ.get("HOME", "~")) / ".cache" / "huggingface")
-        env["HF_HOME"] = str(run_dir / ".1to2" / "hf_home")
+        env["HF_HOME"] = str(RunDir(run_dir).hf_home)
         env["HF_HUB_CACHE"] = environ.get("HF_HUB_CACHE") or str(Path(user_home) / "hub")
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
@@ -130,7 +120,8 @@ def build_stage_command(
     offline: bool,
 ) -> StageCommand:
     """The command of one stage (pure: every machine fact comes in as an argument)."""
-    _, dataset_toml, effective_toml = stage_paths(run_dir, stage)
+    layout = RunDir(run_dir)
+    dataset_toml, effective_toml = layout.dataset_toml(stage), layout.effective_toml(stage)
     argv = [
         python,
         "-m",

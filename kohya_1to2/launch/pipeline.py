@@ -5,12 +5,12 @@ Planning is pure over what was read from disk (`StageConfig`); `execute_stage` i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,12 @@ import tomlkit.exceptions
 
 from kohya_1to2 import kohya
 from kohya_1to2.errors import SetupError, TrainingError, UsageError
-from kohya_1to2.fsutil import atomic_write_text, sha256_file
-from kohya_1to2.launch.commands import LAUNCH_DIR, StageCommand, stage_paths
+from kohya_1to2.fsutil import atomic_write_text
+from kohya_1to2.launch.commands import StageCommand
+from kohya_1to2.launch.inputs import Attempt, Decision, Record, StageInputs, collect_inputs, decide
 from kohya_1to2.launch.run import run_child
 from kohya_1to2.launch.substitutions import Capabilities, Substitution, apply_substitutions, plan_substitutions
+from kohya_1to2.rundir import RunDir
 
 STAGES = (1, 2)
 
@@ -38,6 +40,7 @@ class StageConfig:
     text: str
     flat: dict[str, Any]
     substitutions: tuple[Substitution, ...]
+    subsets: tuple[dict[str, Any], ...] = ()  # the dataset TOML's subsets, scopes resolved as sd-scripts does
     resume_from: Path | None = None  # --resume: the sd-scripts state folder to continue from
 
     @property
@@ -68,11 +71,17 @@ def with_resume(text: str, state_dir: Path) -> str:
     return tomlkit.dumps(doc)
 
 
-def latest_state_dir(stage: StageConfig) -> Path:
-    """The newest `<output_name>*-state` folder sd-scripts' save_state wrote for this stage."""
+def saved_states(stage: StageConfig) -> list[Path]:
+    """The `<output_name>*-state` folders sd-scripts' save_state wrote for this stage."""
     folder = stage.final_weights.parent
     name = str(stage.flat.get("output_name") or "last")
-    states = [p for p in folder.glob(f"{name}*-state") if p.is_dir() and (p / "train_state.json").is_file()]
+    return [p for p in folder.glob(f"{name}*-state") if p.is_dir() and (p / "train_state.json").is_file()]
+
+
+def latest_state_dir(stage: StageConfig) -> Path:
+    """The newest saved state of this stage."""
+    folder = stage.final_weights.parent
+    states = saved_states(stage)
     if not states:
         raise UsageError(
             f"--resume: no saved state of stage {stage.stage} in {folder}",
@@ -83,7 +92,9 @@ def latest_state_dir(stage: StageConfig) -> Path:
 
 def read_stage(run_dir: Path, stage: int, caps: Capabilities) -> StageConfig:
     """Read a stage's TOMLs; a missing or broken file is a one-line error naming it."""
-    train_toml, dataset_toml, effective = stage_paths(run_dir, stage)
+    layout = RunDir(run_dir)
+    train_toml, dataset_toml = layout.train_toml(stage), layout.dataset_toml(stage)
+    effective = layout.effective_toml(stage)
     for path in (train_toml, dataset_toml):
         if not path.is_file():
             raise UsageError(f"{path} not found", hint=f"run `python -m kohya_1to2 prepare ... --out {run_dir}` first")
@@ -94,7 +105,12 @@ def read_stage(run_dir: Path, stage: int, caps: Capabilities) -> StageConfig:
         raise UsageError(f"{train_toml}: not valid TOML: {exc}", hint="fix the syntax") from None
     flat = kohya.flatten_training_config(document)
     subs = tuple(plan_substitutions(flat, caps))
-    return StageConfig(stage, train_toml, dataset_toml, effective, text, flat, subs)
+    try:
+        dataset = tomlkit.parse(dataset_toml.read_text(encoding="utf-8")).unwrap()
+    except tomlkit.exceptions.ParseError as exc:
+        raise UsageError(f"{dataset_toml}: not valid TOML: {exc}", hint="fix the syntax") from None
+    subsets = tuple(kohya.resolved_subsets(dataset))
+    return StageConfig(stage, train_toml, dataset_toml, effective, text, flat, subs, subsets)
 
 
 PATH_KEYS = ("pretrained_model_name_or_path", "tokenizer_cache_dir", "network_weights", "output_dir",
@@ -118,26 +134,12 @@ def check_absolute_paths(stage: StageConfig) -> None:
 
 
 def check_stage_chain(stage1: StageConfig, stage2: StageConfig) -> None:
-    """Stage 2 must continue from stage 1's final file with the same network settings."""
-    wanted = stage1.final_weights
-    got = stage2.network_weights
-    if got is None:
-        raise UsageError(
-            f"{stage2.train_toml}: network_weights is not set",
-            hint=f"set network_weights = {json.dumps(str(wanted))} (stage 1's final network)",
-        )
-    if got.expanduser().resolve() != wanted.expanduser().resolve():
-        raise UsageError(
-            f"{stage2.train_toml}: network_weights = {str(got)!r} is not stage 1's final network {str(wanted)!r}",
-            hint="keep output_dir/output_name of stage 1 and network_weights of stage 2 in step",
-        )
-    for key in ("network_module", "network_dim", "network_alpha", "network_args"):
-        if stage1.flat.get(key) != stage2.flat.get(key):
-            raise UsageError(
-                f"{stage2.train_toml}: {key} = {stage2.flat.get(key)!r} differs from stage 1's "
-                f"{stage1.flat.get(key)!r}",
-                hint="stage 2 loads stage 1's network non-strictly; differing settings restart modules from zero",
-            )
+    """Stage 2 must continue from stage 1's final file with the same network (check's rules: configs.lint)."""
+    from kohya_1to2.configs.lint import lint_stage_chain
+
+    problems = lint_stage_chain(stage1.flat, stage2.flat, str(stage1.train_toml), str(stage2.train_toml))
+    if problems:
+        raise UsageError(f"{problems[0].file}: {problems[0].key}: {problems[0].problem}", hint=problems[0].fix)
 
 
 def strict_error(stage: StageConfig) -> SetupError:
@@ -148,40 +150,77 @@ def strict_error(stage: StageConfig) -> SetupError:
     )
 
 
-# ------------------------------------------------------------------ completion records
+# ------------------------------------------------------------------ completion records and decisions
 
 
-def completion_record_path(run_dir: Path, stage: int) -> Path:
-    return run_dir / LAUNCH_DIR / f"stage{stage}.complete.json"
+def stage_inputs(stage: StageConfig) -> StageInputs:
+    """Everything the stage trains from, as it is on disk now."""
+    network_version = kohya.installed_lycoris_version() if str(stage.flat.get("network_module", "")).startswith(
+        "lycoris") else None
+    return collect_inputs(effective_text=stage.effective_text, dataset_toml=stage.dataset_toml,
+                          subsets=stage.subsets, flat=stage.flat, network_version=network_version)
 
 
-def config_fingerprint(stage: StageConfig) -> str:
-    """A hash of what a stage trains from: effective TOML, dataset TOML, and (stage 2) stage 1's weights."""
-    digest = hashlib.sha256()
-    digest.update(stage.effective_text.encode("utf-8"))
-    digest.update(stage.dataset_toml.read_bytes())
-    weights = stage.network_weights
-    if weights is not None and weights.is_file():
-        digest.update(sha256_file(weights).encode())
-    return digest.hexdigest()
-
-
-def is_complete(run_dir: Path, stage: StageConfig) -> bool:
-    """Complete = final weights present and configs unchanged since the stage finished."""
-    record = completion_record_path(run_dir, stage.stage)
-    if not stage.final_weights.is_file() or not record.is_file():
-        return False
+def read_record(run_dir: Path, stage: int) -> Record | None:
+    path = RunDir(run_dir).completion_record(stage)
     try:
-        data = json.loads(record.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return bool(data.get("fingerprint") == config_fingerprint(stage))
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return Record(inputs=StageInputs.model_validate(data["inputs"]), finished=float(data["finished"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # absent, or written by an older version: the stage runs again
+
+
+def read_attempt(run_dir: Path, stage: StageConfig) -> Attempt | None:
+    path = RunDir(run_dir).attempt_record(stage.stage)
+    try:
+        started = float(json.loads(path.read_text(encoding="utf-8"))["started"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return Attempt(started=started, state_saved=saved_states(stage) != [])
+
+
+def decide_stages(run_dir: Path, stages: dict[int, StageConfig], selected: tuple[int, ...], *, force: bool
+                  ) -> dict[int, Decision]:
+    """The one decision `launch` and `launch --dry-run` both print: which selected stages run, and why."""
+    decisions: dict[int, Decision] = {}
+    upstream_runs = False
+    for number in selected:
+        stage = stages[number]
+        decision = decide(
+            number, stage_inputs(stage), read_record(run_dir, number),
+            weights_exist=stage.final_weights.is_file(), force=force, upstream_runs=upstream_runs,
+            attempt=read_attempt(run_dir, stage), resuming=stage.resume_from is not None,
+        )
+        decisions[number] = decision
+        upstream_runs = upstream_runs or decision.runs
+    return decisions
+
+
+def record_attempt(run_dir: Path, stage: StageConfig) -> None:
+    atomic_write_text(RunDir(run_dir).attempt_record(stage.stage), json.dumps({"started": time.time()}) + "\n")
 
 
 def record_completion(run_dir: Path, stage: StageConfig, seconds: float = 0.0) -> None:
-    record = {"fingerprint": config_fingerprint(stage), "weights": str(stage.final_weights),
-              "seconds": round(seconds, 1)}
-    atomic_write_text(completion_record_path(run_dir, stage.stage), json.dumps(record, indent=2) + "\n")
+    """What the finished stage trained from; the next launch compares against it."""
+    layout = RunDir(run_dir)
+    record = {"finished": time.time(), "seconds": round(seconds, 1), "weights": str(stage.final_weights),
+              "inputs": stage_inputs(stage).model_dump()}
+    atomic_write_text(layout.completion_record(stage.stage), json.dumps(record, indent=1) + "\n")
+    layout.attempt_record(stage.stage).unlink(missing_ok=True)
+
+
+def rotate_log(log_path: Path) -> Path | None:
+    """Keep an earlier attempt's log as `stageN.<time>.log`; a new attempt never overwrites it."""
+    if not log_path.is_file():
+        return None
+    stamp = datetime.fromtimestamp(log_path.stat().st_mtime).strftime("%Y%m%d-%H%M%S")
+    target = log_path.with_name(f"{log_path.stem}.{stamp}{log_path.suffix}")
+    counter = 1
+    while target.exists():
+        target = log_path.with_name(f"{log_path.stem}.{stamp}-{counter}{log_path.suffix}")
+        counter += 1
+    log_path.rename(target)
+    return target
 
 
 def select_stages(stage: int | None, from_stage: int | None) -> tuple[int, ...]:
@@ -270,7 +309,9 @@ def write_effective_toml(stage: StageConfig) -> None:
 
 def execute_stage(run_dir: Path, stage: StageConfig, command: StageCommand) -> StageResult:
     """Run one stage and check its outcome; raises TrainingError / Interrupted."""
-    log_path = run_dir / "logs" / f"stage{stage.stage}.log"
+    log_path = RunDir(run_dir).log(stage.stage)
+    rotate_log(log_path)
+    record_attempt(run_dir, stage)
     header_lines = [f"[kohya-1to2] stage {stage.stage}: {command.shell()}"]
     header_lines += [f"[kohya-1to2] substitution: {sub.describe()}" for sub in stage.substitutions]
     started_wall = time.time()

@@ -1,0 +1,272 @@
+"""The run directory: every path `prepare`, `check`, `plan` and `launch` use inside `--out`, named once.
+
+Also here: the job file (`load_job`), the run's model family, ownership (the marker `prepare` leaves and the
+paths it would write into a folder it does not own yet) and the writer lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+from pydantic import ValidationError
+
+from kohya_1to2.errors import UsageError
+from kohya_1to2.models import Family, Job, validation_message
+
+STAGES = (1, 2)
+MARKER_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The layout of one run directory (see README, "Run directory")."""
+
+    root: Path
+
+    # ---------------------------------------------------------------- what the user reads and edits
+    @property
+    def job_file(self) -> Path:
+        return self.root / "job.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.jsonl"
+
+    @property
+    def preview(self) -> Path:
+        return self.root / "preview.png"
+
+    @property
+    def sample_prompts(self) -> Path:
+        return self.root / "sample_prompts.txt"
+
+    @property
+    def composites(self) -> Path:
+        return self.root / "composites"
+
+    def composite_subset(self, repeats: int) -> Path:
+        """The stage-2 subset folder; kohya reads the repeats from its `N_` prefix."""
+        return self.composites / f"{repeats}_composite"
+
+    @property
+    def fixed_sources(self) -> Path:
+        """Corrected copies of source folders written by `--fix-sources`."""
+        return self.root / "sources"
+
+    def train_toml(self, stage: int) -> Path:
+        return self.root / f"stage{stage}.train.toml"
+
+    def dataset_toml(self, stage: int) -> Path:
+        return self.root / f"stage{stage}.dataset.toml"
+
+    def output_dir(self, stage: int) -> Path:
+        return self.root / "output" / f"stage{stage}"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def log(self, stage: int) -> Path:
+        return self.logs / f"stage{stage}.log"
+
+    # ---------------------------------------------------------------- records under .1to2/
+    @property
+    def state(self) -> Path:
+        return self.root / ".1to2"
+
+    @property
+    def marker(self) -> Path:
+        """Written by `prepare` when it takes a folder: the folder is a run directory from then on."""
+        return self.state / "run.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.state / "lock"
+
+    @property
+    def generated(self) -> Path:
+        """What the generator wrote last, the base of the three-way merge with hand edits."""
+        return self.state / "generated"
+
+    @property
+    def backups(self) -> Path:
+        return self.state / "backup"
+
+    @property
+    def strays(self) -> Path:
+        """Files found in a subset folder that the run did not write, moved out of training."""
+        return self.state / "strays"
+
+    @property
+    def journal(self) -> Path:
+        """Manifest lines of composites finished by an unfinished build."""
+        return self.state / "composites.journal.jsonl"
+
+    @property
+    def spill(self) -> Path:
+        """Decoded sources shared by build workers, only while a build runs."""
+        return self.state / "decoded"
+
+    @property
+    def launch_dir(self) -> Path:
+        return self.state / "launch"
+
+    def effective_toml(self, stage: int) -> Path:
+        """The training TOML launch passes to sd-scripts (the user's, plus visible substitutions)."""
+        return self.launch_dir / f"stage{stage}.train.toml"
+
+    def completion_record(self, stage: int) -> Path:
+        return self.launch_dir / f"stage{stage}.complete.json"
+
+    def attempt_record(self, stage: int) -> Path:
+        """Written when a stage starts, removed when it completes: its presence means an interrupted attempt."""
+        return self.launch_dir / f"stage{stage}.attempt.json"
+
+    @property
+    def hf_home(self) -> Path:
+        return self.state / "hf_home"
+
+    # ---------------------------------------------------------------- ownership
+    def written_paths(self) -> tuple[Path, ...]:
+        """Top-level files and folders a run writes; a foreign file at one of them would be overwritten."""
+        return (
+            self.job_file, self.manifest, self.preview, self.sample_prompts, self.composites, self.fixed_sources,
+            *(self.train_toml(s) for s in STAGES), *(self.dataset_toml(s) for s in STAGES),
+            self.root / "output", self.logs, self.state,
+        )
+
+    def is_run_dir(self) -> bool:
+        return self.marker.is_file()
+
+
+def foreign_files(run: RunDir) -> list[Path]:
+    """Files at paths the run would write, in a folder that is not (yet) a run directory."""
+    if not run.root.is_dir() or run.is_run_dir():
+        return []
+    found: list[Path] = []
+    for path in run.written_paths():
+        if path.is_file() or path.is_symlink():
+            found.append(path)
+        elif path.is_dir():
+            found += sorted(p for p in path.rglob("*") if not p.is_dir())
+    return found
+
+
+def claim(run: RunDir, command: str) -> None:
+    """Make `run.root` a run directory, refusing a folder whose files the run would overwrite or train."""
+    if run.root.exists() and not run.root.is_dir():
+        raise UsageError(f"--out {run.root} is a file, not a directory", hint="choose a directory for --out")
+    conflicts = foreign_files(run)
+    if conflicts:
+        shown = ", ".join(str(p.relative_to(run.root)) for p in conflicts[:8])
+        more = f" and {len(conflicts) - 8} more" if len(conflicts) > 8 else ""
+        raise UsageError(
+            f"--out {run.root} is not a kohya-1to2 run directory and holds files the run would overwrite or "
+            f"train: {shown}{more}",
+            hint="choose an empty or new folder for --out, or move those files away",
+        )
+    if run.is_run_dir():
+        return
+    from kohya_1to2.fsutil import atomic_write_text
+
+    try:
+        atomic_write_text(run.marker, json.dumps({"format": MARKER_FORMAT, "created_by": command}) + "\n")
+    except OSError as exc:
+        raise UsageError(f"--out {run.root} is not writable: {exc.strerror or exc}",
+                         hint="choose a folder you can write to") from None
+
+
+def check_out_dir(path: Path) -> None:
+    """`--out` problems found before any work: a file in the way, or a folder that cannot be created or written."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {path} is a file, not a directory", hint="choose a directory for --out")
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        raise UsageError(f"--out {path}: {existing} is not a directory", hint="choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {path} is not writable ({existing} belongs to someone else or is read-only)",
+                         hint="choose a folder you can write to")
+
+
+# ---------------------------------------------------------------- job and family
+
+
+def load_job(root: Path) -> Job:
+    """The job `prepare` saved in the run directory."""
+    path = RunDir(root).job_file
+    if not path.is_file():
+        raise UsageError(f"{path}: not found", hint="run `python -m kohya_1to2 prepare ... --out <run dir>` first")
+    try:
+        return Job.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}: not valid JSON ({exc})", hint="re-run prepare to rewrite it") from None
+    except ValidationError as exc:
+        raise UsageError(f"{path}: {validation_message(exc)}", hint="re-run prepare to rewrite it") from None
+
+
+def run_family(root: Path) -> Family:
+    """The model family of a prepared run (job.json's family, else its preset's); without job.json, SD1."""
+    if not RunDir(root).job_file.is_file():
+        return "sd1"
+    from kohya_1to2.configs.presets import load_preset
+    from kohya_1to2.configs.render import resolved_family
+
+    job = load_job(root)
+    return resolved_family(job, load_preset(job.training.preset))
+
+
+# ---------------------------------------------------------------- the writer lock
+
+
+def _holder(handle: IO[str]) -> str:
+    handle.seek(0)
+    try:
+        info: dict[str, Any] = json.loads(handle.read() or "{}")
+    except ValueError:
+        return "another process"
+    since = datetime.fromtimestamp(float(info.get("since", 0))).strftime("%H:%M")
+    return f"{info.get('command', 'another command')} (pid {info.get('pid', '?')}, since {since})"
+
+
+@contextmanager
+def writer_lock(run: RunDir, command: str) -> Iterator[None]:
+    """Hold the run directory's exclusive lock for a whole command; the kernel drops it when the process dies."""
+    run.state.mkdir(parents=True, exist_ok=True)
+    handle = run.lock_file.open("a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(
+                f"run dir in use by {_holder(handle)}: {run.root}",
+                hint="wait for it to finish (or stop it), then run this again",
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"command": command, "pid": os.getpid(), "since": time.time()}))
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing the descriptor releases the lock
+
+
+def current_writer(run: RunDir) -> str | None:
+    """Who holds the writer lock now, for readers (`check`, `plan`) to warn; None when nobody does."""
+    if not run.lock_file.is_file():
+        return None
+    with run.lock_file.open("r", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(handle)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
