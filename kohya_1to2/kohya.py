@@ -158,3 +158,126 @@ def lycoris_sd1_problem(lycoris_version: str | None, family: str | None, network
         "('duplicated lora name: lora_unet_time_embedding_linear_1'); "
         f"fix: pip install '{LYCORIS_PIN}' (or run `python -m kohya_1to2 setup`)"
     )
+
+
+# ------------------------------------------------------------------ start-up facts (verified by
+# tests/integration/test_check_corpus.py against the real get_scheduler_fix / get_optimizer / config_util)
+
+LR_SCHEDULERS: tuple[str, ...] = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+    "cosine_with_min_lr", "warmup_stable_decay", "piecewise_constant",
+)
+"""lr_scheduler names `train_util.get_scheduler_fix` builds with sd-scripts' default arguments: transformers'
+SchedulerType (pinned transformers) plus diffusers' piecewise_constant. `reduce_lr_on_plateau` and
+`cosine_warmup_with_min_lr` are SchedulerType values too, but sd-scripts passes them arguments they reject."""
+
+ADAFACTOR_SCHEDULER_PREFIX = "adafactor:"
+"""`adafactor:<initial lr>` is sd-scripts' own scheduler form; it needs optimizer_type = "Adafactor"."""
+
+NAMED_OPTIMIZERS: tuple[str, ...] = (
+    "AdamW", "AdamW8bit", "SGDNesterov8bit", "Lion8bit", "PagedAdamW8bit", "PagedLion8bit", "PagedAdamW",
+    "PagedAdamW32bit", "Lion", "SGDNesterov", "DAdaptation", "DAdaptAdamPreprint", "DAdaptAdaGrad", "DAdaptAdam",
+    "DAdaptAdan", "DAdaptAdanIP", "DAdaptLion", "DAdaptSGD", "Prodigy", "Adafactor", "RAdamScheduleFree",
+    "AdamWScheduleFree", "SGDScheduleFree",
+)
+"""optimizer_type names `train_util.get_optimizer` knows itself; it compares them case-insensitively."""
+
+TORCH_OPTIMIZERS: tuple[str, ...] = (
+    "ASGD", "Adadelta", "Adagrad", "Adam", "Adamax", "LBFGS", "NAdam", "RAdam", "RMSprop", "Rprop", "SGD",
+)
+"""Other names get_optimizer looks up in torch.optim, case-sensitively (`getattr(torch.optim, name)`)."""
+
+INTERCEPTED_OPTIMIZER_SUFFIXES = ("8bit", "schedulefree")
+"""A name ending so (any case) is taken by get_optimizer's own branches: unknown ones never reach torch.optim."""
+
+SCHEDULEFREE_SUFFIX = "schedulefree"
+"""With a schedule-free optimizer sd-scripts uses a dummy scheduler: lr_scheduler is then ignored."""
+
+TRAINING_TO_DATASET_KEYS: Mapping[str, str] = {"train_batch_size": "batch_size", "dataset_repeats": "num_repeats",
+                                               "caption_extention": "caption_extension"}
+"""Training options that reach the dataset blueprint under another name (config_util's
+ARGPARSE_OPTNAME_TO_CONFIG_OPTNAME, and prepare_dataset_args' old spelling caption_extention)."""
+
+MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt")
+"""A single-file base model sd-scripts loads (anything else is read as a diffusers folder or a Hub id)."""
+
+
+def optimizer_problem(name: str) -> str | None:
+    """Why get_optimizer cannot build `name` (None when it can, as far as names go).
+
+    A `module.Class` name is importable or not only on the machine that trains; only its form is judged here.
+    """
+    if not name:
+        return None  # sd-scripts' default, AdamW
+    lower = name.lower()
+    if lower in {n.lower() for n in NAMED_OPTIMIZERS}:
+        return None
+    if "." in name:
+        module, _, cls = name.rpartition(".")
+        if not module or not cls or not all(part.isidentifier() for part in name.split(".")):
+            return f"{name!r} is not a module.Class name"
+        if module == "torch.optim" and cls not in TORCH_OPTIMIZERS:
+            return f"torch.optim has no optimizer {cls!r}"
+        return None
+    if lower.endswith(INTERCEPTED_OPTIMIZER_SUFFIXES) or lower.startswith("dadapt"):
+        return f"{name!r} is not one of sd-scripts' optimizers"
+    if name in TORCH_OPTIMIZERS:
+        return None
+    return f"{name!r} is neither one of sd-scripts' optimizers nor a torch.optim class"
+
+
+def scheduler_problem(name: str, optimizer_type: str | None) -> str | None:
+    """Why get_scheduler_fix cannot build lr_scheduler `name` (None when it can)."""
+    if name in LR_SCHEDULERS:
+        return None
+    if name.startswith(ADAFACTOR_SCHEDULER_PREFIX):
+        try:
+            float(name[len(ADAFACTOR_SCHEDULER_PREFIX):])
+        except ValueError:
+            return f"{name!r}: the adafactor scheduler is written adafactor:<initial learning rate>"
+        if (optimizer_type or "").lower() != "adafactor":
+            return f"{name!r} needs optimizer_type = \"Adafactor\""
+        return None
+    return f"{name!r} is not a scheduler sd-scripts can build"
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def base_model_problem(path: Path | str) -> str | None:
+    """Why sd-scripts cannot load this base model, else None: it must be an existing .safetensors/.ckpt file,
+    a diffusers folder (model_index.json or unet/), or a relative `org/name` Hugging Face id."""
+    text = str(path)
+    if not text:
+        return "no base model set"
+    model = Path(text).expanduser()
+    if not model.exists():
+        if not model.is_absolute() and _HUB_ID.match(text) and model.suffix.lower() not in MODEL_FILE_SUFFIXES:
+            return None  # a Hub id (org/name): diffusers downloads it
+        return f"base model {text} does not exist"
+    if model.is_file():
+        if model.suffix.lower() not in MODEL_FILE_SUFFIXES:
+            return f"base model {text} is neither a .safetensors nor a .ckpt file"
+        return None
+    if (model / "model_index.json").is_file() or (model / "unet").is_dir():
+        return None
+    return f"base model folder {text} is not a diffusers model (no model_index.json or unet/)"
+
+
+SUBSET_DEFAULTS: Mapping[str, Any] = {"caption_extension": ".caption", "num_repeats": 1}
+"""config_util's BaseSubsetParams defaults that matter to us (a generated TOML sets both explicitly)."""
+
+
+def resolved_subsets(dataset_document: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each subset's values as config_util resolves them: defaults, then [general], [[datasets]], the subset."""
+    general = dataset_document.get("general") or {}
+    resolved: list[dict[str, Any]] = []
+    for dataset in dataset_document.get("datasets") or []:
+        scope = {**SUBSET_DEFAULTS, **general, **{k: v for k, v in dataset.items() if k != "subsets"}}
+        resolved += [{**scope, **subset} for subset in dataset.get("subsets") or []]
+    return resolved
+
+
+TRAINING_PATH_KEYS = ("pretrained_model_name_or_path", "tokenizer_cache_dir", "network_weights", "output_dir",
+                      "sample_prompts", "dataset_config", "vae", "logging_dir", "resume")
+"""Training keys holding paths: sd-scripts runs with cwd = its own root, so relative ones resolve there."""

@@ -174,7 +174,10 @@ def run_dir(tmp_path: Path, kohya_dataset: Callable[..., Path]) -> Path:
     for i in range(3):
         Image.new("RGB", (256, 128)).save(composites / f"{i:04d}.png")
         (composites / f"{i:04d}.txt").write_text("alice/bob/COMPOSITE, x, y\n")
-    job = Job(out=run, sources=SourceSettings(roots=[root]), training=TrainingSettings(base_model="/m"))
+    model = tmp_path / "models" / "base.safetensors"
+    model.parent.mkdir()
+    model.write_bytes(b"not read by check")
+    job = Job(out=run, sources=SourceSettings(roots=[root]), training=TrainingSettings(base_model=str(model)))
     write_run_configs(job, chars(root), composite_dir=composites, composite_repeats=1,
                       composite_sizes=[(256, 128)] * 3, run_dir=run)
     (run / "job.json").write_text(job.model_dump_json())

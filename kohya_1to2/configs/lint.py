@@ -23,6 +23,7 @@ from kohya_1to2.configs.buckets import BucketSettings, assign_buckets
 from kohya_1to2.errors import CheckError
 from kohya_1to2.kohya import TRAINING_SCRIPTS
 from kohya_1to2.models import Family
+from kohya_1to2.rundir import RunDir
 
 SNAPSHOT = Path(__file__).resolve().parents[1] / "data" / "kohya_v0.10.1.json"
 SD_SCRIPTS_CAPTION_DEFAULT = ".caption"
@@ -116,7 +117,8 @@ def _fix_value(action: Mapping[str, Any], value: Any) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and type_name in (None, "str", "Path"):
         return f'quote it: {action["dest"]} = "{value}"'
     if action["nargs"] in ("*", "+") and not isinstance(value, list):
-        return f"write an array, e.g. {action['dest']} = [{_literal(value)}]"
+        items = value.split() if isinstance(value, str) and action["dest"] == "network_args" else [value]
+        return f"write an array, e.g. {action['dest']} = [{', '.join(_literal(i) for i in items)}]"
     if type_name == "int" and isinstance(value, float) and value.is_integer():
         return f"write {action['dest']} = {int(value)}"
     return f"write {_expected(action)}"
@@ -166,6 +168,7 @@ def lint_training(document: Mapping[str, Any], script: str, file: str,
     dataset_keys = {k for level in snap["dataset_schema"].values() for k in level}
     problems: list[Problem] = []
     seen: dict[str, str] = {}
+    flat = _flatten(document)
     items: list[tuple[str, str, Any]] = []
     for section, value in document.items():
         if isinstance(value, dict):
@@ -192,10 +195,66 @@ def lint_training(document: Mapping[str, Any], script: str, file: str,
                 fix = f"did you mean {suggestion!r}?" if suggestion else "check the spelling in sd-scripts' docs"
             problems.append(Problem(file=file, key=where, problem=problem, fix=fix))
             continue
-        found = check_training_value(action, value)
+        found = check_training_value(action, value) or startup_value_problem(key, value, flat)
         if found:
             problems.append(Problem(file=file, key=where, problem=found[0], fix=found[1]))
     return problems
+
+
+POSITIVE_TRAINING_KEYS = ("train_batch_size", "max_train_epochs", "max_train_steps", "dataset_repeats",
+                          "learning_rate", "unet_lr", "text_encoder_lr")
+"""Training options whose zero or negative value crashes sd-scripts or trains nothing."""
+POSITIVE_DATASET_KEYS = ("batch_size", "num_repeats")
+
+
+def _network_arg_problem(item: str) -> str | None:
+    key, equals, value = item.partition("=")
+    if not equals or not key.strip() or key != key.strip() or any(c.isspace() for c in key):
+        return "is not a key=value token; sd-scripts stops at `key, value = arg.split(\"=\", 1)`"
+    if any("=" in token for token in value.split()[1:]) or (value.split() and value != value.strip()):
+        return f"holds several settings in one entry; the network module reads {key}={value.split()[0]!r}... " \
+               "as one value and crashes"
+    return None
+
+
+def startup_value_problem(key: str, value: Any, flat: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(problem, fix) for a well-typed value that sd-scripts still refuses (or ignores) at start-up."""
+    from kohya_1to2 import kohya
+
+    if key in POSITIVE_TRAINING_KEYS:
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, (int, float)) and not isinstance(item, bool) and item <= 0:
+                example = {"learning_rate": "0.0001", "unet_lr": "0.0001", "text_encoder_lr": "0.00005"}
+                return (f"{_literal(item)} must be positive (sd-scripts crashes or trains nothing)",
+                        f"write a positive value, e.g. {key} = {example.get(key, '1')}")
+    if key == "lr_scheduler" and isinstance(value, str) and not flat.get("lr_scheduler_type"):
+        optimizer = flat.get("optimizer_type")
+        if isinstance(optimizer, str) and optimizer.lower().endswith(kohya.SCHEDULEFREE_SUFFIX):
+            return None  # sd-scripts uses a dummy scheduler then
+        problem = kohya.scheduler_problem(value, optimizer if isinstance(optimizer, str) else None)
+        if problem:
+            guess = _suggest(value, kohya.LR_SCHEDULERS) or "cosine"
+            return (f"{problem}; sd-scripts stops after loading the model",
+                    f'write lr_scheduler = "{guess}" (one of {", ".join(kohya.LR_SCHEDULERS)})')
+    if key == "optimizer_type" and isinstance(value, str):
+        problem = kohya.optimizer_problem(value)
+        if problem:
+            guess = _suggest(value, [*kohya.NAMED_OPTIMIZERS, *kohya.TORCH_OPTIMIZERS]) or "AdamW"
+            return (f"{problem}; sd-scripts stops after loading the model",
+                    f'write optimizer_type = "{guess}" (or a module.Class optimizer)')
+    if key == "network_args" and isinstance(value, list):
+        for item in value:
+            problem = _network_arg_problem(str(item))
+            if problem:
+                tokens = [t for i in value for t in str(i).split()]
+                return (f"entry {_literal(item)} {problem}",
+                        f"write one key=value per entry: network_args = [{', '.join(_literal(t) for t in tokens)}]")
+    if key == "resolution" and isinstance(value, str):
+        parts = value.split(",")
+        if len(parts) > 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+            return (f"{_literal(value)} is not \"SIZE\" or \"WIDTH,HEIGHT\"; sd-scripts stops parsing it",
+                    "remove it here and set resolution = 512 in the stage's dataset TOML")
+    return None
 
 
 # ------------------------------------------------------------------------------------------- dataset TOML
@@ -277,6 +336,10 @@ def lint_dataset(document: Mapping[str, Any], file: str, snapshot: Mapping[str, 
                     file=file, key=f"{where}.{key}",
                     problem=f"must be {_describe(descriptor)}, got {_type_name(value)} {_literal(value)}",
                     fix=f"write {key} = {_example(value, descriptor)}"))
+            elif key in POSITIVE_DATASET_KEYS and isinstance(value, int) and value <= 0:
+                problems.append(Problem(file=file, key=f"{where}.{key}",
+                                        problem=f"{value} must be positive (sd-scripts crashes or trains nothing)",
+                                        fix=f"write {key} = 1"))
         for key, spec in level_schema.items():
             if spec.get("required") and key not in table:
                 problems.append(Problem(file=file, key=f"{where}.{key}", problem="required key missing",
@@ -392,9 +455,14 @@ def lint_network(flat: Mapping[str, Any], file: str, family: str | None = None) 
     return problems
 
 
+def _same_path(a: Any, b: Path) -> bool:
+    return bool(a) and Path(str(a)).expanduser().resolve() == b.expanduser().resolve()
+
+
 def lint_stage_consistency(flat1: Mapping[str, Any], flat2: Mapping[str, Any], file2: str) -> list[Problem]:
     """Stage 2 must build the same network as stage 1: sd-scripts loads weights non-strictly and silently
-    restarts modules whose keys do not match."""
+    restarts modules whose keys do not match. network_args are compared as a mapping (order does not
+    matter) without NON_STRUCTURAL_NETWORK_ARGS; this is the one rule `check` and `launch` both apply."""
     problems = []
     for key in ("network_module", "network_dim", "network_alpha"):
         if flat1.get(key) != flat2.get(key):
@@ -411,6 +479,110 @@ def lint_stage_consistency(flat1: Mapping[str, Any], flat2: Mapping[str, Any], f
         problems.append(Problem(file=file2, key="network_args",
                                 problem=f"structure-changing args differ from stage 1's ({', '.join(diff)})",
                                 fix="use the same network_args in both stages"))
+    return problems
+
+
+def lint_stage_chain(flat1: Mapping[str, Any], flat2: Mapping[str, Any], file1: str, file2: str) -> list[Problem]:
+    """Stage 2 continues from stage 1's final file with the same network (used by `check` and `launch`)."""
+    from kohya_1to2.kohya import final_weights_of
+
+    stage1_final = final_weights_of(flat1)
+    if stage1_final is None:
+        return [Problem(file=file1, key="output_dir", problem="not set; stage 2 cannot find stage 1's network",
+                        fix='set output_dir = "/absolute/path/output/stage1" in [saving]')]
+    problems = lint_stage_consistency(flat1, flat2, file2)
+    weights = flat2.get("network_weights")
+    if not _same_path(weights, stage1_final):
+        problems.append(Problem(file=file2, key="network_weights",
+                                problem=f"{_literal(weights) if weights else 'not set'}: is not stage 1's final "
+                                        f"network {stage1_final}",
+                                fix=f"set network_weights = {_literal(str(stage1_final))}"))
+    return problems
+
+
+def lint_paths(flat: Mapping[str, Any], file: str) -> list[Problem]:
+    """Relative paths resolve inside sd-scripts' folder at run time, and the base model must be loadable."""
+    from kohya_1to2.kohya import TRAINING_PATH_KEYS, base_model_problem
+
+    problems = []
+    for key in TRAINING_PATH_KEYS:
+        value = flat.get(key)
+        if not isinstance(value, str) or not value:
+            continue
+        if key == "pretrained_model_name_or_path":
+            found = base_model_problem(value)
+            if found:
+                problems.append(Problem(file=file, key=key, problem=found,
+                                        fix="point it at a .safetensors/.ckpt file or a diffusers folder "
+                                            "(absolute path), or re-run prepare with --base-model PATH"))
+                continue
+        if Path(value).is_absolute():
+            continue
+        if key in ("pretrained_model_name_or_path", "vae") and not Path(value).exists():
+            continue  # a Hugging Face model id such as "org/model"
+        problems.append(Problem(file=file, key=key,
+                                problem=f"{_literal(value)} is a relative path; sd-scripts runs inside its own "
+                                        "folder and would look for it there",
+                                fix=f"write an absolute path, e.g. {key} = {_literal(str(Path(value).resolve()))}"))
+    return problems
+
+
+def _dataset_sets_everywhere(dataset_doc: Mapping[str, Any], name: str, subset_level: bool) -> bool | None:
+    """Does the dataset TOML set `name` for every subset (or dataset)? None when it has no datasets."""
+    general = dataset_doc.get("general", {}) if isinstance(dataset_doc.get("general"), dict) else {}
+    datasets = [d for d in dataset_doc.get("datasets", []) or [] if isinstance(d, dict)]
+    if not datasets:
+        return None
+    if subset_level:
+        scopes = [{**general, **{k: v for k, v in d.items() if k != "subsets"}, **s} for d in datasets
+                  for s in d.get("subsets", []) or [] if isinstance(s, dict)]
+    else:
+        scopes = [{**general, **{k: v for k, v in d.items() if k != "subsets"}} for d in datasets]
+    return bool(scopes) and all(scope.get(name) is not None for scope in scopes)
+
+
+def lint_dataset_keys_in_training(train_doc: Mapping[str, Any], dataset_doc: Mapping[str, Any], train_file: str,
+                                  dataset_file: str, script: str) -> list[Problem]:
+    """A dataset option in the training TOML is only a fallback for subsets that do not set it: where the
+    dataset TOML sets it everywhere, sd-scripts ignores it (config_util's BlueprintGenerator fallbacks)."""
+    from kohya_1to2.kohya import TRAINING_TO_DATASET_KEYS
+
+    schema = load_snapshot()["dataset_schema"]
+    actions = parser_actions(script)
+    problems = []
+    for section, table in train_doc.items():
+        for key in (table if isinstance(table, dict) else {section: table}):
+            where = f"{section}.{key}" if isinstance(table, dict) else key
+            name = TRAINING_TO_DATASET_KEYS.get(key, key)
+            if key == "train_batch_size" or key not in actions or not any(name in lv for lv in schema.values()):
+                continue
+            everywhere = _dataset_sets_everywhere(dataset_doc, name, name in schema["subset"])
+            if everywhere is None:
+                continue
+            if everywhere:
+                problems.append(Problem(file=train_file, key=where,
+                                        problem=f"is a dataset option and {dataset_file} sets {name} for every "
+                                                "subset, so sd-scripts ignores it here",
+                                        fix=f"remove it here; change {name} in {dataset_file}"))
+            else:
+                problems.append(Problem(file=train_file, key=where, severity="warning",
+                                        problem=f"is a dataset option: sd-scripts uses it only where {dataset_file} "
+                                                f"does not set {name}",
+                                        fix=f"move it to {dataset_file}"))
+    return problems
+
+
+def lint_composite_subsets(dataset_doc: Mapping[str, Any], train_flat: Mapping[str, Any],
+                           file: str) -> list[Problem]:
+    """flip_aug on the composites mirrors which character stands left, contradicting the CharLeft/CharRight
+    caption (a training-TOML flip_aug applies where the dataset TOML does not set it)."""
+    problems = []
+    for where, values in _subset_values(dataset_doc):
+        flip = values.get("flip_aug")
+        if flip is True or (flip is None and train_flat.get("flip_aug") is True):
+            problems.append(Problem(file=file, key=f"{where}.flip_aug",
+                                    problem="mirrors composites: the left character would be trained as right",
+                                    fix="set flip_aug = false (and remove flip_aug from the training TOML)"))
     return problems
 
 
@@ -495,7 +667,7 @@ def script_for(document: Mapping[str, Any], family: str | None = None) -> str:
 def lint_file(path: Path, family: str | None = None) -> list[Problem]:
     """Syntax, keys, types and choices of one TOML (dataset or training, told apart by its content)."""
     document = read_toml(path)
-    if family is None and (path.parent / "job.json").is_file():
+    if family is None and RunDir(path.parent).job_file.is_file():
         family = run_family(path.parent)
     script = script_for(document, family)
     if is_dataset_document(document):
@@ -504,18 +676,15 @@ def lint_file(path: Path, family: str | None = None) -> list[Problem]:
 
 
 def run_family(run_dir: Path) -> Family:
-    """The model family of a prepared run (job.json's family, else its preset's)."""
-    from kohya_1to2.configs.generate import load_job
-    from kohya_1to2.configs.presets import load_preset
-    from kohya_1to2.configs.render import resolved_family
+    """The model family of a prepared run (see kohya_1to2.rundir)."""
+    from kohya_1to2.rundir import run_family as prepared_run_family
 
-    job = load_job(run_dir)
-    return resolved_family(job, load_preset(job.training.preset))
+    return prepared_run_family(run_dir)
 
 
 def lint_run(run_dir: Path) -> list[Problem]:
     """Every generated file of a run directory, plus the cross-file 1to2 checks."""
-    from kohya_1to2.configs.generate import image_sizes, list_images
+    from kohya_1to2.imagefiles import image_sizes, list_images
     from kohya_1to2.configs.render import STAGES, file_names
     from kohya_1to2.models import IMAGE_EXTENSIONS
 
@@ -538,21 +707,17 @@ def lint_run(run_dir: Path) -> list[Problem]:
             for _, values in _subset_values(dataset_doc):
                 sizes += list(image_sizes(list_images(Path(str(values.get("image_dir", ""))))) or ())
         problems += lint_buckets(dataset_doc, str(dataset_path), family, stage == 2, sizes)
+        problems += lint_paths(flat, str(train_path))
+        problems += lint_dataset_keys_in_training(train_doc, dataset_doc, str(train_path), str(dataset_path), script)
+        if stage == 2:
+            problems += lint_composite_subsets(dataset_doc, flat, str(dataset_path))
         configured = flat.get("dataset_config")
-        if configured and Path(str(configured)) != dataset_path:
-            problems.append(Problem(file=str(train_path), key="dataset_config", severity="warning",
-                                    problem=f"points at {configured}, not {dataset_path}",
-                                    fix="point it at this stage's dataset TOML unless that is intended"))
-    train2 = str(run_dir / file_names(2)[1])
-    problems += lint_stage_consistency(flats[1], flats[2], train2)
-    from kohya_1to2.kohya import final_weights_of
-
-    stage1_final = final_weights_of(flats[1])
-    weights = flats[2].get("network_weights")
-    if stage1_final is not None and (not weights or Path(str(weights)) != stage1_final):
-        problems.append(Problem(file=train2, key="network_weights",
-                                problem=f"{_literal(weights)} is not stage 1's final network {stage1_final}",
-                                fix=f"set network_weights = {_literal(str(stage1_final))}"))
+        if configured and not _same_path(configured, dataset_path):
+            problems.append(Problem(file=str(train_path), key="dataset_config",
+                                    problem=f"points at {configured}, not this stage's {dataset_path}; "
+                                            "launch passes the stage's own file, so the two disagree",
+                                    fix=f"set dataset_config = {_literal(str(dataset_path))}"))
+    problems += lint_stage_chain(flats[1], flats[2], str(run_dir / file_names(1)[1]), str(run_dir / file_names(2)[1]))
     return problems
 
 
