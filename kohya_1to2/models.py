@@ -131,6 +131,7 @@ class CompositeSettings(Strict):
 
 
 Family = Literal["sd1", "sd2", "sdxl"]
+Stage2Scale = Literal["area", "character"]
 
 
 class TrainingSettings(Strict):
@@ -144,6 +145,10 @@ class TrainingSettings(Strict):
     epochs: int | None = Field(None, ge=1, description="epochs per stage; default from the preset")
     output_name: str = Field("1to2", description="file name stem of the trained network")
     stage1_batch_size: int | None = Field(None, ge=1, description="stage-1 batch size; default from preset")
+    stage2_scale: Stage2Scale = Field(
+        "area", description="stage-2 composite size: 'area' = stage 1's pixels per image (the method's identical "
+        "settings), 'character' = stage 1's pixels per character (2:1 composite at twice the area)",
+    )
     sample: bool = Field(True, description="sample images every epoch")
 
     @field_validator("output_name")

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from kohya_1to2.configs.buckets import BucketSettings, assign_buckets, make_bucket_resolutions, select_bucket
+import pytest
+
+from kohya_1to2.configs.buckets import (
+    MAX_CROP,
+    BucketSettings,
+    assign_buckets,
+    buckets_for,
+    choose_stage2_buckets,
+    make_bucket_resolutions,
+    select_bucket,
+)
+from kohya_1to2.models import Stage2Scale
 
 
 def test_sd1_512_two_to_one_lands_in_704x320_with_a_small_crop() -> None:
@@ -37,6 +48,34 @@ def test_exact_bucket_size_is_kept_and_counts_group_by_bucket() -> None:
     assert counts == sorted(counts, key=lambda c: (c.width, c.height))
 
 
-def test_range_is_rounded_down_to_the_step_like_sd_scripts() -> None:
-    counts = assign_buckets([(1000, 500)], BucketSettings(resolution=(512, 512), max_bucket_reso=1000))
-    assert counts[0].width <= 960
+def test_range_is_rounded_to_the_step_like_sd_scripts() -> None:
+    # adjust_min_max_bucket_reso_by_steps: min rounds down, max rounds UP (1000 -> 1024)
+    settings = BucketSettings(resolution=(512, 512), min_bucket_reso=200, max_bucket_reso=1000)
+    resos = buckets_for(settings)
+    assert max(w for w, _ in resos) == 1024 and min(h for _, h in resos) == 192
+
+
+@pytest.mark.parametrize("scale", ["area", "character"])
+@pytest.mark.parametrize(("resolution", "low", "high"), [(512, 256, 1024), (1024, 512, 1536)])
+def test_stage2_choice_puts_common_composites_in_their_own_aspect(scale: Stage2Scale, resolution: int, low: int,
+                                                                  high: int) -> None:
+    choice = choose_stage2_buckets(resolution, scale, min_bucket_reso=low, max_bucket_reso=high)
+    resos = buckets_for(choice.settings)
+    for aspect in (2.0, 1.5):
+        bucket, crop = select_bucket((round(900 * aspect), 900), resos)
+        assert crop <= MAX_CROP, (aspect, bucket)
+        per_image = bucket[0] * bucket[1] / (2 if scale == "character" else 1)
+        assert 0.8 < per_image / resolution**2 < 1.2, "about stage 1's pixels per image (area) or per character"
+
+
+def test_character_scale_trains_two_to_one_at_twice_the_area() -> None:
+    sd1 = choose_stage2_buckets(512, "character")
+    sdxl = choose_stage2_buckets(1024, "character", min_bucket_reso=512, max_bucket_reso=1536)
+    assert sd1.settings.resolution == (1024, 512) and sdxl.settings.resolution == (2048, 1024)
+    assert dict((a, b) for a, b, _ in sd1.landing)[2.0] == (1024, 512)
+    assert sdxl.settings.max_bucket_reso >= 2048
+
+
+def test_stage2_choice_covers_the_run_aspects_given() -> None:
+    choice = choose_stage2_buckets(512, "area", [4 / 3])
+    assert choice.max_crop <= MAX_CROP and [a for a, _, _ in choice.landing] == [1.333]

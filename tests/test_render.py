@@ -91,14 +91,14 @@ def test_job_choices_override_the_preset() -> None:
     assert one["v2"] is True and one["v_parameterization"] is True
     assert two["network_weights"].endswith("duo_stage1.safetensors")
     assert not any(k.startswith("sample_") for k in one), "sampling off removes the sampling keys"
-    assert toml.loads(files["stage2.dataset.toml"])["general"]["resolution"] == 768
+    assert toml.loads(files["stage1.dataset.toml"])["general"]["resolution"] == 768
     assert "--w 768 --h 768" in files["sample_prompts.txt"], "samples follow the stage's resolution"
 
 
 def test_sdxl_stage2_buckets_fit_composites() -> None:
     files = render(job(preset="sdxl"))
     general = toml.loads(files["stage2.dataset.toml"])["general"]
-    assert general["resolution"] == 1024 and general["max_bucket_reso"] == 1536
+    assert general["resolution"] == 1056 and general["max_bucket_reso"] == 1536  # 1472x736 and 1280x864 buckets
     flat = flatten_training_config(toml.loads(files["stage1.train.toml"]))
     assert "clip_skip" not in flat and "v2" not in flat
     assert "--w 1024 --h 1024" in files["sample_prompts.txt"]

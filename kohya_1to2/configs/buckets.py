@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict
 
+from kohya_1to2.models import Stage2Scale
+
 
 class BucketSettings(BaseModel):
     """The dataset keys that decide the buckets (sd-scripts defaults)."""
@@ -54,9 +56,9 @@ def make_bucket_resolutions(
 
 def buckets_for(settings: BucketSettings) -> list[tuple[int, int]]:
     steps = settings.bucket_reso_steps
-    # sd-scripts rounds the range down to multiples of the step (train_util, with a warning)
+    # sd-scripts rounds min down and max up to multiples of the step (adjust_min_max_bucket_reso_by_steps)
     low = settings.min_bucket_reso - settings.min_bucket_reso % steps
-    high = settings.max_bucket_reso - settings.max_bucket_reso % steps
+    high = settings.max_bucket_reso + (-settings.max_bucket_reso) % steps
     return make_bucket_resolutions(settings.resolution, low, high, steps)
 
 
@@ -86,3 +88,93 @@ def assign_buckets(sizes: Sequence[tuple[int, int]], settings: BucketSettings) -
         BucketCount(width=w, height=h, images=len(crops), mean_crop=sum(crops) / len(crops))
         for (w, h), crops in sorted(grouped.items())
     ]
+
+
+# ------------------------------------------------------------------------------------------- stage-2 choice
+
+COMMON_COMPOSITE_ASPECTS: tuple[float, ...] = (2.0, 1.5)
+"""Composite aspects when the run's are unknown: two square sources (2:1), two 3:4 sources (1.5:1)."""
+
+MAX_CROP = 0.02
+"""The most of a composite that bucketing may cut away (heads and feet sit at the frame edge)."""
+
+STEP_CHOICES: tuple[int, ...] = (64, 32)
+"""Bucket steps tried, coarsest first: 64 is sd-scripts' default; SDXL accepts multiples of 32
+(verify_bucket_reso_steps(32)); SD1's UNet forwards odd upsample sizes, so 32 works there too."""
+
+_PROBE_HEIGHT = 1200
+"""Composites are probed at this height: larger than any bucket, so selection only depends on the aspect."""
+
+
+class Stage2Buckets(BaseModel):
+    """The stage-2 bucket keys chosen for a scale, and what they do to each composite aspect."""
+
+    model_config = ConfigDict(frozen=True)
+
+    settings: BucketSettings
+    scale: Stage2Scale
+    target_pixels: int
+    """Pixels per composite aimed at: stage 1's per image (area), or twice that (character)."""
+    landing: tuple[tuple[float, tuple[int, int], float], ...]
+    """(aspect, bucket, crop) for each aspect the choice covers."""
+
+    @property
+    def max_crop(self) -> float:
+        return max((crop for _, _, crop in self.landing), default=0.0)
+
+
+def _round_up(value: float, step: int) -> int:
+    return int(math.ceil(value / step) * step)
+
+
+def _candidate(resolution: tuple[int, int], steps: int, min_reso: int, max_reso: int,
+               aspects: Sequence[float]) -> tuple[BucketSettings, tuple[tuple[float, tuple[int, int], float], ...]]:
+    area = resolution[0] * resolution[1]
+    widest = math.sqrt(area * max(aspects)) if aspects else 0
+    tallest = math.sqrt(area / min(aspects)) if aspects else 0
+    low = min(min_reso, _round_down(min(math.sqrt(area / max(aspects)), math.sqrt(area * min(aspects))), steps)
+              if aspects else min_reso, min(resolution))
+    settings = BucketSettings(
+        resolution=resolution, min_bucket_reso=low - low % steps or steps,
+        max_bucket_reso=_round_up(max(max_reso, widest, tallest, *resolution), steps), bucket_reso_steps=steps,
+    )
+    resos = buckets_for(settings)
+    landing = []
+    for aspect in aspects:
+        bucket, crop = select_bucket((round(_PROBE_HEIGHT * aspect), _PROBE_HEIGHT), resos)
+        landing.append((aspect, bucket, crop))
+    return settings, tuple(landing)
+
+
+def _round_down(value: float, step: int) -> int:
+    return max(step, int(value // step) * step)
+
+
+def choose_stage2_buckets(
+    resolution: int, scale: Stage2Scale, aspects: Sequence[float] = COMMON_COMPOSITE_ASPECTS, *,
+    min_bucket_reso: int = 256, max_bucket_reso: int = 1024,
+) -> Stage2Buckets:
+    """Stage 2's resolution and bucket range/step so every composite aspect lands in a bucket of its own
+    aspect (crop <= MAX_CROP) at about the target pixels.
+
+    `area` aims each composite at stage 1's pixels per image (the method's "identical settings");
+    `character` at twice that, so each half gets stage 1's pixels. Candidates: the resolution side within
+    +-12% of the target, written as a square (area) or a 2:1 pair (character, e.g. [1024, 512]); steps 64
+    then 32. The winner has no crop above MAX_CROP and bucket areas closest to the target (log scale);
+    when none reaches MAX_CROP, the smallest worst crop wins (the plan shows it).
+    """
+    wanted = sorted({round(a, 3) for a in aspects if a > 0}) or list(COMMON_COMPOSITE_ASPECTS)
+    target = resolution * resolution * (2 if scale == "character" else 1)
+    best: tuple[tuple[float, ...], BucketSettings, tuple[tuple[float, tuple[int, int], float], ...]] | None = None
+    for order, steps in enumerate(STEP_CHOICES):
+        for delta in range(-resolution // 8, resolution // 8 + 1, 8):
+            side = resolution + delta
+            reso = (2 * side, side) if scale == "character" else (side, side)
+            settings, landing = _candidate(reso, steps, min_bucket_reso, max_bucket_reso, wanted)
+            worst = max(crop for _, _, crop in landing)
+            spread = sum(abs(math.log(b[0] * b[1] / target)) for _, b, _ in landing) / len(landing)
+            key = (max(0.0, worst - MAX_CROP), round(spread, 3), order, abs(delta))
+            if best is None or key < best[0]:
+                best = (key, settings, landing)
+    assert best is not None
+    return Stage2Buckets(settings=best[1], scale=scale, target_pixels=target, landing=best[2])

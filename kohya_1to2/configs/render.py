@@ -7,6 +7,7 @@ same template, so "all else identical" holds by construction.
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Any, Literal
@@ -15,6 +16,12 @@ import tomlkit
 from pydantic import BaseModel, ConfigDict
 from tomlkit.items import Table
 
+from kohya_1to2.configs.buckets import (
+    COMMON_COMPOSITE_ASPECTS,
+    MAX_CROP,
+    Stage2Buckets,
+    choose_stage2_buckets,
+)
 from kohya_1to2.configs.presets import PRESET_SECTION, Preset, key_comments
 from kohya_1to2.errors import UsageError
 from kohya_1to2.kohya import final_weights_path
@@ -187,13 +194,15 @@ def dataset_document(
     doc.add(tomlkit.comment("sd-scripts checks this file strictly: each key at an allowed level, with its type."))
     doc.add(tomlkit.nl())
     general = tomlkit.table()
-    _add_commented(general, "resolution", resolution, DATASET_KEY_COMMENTS["resolution"])
+    stage2 = stage2_bucket_keys(job, preset, resolution) if stage == 2 else {}
+    if "resolution" in stage2:
+        _add_commented(general, "resolution", stage2["resolution"][0], stage2["resolution"][1])
+    else:
+        _add_commented(general, "resolution", resolution, DATASET_KEY_COMMENTS["resolution"])
     for key, value in preset.dataset.items():
-        if stage == 2 and key == "max_bucket_reso":
-            value = max(preset.settings.stage2_max_bucket_reso, int(value))
-            comment = "Largest bucket side in stage 2: room for 2:1 buckets that fit side-by-side composites."
-        else:
-            comment = comments.get(key, "")
+        comment = comments.get(key, "")
+        if key in stage2:
+            value, comment = stage2[key]
         _add_commented(general, key, value, comment)
     _add_commented(general, "caption_extension", job.sources.caption_extension,
                    DATASET_KEY_COMMENTS["caption_extension"])
@@ -212,6 +221,42 @@ def dataset_document(
     datasets.append(dataset)
     doc.add("datasets", datasets)
     return doc
+
+
+def stage2_bucket_choice(job: Job, preset: Preset, resolution: int,
+                         aspects: Sequence[float] = COMMON_COMPOSITE_ASPECTS) -> Stage2Buckets:
+    """Stage 2's resolution and bucket keys for the job's --stage2-scale (see buckets.choose_stage2_buckets)."""
+    dataset = preset.dataset
+    low = dataset.get("min_bucket_reso", 256)
+    high = max(preset.settings.stage2_max_bucket_reso, int(dataset.get("max_bucket_reso", 1024)))
+    return choose_stage2_buckets(resolution, job.training.stage2_scale, aspects,
+                                 min_bucket_reso=int(low), max_bucket_reso=high)
+
+
+def stage2_bucket_keys(job: Job, preset: Preset, resolution: int) -> dict[str, tuple[Any, str]]:
+    """Key -> (value, comment) of stage 2's resolution and bucket keys."""
+    choice = stage2_bucket_choice(job, preset, resolution)
+    settings = choice.settings
+    width, height = settings.resolution
+    landing = ", ".join(f"{aspect:g}:1 -> {w}x{h}" for aspect, (w, h), _ in choice.landing)
+    if choice.scale == "character":
+        why = (f"--stage2-scale character: each half of a composite gets about stage 1's {resolution}x{resolution} "
+               f"pixels, so a 2:1 composite trains at {width}x{height}")
+    else:
+        why = (f"--stage2-scale area: a composite gets about stage 1's {resolution}x{resolution} pixels "
+               "(the method's identical settings)")
+    reso_value: Any = width if width == height else [width, height]
+    reso_comment = textwrap.fill(f"{why}; chosen so composites land in buckets of their own aspect "
+                                 f"({landing}, crop <= {MAX_CROP:.0%}).", 110)
+    return {
+        "resolution": (reso_value, reso_comment),
+        "min_bucket_reso": (settings.min_bucket_reso, "Smallest bucket side in stage 2 (chosen with resolution)."),
+        "max_bucket_reso": (settings.max_bucket_reso,
+                            "Largest bucket side in stage 2: room for the widest composite bucket."),
+        "bucket_reso_steps": (settings.bucket_reso_steps,
+                              "Bucket step in stage 2: the coarsest step (64, else 32) with an exact bucket "
+                              "for each composite aspect."),
+    }
 
 
 def _unwrap(item: Any) -> Any:
