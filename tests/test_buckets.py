@@ -6,6 +6,7 @@ import pytest
 
 from kohya_1to2.configs.buckets import (
     MAX_CROP,
+    STEPS_BY_FAMILY,
     BucketSettings,
     assign_buckets,
     buckets_for,
@@ -56,26 +57,30 @@ def test_range_is_rounded_to_the_step_like_sd_scripts() -> None:
 
 
 @pytest.mark.parametrize("scale", ["area", "character"])
-@pytest.mark.parametrize(("resolution", "low", "high"), [(512, 256, 1024), (1024, 512, 1536)])
-def test_stage2_choice_puts_common_composites_in_their_own_aspect(scale: Stage2Scale, resolution: int, low: int,
-                                                                  high: int) -> None:
-    choice = choose_stage2_buckets(resolution, scale, min_bucket_reso=low, max_bucket_reso=high)
+@pytest.mark.parametrize(("family", "resolution", "low", "high"), [("sd1", 512, 256, 1024), ("sdxl", 1024, 512, 1536)])
+def test_stage2_choice_puts_common_composites_in_their_own_aspect(scale: Stage2Scale, family: str, resolution: int,
+                                                                  low: int, high: int) -> None:
+    choice = choose_stage2_buckets(resolution, scale, steps=STEPS_BY_FAMILY[family], min_bucket_reso=low,
+                                   max_bucket_reso=high)
+    assert choice.settings.bucket_reso_steps in STEPS_BY_FAMILY[family]
     resos = buckets_for(choice.settings)
     for aspect in (2.0, 1.5):
         bucket, crop = select_bucket((round(900 * aspect), 900), resos)
         assert crop <= MAX_CROP, (aspect, bucket)
         per_image = bucket[0] * bucket[1] / (2 if scale == "character" else 1)
-        assert 0.8 < per_image / resolution**2 < 1.2, "about stage 1's pixels per image (area) or per character"
+        # SD1's 64-px step cannot hold exact 2:1 and 1.5:1 buckets at one area: the pixels move, within bounds
+        assert 0.75 < per_image / resolution**2 < 1.3, "about stage 1's pixels per image (area) or per character"
 
 
-def test_character_scale_trains_two_to_one_at_twice_the_area() -> None:
-    sd1 = choose_stage2_buckets(512, "character")
-    sdxl = choose_stage2_buckets(1024, "character", min_bucket_reso=512, max_bucket_reso=1536)
-    assert sd1.settings.resolution == (1024, 512) and sdxl.settings.resolution == (2048, 1024)
-    assert dict((a, b) for a, b, _ in sd1.landing)[2.0] == (1024, 512)
+def test_character_scale_gives_each_half_stage_1_pixels_for_square_sources() -> None:
+    sd1 = choose_stage2_buckets(512, "character", [2.0])
+    sdxl = choose_stage2_buckets(1024, "character", [2.0], steps=(64, 32), min_bucket_reso=512,
+                                 max_bucket_reso=1536)
+    assert sd1.settings.resolution == (1024, 512) and sd1.landing[0][1:] == ((1024, 512), 0.0)
+    assert sdxl.settings.resolution == (2048, 1024) and sdxl.landing[0][1:] == ((2048, 1024), 0.0)
     assert sdxl.settings.max_bucket_reso >= 2048
 
 
 def test_stage2_choice_covers_the_run_aspects_given() -> None:
-    choice = choose_stage2_buckets(512, "area", [4 / 3])
-    assert choice.max_crop <= MAX_CROP and [a for a, _, _ in choice.landing] == [1.333]
+    choice = choose_stage2_buckets(512, "area", [4 / 3] * 3)
+    assert choice.max_crop <= MAX_CROP and [a for a, _, _ in choice.landing] == [1.33]

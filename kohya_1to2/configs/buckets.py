@@ -98,9 +98,9 @@ COMMON_COMPOSITE_ASPECTS: tuple[float, ...] = (2.0, 1.5)
 MAX_CROP = 0.02
 """The most of a composite that bucketing may cut away (heads and feet sit at the frame edge)."""
 
-STEP_CHOICES: tuple[int, ...] = (64, 32)
-"""Bucket steps tried, coarsest first: 64 is sd-scripts' default; SDXL accepts multiples of 32
-(verify_bucket_reso_steps(32)); SD1's UNet forwards odd upsample sizes, so 32 works there too."""
+STEPS_BY_FAMILY: dict[str, tuple[int, ...]] = {"sd1": (64,), "sd2": (64,), "sdxl": (64, 32)}
+"""Bucket steps tried, coarsest first: train_network.py asserts a multiple of 64 (verify_bucket_reso_steps(64)),
+sdxl_train_network.py a multiple of 32."""
 
 _PROBE_HEIGHT = 1200
 """Composites are probed at this height: larger than any bucket, so selection only depends on the aspect."""
@@ -152,28 +152,37 @@ def _round_down(value: float, step: int) -> int:
 
 def choose_stage2_buckets(
     resolution: int, scale: Stage2Scale, aspects: Sequence[float] = COMMON_COMPOSITE_ASPECTS, *,
-    min_bucket_reso: int = 256, max_bucket_reso: int = 1024,
+    steps: Sequence[int] = (64,), min_bucket_reso: int = 256, max_bucket_reso: int = 1024,
 ) -> Stage2Buckets:
-    """Stage 2's resolution and bucket range/step so every composite aspect lands in a bucket of its own
-    aspect (crop <= MAX_CROP) at about the target pixels.
+    """Stage 2's resolution and bucket range/step so composites land in buckets of their own aspect
+    (crop <= MAX_CROP) at about the target pixels.
 
-    `area` aims each composite at stage 1's pixels per image (the method's "identical settings");
-    `character` at twice that, so each half gets stage 1's pixels. Candidates: the resolution side within
-    +-12% of the target, written as a square (area) or a 2:1 pair (character, e.g. [1024, 512]); steps 64
-    then 32. The winner has no crop above MAX_CROP and bucket areas closest to the target (log scale);
-    when none reaches MAX_CROP, the smallest worst crop wins (the plan shows it).
+    `aspects` are the run's composites (one per composite; repeats weigh), or the common ones. `area` aims each
+    composite at stage 1's pixels per image (the method's "identical settings"); `character` at twice that, so
+    each half gets stage 1's pixels. Candidates: the resolution side within +-12% of the target, written as a
+    square (area) or a 2:1 pair (character, e.g. [1024, 512]), for each allowed step. The winner crops least
+    beyond MAX_CROP (weighted by composites), then has bucket areas closest to the target (log scale), then the
+    coarser step and the smaller change. With steps of 64 only (SD1), 2:1 and 1.5:1 together cannot both be
+    exact at exactly the target: the crop wins, the pixels move (the plan shows by how much).
     """
-    wanted = sorted({round(a, 3) for a in aspects if a > 0}) or list(COMMON_COMPOSITE_ASPECTS)
+    counts: dict[float, int] = {}
+    for aspect in aspects:
+        if aspect > 0:
+            counts[round(aspect, 2)] = counts.get(round(aspect, 2), 0) + 1
+    if not counts:
+        counts = {a: 1 for a in COMMON_COMPOSITE_ASPECTS}
+    wanted = sorted(counts)
+    total = sum(counts.values())
     target = resolution * resolution * (2 if scale == "character" else 1)
     best: tuple[tuple[float, ...], BucketSettings, tuple[tuple[float, tuple[int, int], float], ...]] | None = None
-    for order, steps in enumerate(STEP_CHOICES):
+    for order, step in enumerate(steps):
         for delta in range(-resolution // 8, resolution // 8 + 1, 8):
             side = resolution + delta
             reso = (2 * side, side) if scale == "character" else (side, side)
-            settings, landing = _candidate(reso, steps, min_bucket_reso, max_bucket_reso, wanted)
-            worst = max(crop for _, _, crop in landing)
-            spread = sum(abs(math.log(b[0] * b[1] / target)) for _, b, _ in landing) / len(landing)
-            key = (max(0.0, worst - MAX_CROP), round(spread, 3), order, abs(delta))
+            settings, landing = _candidate(reso, step, min_bucket_reso, max_bucket_reso, wanted)
+            excess = sum(max(0.0, crop - MAX_CROP) * counts[a] for a, _, crop in landing) / total
+            spread = sum(abs(math.log(b[0] * b[1] / target)) * counts[a] for a, b, _ in landing) / total
+            key = (round(excess, 4), round(spread, 3), order, abs(delta))
             if best is None or key < best[0]:
                 best = (key, settings, landing)
     assert best is not None

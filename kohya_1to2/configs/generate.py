@@ -107,7 +107,7 @@ def _stage1_subsets(characters: Sequence[Character]) -> list[SubsetSpec]:
 
 def render_run_files(
     job: Job, characters: Sequence[Character], *, composite_dir: Path, composite_repeats: int,
-    composite_count: int, run_dir: Path,
+    composite_count: int, run_dir: Path, composite_aspects: Sequence[float] = (),
 ) -> dict[str, str]:
     """File name -> text of every generated file (pure apart from reading the preset template)."""
     preset = load_preset(job.training.preset)
@@ -119,7 +119,7 @@ def render_run_files(
     files: dict[str, str] = {}
     for stage in STAGES:
         dataset_name, train_name = file_names(stage)
-        files[dataset_name] = tomlkit.dumps(dataset_document(job, preset, stage, subsets[stage]))
+        files[dataset_name] = tomlkit.dumps(dataset_document(job, preset, stage, subsets[stage], composite_aspects))
         files[train_name] = tomlkit.dumps(training_document(job, preset, stage, run_dir))
     triggers = [(c.name, c.trigger) for c in characters]
     files[SAMPLE_PROMPTS_FILE] = sample_prompts_text(triggers, sample_settings(job, preset.settings),
@@ -210,7 +210,8 @@ def write_run_configs(
     """Render and write both stages' TOMLs and the sample prompts into the run directory."""
     run_dir = run_dir.expanduser().resolve()
     files = render_run_files(job, characters, composite_dir=composite_dir, composite_repeats=composite_repeats,
-                             composite_count=len(composite_sizes), run_dir=run_dir)
+                             composite_count=len(composite_sizes), run_dir=run_dir,
+                             composite_aspects=[w / h for w, h in composite_sizes if h])
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     results = [
         write_generated_file(run_dir, name, text, overwrite_edits=overwrite_edits, stamp=stamp)
@@ -274,7 +275,8 @@ def _in_memory_plans(
 ) -> list[StagePlan]:
     run_dir = job.out.expanduser().resolve()
     files = render_run_files(job, characters, composite_dir=composite_dir, composite_repeats=composite_repeats,
-                             composite_count=len(composite_sizes), run_dir=run_dir)
+                             composite_count=len(composite_sizes), run_dir=run_dir,
+                             composite_aspects=[w / h for w, h in composite_sizes if h])
     known: dict[Path, tuple[int, tuple[tuple[int, int], ...]]] = {
         composite_dir.expanduser().resolve(): (len(composite_sizes), tuple(composite_sizes))
     }

@@ -19,6 +19,7 @@ from tomlkit.items import Table
 from kohya_1to2.configs.buckets import (
     COMMON_COMPOSITE_ASPECTS,
     MAX_CROP,
+    STEPS_BY_FAMILY,
     Stage2Buckets,
     choose_stage2_buckets,
 )
@@ -26,6 +27,7 @@ from kohya_1to2.configs.presets import PRESET_SECTION, Preset, key_comments
 from kohya_1to2.errors import UsageError
 from kohya_1to2.kohya import final_weights_path
 from kohya_1to2.models import Family, Job
+from kohya_1to2.rundir import RunDir
 
 Stage = Literal[1, 2]
 STAGES: tuple[Stage, Stage] = (1, 2)
@@ -46,6 +48,8 @@ DATASET_KEY_COMMENTS: Mapping[str, str] = {
     "caption_extension": "Caption files beside the images (sd-scripts' own default would be .caption).",
     "image_dir": "Folder of images and same-stem captions (absolute: sd-scripts resolves paths from its cwd).",
     "num_repeats": "Times each image is seen per epoch (the N of the N_name folder).",
+    "caption_separator": "Tag separator of the captions (--caption-separator); shuffle and keep_tokens split on it.",
+    "caption_prefix": "The captions lack the trigger: sd-scripts prepends it, so keep_tokens = 1 keeps it first.",
 }
 
 
@@ -58,14 +62,16 @@ class SubsetSpec(BaseModel):
     image_dir: Path
     num_repeats: int
     images: int
+    caption_prefix: str | None = None
 
 
 def file_names(stage: Stage) -> tuple[str, str]:
     """(dataset TOML, training TOML) names of a stage inside the run directory."""
-    return f"stage{stage}.dataset.toml", f"stage{stage}.train.toml"
+    layout = RunDir(Path())
+    return layout.dataset_toml(stage).name, layout.train_toml(stage).name
 
 
-SAMPLE_PROMPTS_FILE = "sample_prompts.txt"
+SAMPLE_PROMPTS_FILE = RunDir(Path()).sample_prompts.name
 
 
 def resolved_family(job: Job, preset: Preset) -> Family:
@@ -81,7 +87,7 @@ def resolved_family(job: Job, preset: Preset) -> Family:
 
 
 def stage_output_dir(run_dir: Path, stage: Stage) -> Path:
-    return run_dir / "output" / f"stage{stage}"
+    return RunDir(run_dir).output_dir(stage)
 
 
 def stage_output_name(job: Job, stage: Stage) -> str:
@@ -182,7 +188,7 @@ def training_document(job: Job, preset: Preset, stage: Stage, run_dir: Path) -> 
 
 
 def dataset_document(
-    job: Job, preset: Preset, stage: Stage, subsets: Sequence[SubsetSpec]
+    job: Job, preset: Preset, stage: Stage, subsets: Sequence[SubsetSpec], aspects: Sequence[float] = (),
 ) -> tomlkit.TOMLDocument:
     """The stage's dataset TOML: [general] from the preset, one subset per character (or the composites)."""
     template = preset.document()
@@ -194,7 +200,7 @@ def dataset_document(
     doc.add(tomlkit.comment("sd-scripts checks this file strictly: each key at an allowed level, with its type."))
     doc.add(tomlkit.nl())
     general = tomlkit.table()
-    stage2 = stage2_bucket_keys(job, preset, resolution) if stage == 2 else {}
+    stage2 = stage2_bucket_keys(job, preset, resolution, aspects) if stage == 2 else {}
     if "resolution" in stage2:
         _add_commented(general, "resolution", stage2["resolution"][0], stage2["resolution"][1])
     else:
@@ -206,6 +212,9 @@ def dataset_document(
         _add_commented(general, key, value, comment)
     _add_commented(general, "caption_extension", job.sources.caption_extension,
                    DATASET_KEY_COMMENTS["caption_extension"])
+    separator = job.sources.caption_separator.strip()
+    if stage == 1 and separator != ",":  # stage 1 reads the sources; composite captions are always comma-joined
+        _add_commented(general, "caption_separator", separator, DATASET_KEY_COMMENTS["caption_separator"])
     doc.add("general", general)
     dataset = tomlkit.table()
     aot = tomlkit.aot()
@@ -215,6 +224,8 @@ def dataset_document(
         subset.add(tomlkit.comment(f"{label}: {spec.images} images x {spec.num_repeats} repeats"))
         subset.add("image_dir", str(spec.image_dir))
         subset.add("num_repeats", spec.num_repeats)
+        if spec.caption_prefix:
+            _add_commented(subset, "caption_prefix", spec.caption_prefix, DATASET_KEY_COMMENTS["caption_prefix"])
         aot.append(subset)
     dataset.add("subsets", aot)
     datasets = tomlkit.aot()
@@ -223,19 +234,21 @@ def dataset_document(
     return doc
 
 
-def stage2_bucket_choice(job: Job, preset: Preset, resolution: int,
-                         aspects: Sequence[float] = COMMON_COMPOSITE_ASPECTS) -> Stage2Buckets:
-    """Stage 2's resolution and bucket keys for the job's --stage2-scale (see buckets.choose_stage2_buckets)."""
+def stage2_bucket_choice(job: Job, preset: Preset, resolution: int, aspects: Sequence[float] = ()) -> Stage2Buckets:
+    """Stage 2's resolution and bucket keys for the job's --stage2-scale (see buckets.choose_stage2_buckets);
+    `aspects` are the run's composites (width / height), the common ones when empty."""
     dataset = preset.dataset
     low = dataset.get("min_bucket_reso", 256)
     high = max(preset.settings.stage2_max_bucket_reso, int(dataset.get("max_bucket_reso", 1024)))
-    return choose_stage2_buckets(resolution, job.training.stage2_scale, aspects,
+    return choose_stage2_buckets(resolution, job.training.stage2_scale, aspects or COMMON_COMPOSITE_ASPECTS,
+                                 steps=STEPS_BY_FAMILY[resolved_family(job, preset)],
                                  min_bucket_reso=int(low), max_bucket_reso=high)
 
 
-def stage2_bucket_keys(job: Job, preset: Preset, resolution: int) -> dict[str, tuple[Any, str]]:
+def stage2_bucket_keys(job: Job, preset: Preset, resolution: int,
+                       aspects: Sequence[float] = ()) -> dict[str, tuple[Any, str]]:
     """Key -> (value, comment) of stage 2's resolution and bucket keys."""
-    choice = stage2_bucket_choice(job, preset, resolution)
+    choice = stage2_bucket_choice(job, preset, resolution, aspects)
     settings = choice.settings
     width, height = settings.resolution
     landing = ", ".join(f"{aspect:g}:1 -> {w}x{h}" for aspect, (w, h), _ in choice.landing)
@@ -254,8 +267,8 @@ def stage2_bucket_keys(job: Job, preset: Preset, resolution: int) -> dict[str, t
         "max_bucket_reso": (settings.max_bucket_reso,
                             "Largest bucket side in stage 2: room for the widest composite bucket."),
         "bucket_reso_steps": (settings.bucket_reso_steps,
-                              "Bucket step in stage 2: the coarsest step (64, else 32) with an exact bucket "
-                              "for each composite aspect."),
+                              "Bucket step in stage 2 (SD1/SD2: 64, sd-scripts asserts it; SDXL: 64 or 32, "
+                              "whichever fits the composites)."),
     }
 
 
