@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.text import Text
 
 from kohya_1to2 import __version__
-from kohya_1to2.errors import Interrupted, OneToTwoError, UsageError
+from kohya_1to2.errors import INTERNAL_ERROR_EXIT, Interrupted, OneToTwoError, UsageError
 from kohya_1to2.models import CaptionRules, CompositeSettings, SourceSettings, TrainingSettings
 
 EXIT_CODES_HELP = (
@@ -183,6 +183,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         errors.print("[bold red]interrupted[/]", markup=True)
         return Interrupted.exit_code
+    except Exception as exc:  # a bug, not a user mistake: one line, the traceback on request
+        if args.debug:
+            raise
+        errors.print(Text.assemble(("internal error: ", "bold red"), f"{type(exc).__name__}: {exc}; "
+                                   "run with --debug for the traceback"), soft_wrap=True)
+        return INTERNAL_ERROR_EXIT
 
 
 if __name__ == "__main__":  # pragma: no cover

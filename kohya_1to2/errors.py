@@ -8,6 +8,9 @@ Exit codes (also in README.md):
 
 from __future__ import annotations
 
+INTERNAL_ERROR_EXIT = 1
+"""Any exception outside this family: a bug, reported as one `internal error:` line."""
+
 
 class OneToTwoError(Exception):
     """Base of every error the CLI reports as one line plus an optional hint."""

@@ -157,7 +157,7 @@ def foreign_files(run: RunDir) -> list[Path]:
         if path.is_file() or path.is_symlink():
             found.append(path)
         elif path.is_dir():
-            found += sorted(p for p in path.rglob("*") if not p.is_dir())
+            found += sorted(p for p in path.rglob("*") if not p.is_dir() and p != run.lock_file)
     return found
 
 
@@ -270,3 +270,19 @@ def current_writer(run: RunDir) -> str | None:
             return _holder(handle)
         fcntl.flock(handle, fcntl.LOCK_UN)
     return None
+
+
+def unowned_subset_files(run: RunDir, caption_extension: str) -> list[Path]:
+    """Files in the composite subset folders that the manifest does not list: sd-scripts would train them."""
+    owned: set[Path] = set()
+    if run.manifest.is_file():
+        for line in run.manifest.read_text(encoding="utf-8").splitlines():
+            try:
+                image = run.root / str(json.loads(line)["file"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            owned.update((image, image.with_suffix(caption_extension)))
+    if not run.composites.is_dir():
+        return []
+    return sorted(p for folder in run.composites.iterdir() if folder.is_dir()
+                  for p in folder.iterdir() if p not in owned)

@@ -20,6 +20,7 @@ from kohya_1to2.dataset.pairing import plan_pairs
 from kohya_1to2.errors import DatasetError, Interrupted, SetupError
 from kohya_1to2.fsutil import TMP_PREFIX
 from kohya_1to2.models import Character, CompositeSettings, Job, SourceImage, SourceSettings
+from kohya_1to2.rundir import RunDir
 
 COLOURS = [(220, 60, 60), (60, 120, 220), (60, 180, 90), (200, 160, 40)]
 
@@ -62,7 +63,7 @@ def run_build(src: Path, out: Path, budget: int = 8, force: bool = False, **comp
 
 def tree_hashes(run_dir: Path) -> dict[str, str]:
     """Every file of a run directory's build outputs -> sha256 (manifest, composites, captions, preview)."""
-    files = [run_dir / build.MANIFEST_FILE, run_dir / build.PREVIEW_FILE, *sorted((run_dir / "composites").rglob("*"))]
+    files = [RunDir(run_dir).manifest, RunDir(run_dir).preview, *sorted((run_dir / "composites").rglob("*"))]
     return {
         path.relative_to(run_dir).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in files
@@ -96,14 +97,14 @@ def test_first_build_writes_images_captions_manifest_and_preview(src: Path, tmp_
         assert caption.startswith(f"{left_name}/{right_name}/COMPOSITE, ")
         assert entry.left.fingerprint == build.source_fingerprint(Path(entry.left.path))
         assert Path(entry.left.path).parent.name.endswith(left_name)
-    assert (out / build.PREVIEW_FILE).is_file()
+    assert RunDir(out).preview.is_file()
     assert not list(out.rglob(TMP_PREFIX + "*"))
-    assert not (out / build.JOURNAL_FILE).exists()
+    assert not RunDir(out).journal.exists()
 
 
 def test_manifest_records_only_reproducible_fields(src: Path, tmp_path: Path) -> None:
     run_build(src, tmp_path / "run")
-    line = json.loads((tmp_path / "run" / build.MANIFEST_FILE).read_text().splitlines()[0])
+    line = json.loads(RunDir(tmp_path / "run").manifest.read_text().splitlines()[0])
     assert set(line) == {"index", "file", "caption", "left", "right", "size", "bytes", "sha256", "settings"}
     assert not Path(line["file"]).is_absolute()
     assert set(line["left"]) == {"path", "size", "fingerprint"}
@@ -113,7 +114,7 @@ def test_rerun_reuses_everything_without_decoding(src: Path, tmp_path: Path, mon
     out = tmp_path / "run"
     run_build(src, out)
     before = tree_hashes(out)
-    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != build.MANIFEST_FILE}
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p != RunDir(out).manifest}
 
     def no_decoding(*args: object, **kwargs: object) -> None:
         raise AssertionError("a re-run must not decode images")
@@ -173,7 +174,7 @@ def test_caption_rule_change_rewrites_captions_only(src: Path, tmp_path: Path) -
     assert {p.name: p.read_bytes() for p in result.subset_dir.glob("*.png")} == images_before
 
 
-def test_smaller_budget_removes_stale_outputs_but_not_foreign_files(src: Path, tmp_path: Path) -> None:
+def test_smaller_budget_removes_stale_outputs_and_moves_foreign_files_out(src: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     first = run_build(src, out, budget=10)
     foreign = first.subset_dir / "notes.txt"
@@ -190,7 +191,10 @@ def test_smaller_budget_removes_stale_outputs_but_not_foreign_files(src: Path, t
         Path(e.file).name for e in build.read_manifest(out)
     )
     assert len(list(result.subset_dir.glob("0*.txt"))) == 6
-    assert foreign.read_text() == "mine"
+    # a file prepare did not write would be trained as a composite: moved out, never lost
+    assert not foreign.exists()
+    assert [p.name for p in result.strays] == ["notes.txt"] and result.strays[0].read_text() == "mine"
+    assert result.strays[0].is_relative_to(RunDir(out).strays)
     assert not list(result.subset_dir.glob(TMP_PREFIX + "*"))
 
 
@@ -234,7 +238,7 @@ def test_corrupt_source_is_reported_and_finished_work_is_kept(src: Path, tmp_pat
     with pytest.raises(DatasetError, match=r"carol_01\.png"):
         run_build(src, out)
     assert not list(out.rglob(TMP_PREFIX + "*"))
-    assert not (out / build.MANIFEST_FILE).exists()
+    assert not RunDir(out).manifest.exists()
 
 
 def test_schedule_groups_shared_sources() -> None:
@@ -336,7 +340,7 @@ def test_kill_9_of_a_pooled_build_mid_way_then_rerun_equals_a_clean_build(tmp_pa
         pytest.fail(f"the build finished before it could be killed: {child.communicate()[1].decode()[-500:]}")
     os.killpg(child.pid, signal.SIGKILL)  # the parent and its workers, like a crash or an OOM kill
     child.communicate()
-    assert not (out / build.MANIFEST_FILE).exists()
+    assert not RunDir(out).manifest.exists()
     resumed = run_build(src, out, budget=300, workers=2)
     assert resumed.reused > 0 and resumed.reused + resumed.written == 300
     run_build(src, clean, budget=300, workers=2)
@@ -361,7 +365,7 @@ def test_ctrl_c_in_process_leaves_no_partial_file(src: Path, tmp_path: Path, mon
     with pytest.raises(Interrupted, match="interrupted"):
         run_build(src, out)
     assert not list(out.rglob(TMP_PREFIX + "*"))
-    assert not (out / build.MANIFEST_FILE).exists()
+    assert not RunDir(out).manifest.exists()
     monkeypatch.setattr(compose, "encode_pair", real_encode)
     run_build(src, out)
     run_build(src, tmp_path / "clean")
@@ -381,7 +385,7 @@ def test_ctrl_c_stops_the_pool_workers_and_keeps_finished_work(tmp_path: Path) -
     _, err = child.communicate(timeout=60)
     assert err.decode().rstrip().endswith("Interrupted: composite build interrupted; finished composites are kept")
     assert not list(out.rglob(TMP_PREFIX + "*"))
-    journal = (out / build.JOURNAL_FILE).read_text().splitlines()
+    journal = RunDir(out).journal.read_text().splitlines()
     assert journal and all(
         (out / json.loads(line)["file"]).stat().st_size == json.loads(line)["bytes"] for line in journal
     )
@@ -390,7 +394,7 @@ def test_ctrl_c_stops_the_pool_workers_and_keeps_finished_work(tmp_path: Path) -
 
 def _some_journaled(run_dir: Path, subset: Path) -> bool:
     """A few chunks are finished and journaled (outputs alone may belong to chunks still running)."""
-    journal = run_dir / build.JOURNAL_FILE
+    journal = RunDir(run_dir).journal
     return journal.is_file() and journal.stat().st_size > 0 and len(list(subset.glob("*.png"))) >= 20
 
 
@@ -438,7 +442,7 @@ def test_each_source_is_decoded_once_even_with_a_tiny_cache(
     spilled = build.build_composites(plans, characters, make_job(src, tmp_path / "a", budget=30, workers=1),
                                      tmp_path / "a", cache_bytes=1)
     assert sorted(decoded) == sorted(sources)  # once each, although the cache holds a single image
-    assert not (tmp_path / "a" / build.SPILL_DIR).exists()
+    assert not RunDir(tmp_path / "a").spill.exists()
 
     decoded.clear()
     monkeypatch.setattr(build, "SPILL_MAX_BYTES", 0)  # no room to spill: the bounded cache alone

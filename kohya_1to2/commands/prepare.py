@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from kohya_1to2.cli import model_overrides
 from kohya_1to2.dataset.pairing import plan_pairs
 from kohya_1to2.errors import UsageError
 from kohya_1to2.fsutil import atomic_write_text
+from kohya_1to2.kohya import base_model_problem
 from kohya_1to2.models import (
     CaptionRules,
     CompositePlan,
@@ -30,8 +33,7 @@ from kohya_1to2.models import (
     TrainingSettings,
     validation_message,
 )
-
-JOB_FILE = "job.json"
+from kohya_1to2.rundir import RunDir, check_out_dir, claim, foreign_files, writer_lock
 
 
 def job_from_args(args: argparse.Namespace) -> Job:
@@ -66,7 +68,7 @@ def with_absolute_paths(job: Job) -> Job:
 
 def write_job(job: Job, run_dir: Path) -> Path:
     """Save the resolved job so plan/check/launch and regeneration use exactly these settings."""
-    path = run_dir / JOB_FILE
+    path = RunDir(run_dir).job_file
     payload: dict[str, Any] = json.loads(job.model_dump_json())
     atomic_write_text(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
     return path
@@ -82,15 +84,49 @@ def _summary_table(rows: list[tuple[str, str]]) -> Table:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
+    job = with_absolute_paths(job_from_args(args))
+    run_dir = job.out
+    layout = RunDir(run_dir)
+    require_inputs(job)
+    check_out_dir(run_dir)
+    if foreign_files(layout):
+        claim(layout, "prepare")  # refuses, listing the files the run would overwrite or train
+    with ExitStack() as stack:
+
+        def take_run_dir() -> None:
+            """Called once the sources passed the pre-flight, before the first write."""
+            run_dir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(writer_lock(layout, "prepare"))
+            claim(layout, "prepare")
+
+        return prepare_run(args, console, job, take_run_dir)
+
+
+def require_inputs(job: Job) -> None:
+    """What the command line names must exist before any scanning: source roots first, then the base model."""
+    for root in job.sources.roots:
+        if not root.is_dir():
+            what = "is a file, not a folder" if root.exists() else "does not exist"
+            raise UsageError(f"source root {root} {what}",
+                             hint="pass the folder that holds your N_name/ character folders")
+    if job.training.base_model:
+        problem = base_model_problem(job.training.base_model)
+        if problem:
+            raise UsageError(f"--base-model: {problem}",
+                             hint="pass an existing .safetensors/.ckpt file, a diffusers folder or a Hub id")
+
+
+def prepare_run(args: argparse.Namespace, console: Console, job: Job, take_run_dir: Callable[[], None]) -> int:
+    """Scan, pre-flight, then (not on a dry run) take the run directory and build and write into it."""
     from kohya_1to2.configs.generate import check_plan, render_plan, write_run_configs
     from kohya_1to2.dataset.build import build_composites
+    from kohya_1to2.dataset.captions import validate_triggers
     from kohya_1to2.dataset.preflight import preflight, raise_for_errors, sort_problems, write_fixed_sources
     from kohya_1to2.dataset.scan import render_scan_table, scan_sources
 
-    job = with_absolute_paths(job_from_args(args))
     run_dir = job.out
-
     scan = scan_sources(job.sources)
+    validate_triggers(scan.characters, job.composites.captions, job.sources.caption_separator)
     console.print(render_scan_table(scan))
     for ignored in scan.ignored:
         reason = escape(ignored.reason)
@@ -104,15 +140,17 @@ def run(args: argparse.Namespace, console: Console) -> int:
         style = "red" if problem.severity == "error" else "yellow"
         console.print(Text(problem.line, style=style), soft_wrap=True)
     raise_for_errors(problems)
+    if not args.dry_run:
+        take_run_dir()
 
     characters = scan.characters
     if job.sources.fix_sources and not args.dry_run:
         # Stage 1 and the composites both use the corrected copies.
-        characters = write_fixed_sources(scan, problems, run_dir).characters
+        characters = write_fixed_sources(scan, problems, run_dir, job.composites.background_rgb).characters
     plans = plan_pairs(characters, job.composites.budget, job.composites.seed)
     if args.dry_run:
         sizes = _estimated_sizes(plans, job.composites)
-        composite_dir = run_dir / "composites" / f"{job.composites.repeats}_composite"
+        composite_dir = RunDir(run_dir).composite_subset(job.composites.repeats)
         check_plan(job, scan.characters, composite_dir, job.composites.repeats, sizes)
         console.print(render_plan(job, scan.characters, composite_dir, job.composites.repeats, sizes))
         console.print(f"[bold]dry run:[/] {len(plans)} composites planned; nothing written to {run_dir}")
@@ -130,6 +168,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
         overwrite_edits=args.overwrite_edits,
     )
     write_job(job, run_dir)
+    for stray in built.strays:
+        console.print(Text(f"moved {stray.name} out of the composite subset (prepare did not write it; sd-scripts "
+                           f"would have trained it): now {stray}", style="yellow"), soft_wrap=True)
     console.print(report)
     console.print(render_plan(job, characters, built.subset_dir, job.composites.repeats, built.sizes))
     console.print(
@@ -139,7 +180,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 ("composites", f"{built.count} in {built.subset_dir} ({built.written} new, {built.reused} reused, "
                  f"{built.removed} stale removed)"),
                 ("manifest", str(built.manifest_path)),
-                ("preview", str(run_dir / "preview.png")),
+                ("preview", str(RunDir(run_dir).preview)),
                 ("next", f"edit the TOMLs if you like, then: python -m kohya_1to2 launch {run_dir}"),
             ]
         )
