@@ -9,11 +9,16 @@ from rich.text import Text
 
 from kohya_1to2.configs.lint import lint_file, lint_run, raise_for_problems
 from kohya_1to2.errors import UsageError
+from kohya_1to2.rundir import RunDir, current_writer
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
     target = args.target.expanduser()
     if target.is_dir():
+        writer = current_writer(RunDir(target.resolve()))
+        if writer:
+            console.print(Text(f"warning: {target} is being written by {writer}; what is checked may change",
+                               style="yellow"), soft_wrap=True)
         problems = lint_run(target.resolve())
     elif target.is_file():
         problems = lint_file(target.resolve())
