@@ -77,6 +77,10 @@ class CaptionRules(Strict):
     drop_solo: bool = Field(False, description="drop the 'solo' tag from both sides")
     merge_count_tags: bool = Field(False, description="merge count tags, e.g. 1girl + 1girl -> 2girls")
     dedupe_shared: bool = Field(False, description="keep a tag present on both sides only once")
+    max_tags_per_side: int | None = Field(
+        None, ge=1, description="keep at most this many tags per side (the first ones), so composites fit the "
+        "token limit"
+    )
 
     @field_validator("template")
     @classmethod
@@ -94,6 +98,28 @@ class CaptionRules(Strict):
                 "move {left_tags}/{right_tags} after the first comma"
             )
         return value
+
+    @model_validator(mode="after")
+    def _composite_tag_is_one_tag(self) -> CaptionRules:
+        if problem := name_problem(self.composite_tag, group_separators(self.template)):
+            raise ValueError(f"composite_tag {self.composite_tag!r} {problem}")
+        return self
+
+
+def group_separators(template: str) -> frozenset[str]:
+    """Characters that join the character group of a template (`/` in `{left}/{right}/{tag}`), and `,`."""
+    first = re.sub(r"{\w*}", "", template.split(",", 1)[0])
+    return frozenset(ch for ch in first if not ch.isspace()) | {",", "/"}
+
+
+def name_problem(name: str, forbidden: frozenset[str]) -> str | None:
+    """Why a trigger or composite tag would break the `Left/Right/COMPOSITE` group, or None."""
+    if not name.strip():
+        return "is empty"
+    if bad := sorted(ch for ch in set(name) if ch in forbidden):
+        shown = " ".join(repr(ch) for ch in bad)
+        return f"contains {shown}, which splits the caption's character group (Left/Right/COMPOSITE)"
+    return None
 
 
 class CompositeSettings(Strict):
@@ -150,6 +176,19 @@ class TrainingSettings(Strict):
         "settings), 'character' = stage 1's pixels per character (2:1 composite at twice the area)",
     )
     sample: bool = Field(True, description="sample images every epoch")
+    sample_pairs: Literal["rotate", "all"] = Field(
+        "rotate", description="pair samples per epoch: a rotating round of N ordered pairs, or all N(N-1)"
+    )
+    sample_pair_size: str | None = Field(
+        None, description="pair sample canvas WIDTHxHEIGHT; default landscape (SD1 768x512, SDXL 1216x832)"
+    )
+
+    @field_validator("sample_pair_size")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\d+x\d+", value.strip().lower()):
+            raise ValueError(f"sample_pair_size {value!r} must be WIDTHxHEIGHT, e.g. 768x512")
+        return None if value is None else value.strip().lower()
 
     @field_validator("output_name")
     @classmethod
@@ -205,6 +244,8 @@ class Character(Strict):
     repeats: int
     folder: Path
     images: tuple[SourceImage, ...]
+    caption_prefix: str | None = None
+    """Written as the stage-1 subset's caption_prefix when the captions do not start with the trigger."""
 
 
 class CompositePlan(Strict):

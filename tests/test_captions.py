@@ -90,3 +90,32 @@ def test_split_tags_normalises_whitespace_bom_and_crlf():
 def test_templates_that_would_break_keep_tokens_are_rejected(template):
     with pytest.raises(ValueError):
         CaptionRules(template=template)
+
+
+def test_triggers_that_break_the_character_group_are_usage_errors() -> None:
+    from kohya_1to2.dataset.captions import validate_triggers
+    from kohya_1to2.errors import UsageError
+
+    for bad in ("car, ol", "ali/ce"):
+        with pytest.raises(UsageError, match="splits the caption's character group") as info:
+            validate_triggers([character(bad, ())[0]], CaptionRules())
+        assert info.value.exit_code == 2
+    with pytest.raises(UsageError, match="';'"):
+        validate_triggers([character("a;b", ())[0]], CaptionRules(), separator=";")
+    with pytest.raises(UsageError, match="'&'"):
+        validate_triggers([character("a&b", ())[0]], CaptionRules(template="{left}&{right}&{tag}, {left_tags}"))
+    validate_triggers([character("akari (genshin impact)", ())[0]], CaptionRules())
+
+
+def test_stage1_caption_prefix_keeps_the_trigger_first_under_keep_tokens() -> None:
+    from kohya_1to2.dataset.captions import stage1_caption_prefix
+
+    prefix = stage1_caption_prefix("alice")
+    rng = random.Random(0)
+    for _ in range(20):  # process_caption joins prefix + " " + caption, then splits on the separator
+        assert sd_scripts_keep_tokens(prefix + " " + "1girl, smile, hat", 1, rng).startswith("alice, ")
+
+
+def test_max_tags_per_side_caps_each_side() -> None:
+    assert caption(("1girl", "a", "b", "c"), ("1boy", "d"), max_tags_per_side=2) == (
+        "alice/bob/COMPOSITE, 1girl, a, 1boy, d")

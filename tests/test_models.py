@@ -173,3 +173,17 @@ def test_models_are_frozen(tmp_path: Path) -> None:
 def test_rel_key_is_folder_and_file_name() -> None:
     image = SourceImage(path=Path("/data/src/2_alice/a 1.png"), character="alice")
     assert image.rel_key == "2_alice/a 1.png"
+
+
+@pytest.mark.parametrize("tag", ["COMP, OSITE", "COMP/OSITE", "  "])
+def test_composite_tag_must_stay_one_tag_of_the_group(tag: str) -> None:
+    with pytest.raises(ValidationError, match="composite_tag"):
+        CaptionRules(composite_tag=tag)
+    with pytest.raises(ValidationError, match="'&'"):
+        CaptionRules(template="{left}&{right}&{tag}, {left_tags}, {right_tags}", composite_tag="a&b")
+
+
+def test_sample_pair_size_is_width_x_height() -> None:
+    assert TrainingSettings(sample_pair_size="768X512").sample_pair_size == "768x512"
+    with pytest.raises(ValidationError, match="WIDTHxHEIGHT"):
+        TrainingSettings(sample_pair_size="wide")

@@ -7,8 +7,19 @@ import re
 import pytest
 
 from kohya_1to2.configs.presets import PresetSettings, load_preset
-from kohya_1to2.configs.prompts import pair_prompt, prompt_text_problem, sample_prompt_lines
-from kohya_1to2.errors import DatasetError
+from kohya_1to2.configs.prompts import (
+    escape_attention,
+    pair_canvas,
+    pair_prompt,
+    pair_rounds,
+    parse_size,
+    prompt_text_problem,
+    prompts_per_sampling,
+    rotate_prompt_text,
+    sample_prompt_lines,
+    sample_prompts_text,
+)
+from kohya_1to2.errors import DatasetError, UsageError
 from kohya_1to2.models import CaptionRules
 
 SETTINGS = PresetSettings(family="sd1", resolution=512, stage1_batch_size=4, stage2_batch_size=2,
@@ -30,7 +41,8 @@ def test_each_character_alone_then_each_ordered_pair() -> None:
     assert sorted(pairs) == sorted(["alice/bob", "bob/alice", "alice/cid", "cid/alice", "bob/cid", "cid/bob"])
     assert all(p["n"] == "COMPOSITE, lowres" for p in parsed[3:])
     assert all(p["n"] == "lowres" for p in parsed[:3])
-    assert all((p["w"], p["h"], p["s"]) == ("640", "384", "9") for p in parsed)
+    assert all((p["w"], p["h"], p["s"]) == ("640", "384", "9") for p in parsed[:3])
+    assert all((p["w"], p["h"]) == ("960", "384") for p in parsed[3:]), "pairs on a landscape canvas"
     assert len({p["d"] for p in parsed}) == len(parsed), "each prompt gets its own fixed seed"
 
 
@@ -63,3 +75,57 @@ def test_prompt_cap_alternates_single_and_pair_prompts():
     lines = sample_prompt_lines([("a", "alice"), ("b", "bob"), ("c", "cid")], capped, CaptionRules())
     assert [parse_line(line)["prompt"] for line in lines] == ["alice", "alice/bob", "bob"]
     assert len(sample_prompt_lines([("a", "alice"), ("b", "bob")], SETTINGS, CaptionRules())) == 4
+
+
+def test_attention_syntax_in_triggers_is_escaped_in_every_prompt() -> None:
+    assert escape_attention("akari (genshin impact)") == r"akari \(genshin impact\)"
+    assert escape_attention(r"a[1]:b\c") == r"a\[1\]\:b\\c"
+    lines = sample_prompt_lines([("a", "akari (genshin impact)"), ("b", "bob")], SETTINGS,
+                                CaptionRules(composite_tag="multi(view)"))
+    parsed = [parse_line(line) for line in lines]
+    assert parsed[0]["prompt"] == r"akari \(genshin impact\)"
+    assert parsed[2]["prompt"] == r"akari \(genshin impact\)/bob"
+    assert parsed[2]["n"].startswith(r"multi\(view\), ")
+
+
+def test_pair_rounds_cover_every_ordered_pair_exactly_once() -> None:
+    for count in (3, 4, 10):
+        rounds = pair_rounds(count)
+        flat = [pair for round_ in rounds for pair in round_]
+        assert len(rounds) == count - 1 and all(len(r) == count for r in rounds)
+        assert sorted(flat) == sorted((i, j) for i in range(count) for j in range(count) if i != j)
+
+
+def test_ten_characters_sample_at_most_2n_per_epoch_and_every_pair_per_stage() -> None:
+    triggers = [(f"c{i}", f"char{i}") for i in range(10)]
+    text = sample_prompts_text(triggers, SETTINGS, CaptionRules())
+    epochs = 40
+    seen: set[str] = set()
+    for epoch in range(1, epochs + 1):
+        text = rotate_prompt_text(text, epoch)
+        assert prompts_per_sampling(text) <= 20
+        prompts = [parse_line(line)["prompt"] for line in text.splitlines() if line and not line.startswith("#")]
+        seen |= {p for p in prompts if "/" in p}
+    assert seen == {f"char{i}/char{j}" for i in range(10) for j in range(10) if i != j}
+    assert len(sample_prompt_lines(triggers, SETTINGS, CaptionRules(), pairs="all")) == 10 + 90
+    every = sample_prompts_text(triggers, SETTINGS, CaptionRules(), pairs="all")
+    assert prompts_per_sampling(every) == 100 and rotate_prompt_text(every, 3) == every
+
+
+def test_rotation_changes_only_the_active_round() -> None:
+    triggers = [(f"c{i}", f"char{i}") for i in range(4)]
+    first = sample_prompts_text(triggers, SETTINGS, CaptionRules())
+    assert rotate_prompt_text(first, 1) == first and rotate_prompt_text(first, 4) == first
+    second = rotate_prompt_text(first, 2)
+    assert second != first and prompts_per_sampling(second) == 8
+    assert "char0/char2" in second.split("\n#pair ", 1)[0] and "char0/char1" not in second.split("\n#pair ", 1)[0]
+
+
+def test_pair_canvas_is_landscape_and_changeable() -> None:
+    sd1 = SETTINGS.model_copy(update={"sample_width": 512, "sample_height": 512})
+    sdxl = SETTINGS.model_copy(update={"sample_width": 1024, "sample_height": 1024, "family": "sdxl"})
+    assert pair_canvas(sd1) == (768, 512) and pair_canvas(sdxl) == (1216, 832)
+    assert pair_canvas(sd1, (1024, 512)) == (1024, 512)
+    assert parse_size("896x512") == (896, 512)
+    with pytest.raises(UsageError):
+        parse_size("wide")

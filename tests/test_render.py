@@ -156,3 +156,17 @@ def test_any_path_round_trips_through_toml_0_10_2(parts: list[str], base: str) -
     assert one["output_dir"] == str(run / "output" / "stage1")
     dataset = toml.loads(files["stage1.dataset.toml"])
     assert dataset["datasets"][0]["subsets"][0]["image_dir"] == str(run / "src" / "a b\\c" / "2_alice")
+
+
+def test_caption_prefix_and_separator_reach_the_stage1_dataset_toml() -> None:
+    chars = characters(Path("/data/src"))
+    chars[0] = chars[0].model_copy(update={"caption_prefix": "alice;"})
+    semi = Job(out=RUN, sources=SourceSettings(roots=[Path("/data/src")], caption_separator=";"),
+               training=TrainingSettings(base_model="/models/base.safetensors"))
+    files = render(semi, chars)
+    stage1 = toml.loads(files["stage1.dataset.toml"])
+    assert stage1["general"]["caption_separator"] == ";"
+    assert [s.get("caption_prefix") for s in stage1["datasets"][0]["subsets"]] == ["alice;", None]
+    assert "caption_separator" not in toml.loads(files["stage2.dataset.toml"])["general"], \
+        "composite captions are comma-joined"
+    assert "caption_separator" not in toml.loads(render(job())["stage1.dataset.toml"])["general"]

@@ -275,3 +275,29 @@ def test_unlistable_folder_is_a_problem_not_a_crash(tmp_path: Path, monkeypatch:
     result = scan(tmp_path / "src")
     assert [p.code for p in result.problems] == ["unreadable-folder"]
     assert "Permission denied" in result.problems[0].line and "1_bob" in result.problems[0].line
+
+
+def test_stage1_caption_prefix_when_captions_lack_the_trigger(tmp_path: Path) -> None:
+    add(tmp_path / "src" / "1_alice", "a", "1girl, smile")
+    add(tmp_path / "src" / "1_alice", "b", "1girl, hat")
+    add(tmp_path / "src" / "1_bob", "b", "bob, hat")
+    by_folder = scan(tmp_path / "src", trigger_from="folder")
+    assert [c.caption_prefix for c in by_folder.characters] == ["alice,", None]
+    assert "trigger-twice" not in codes(by_folder)
+    semi = scan(tmp_path / "src", trigger_from="folder", caption_separator=";")
+    assert semi.characters[0].caption_prefix == "alice;"
+    assert [c.caption_prefix for c in scan(tmp_path / "src").characters] == [None, None]
+
+
+def test_caption_prefix_for_missing_captions_and_mixed_folders(tmp_path: Path) -> None:
+    add(tmp_path / "src" / "1_alice", "a", None)
+    add(tmp_path / "src" / "1_bob", "a", "bob, hat")
+    add(tmp_path / "src" / "1_bob", "b", "hat")
+    result = scan(tmp_path / "src", trigger_from="folder")
+    assert [c.caption_prefix for c in result.characters] == ["alice,", "bob,"]
+    [twice] = [p for p in result.problems if p.code == "trigger-twice"]
+    assert "a.png" in twice.message and twice.severity == "warning"
+    no_captions = scan(tmp_path / "src")  # trigger from captions: alice has none, so the folder name
+    assert no_captions.characters[0].caption_prefix == "alice,"
+    fixed = scan(tmp_path / "src", fix_sources=True)  # --fix-sources writes the trigger into the caption
+    assert fixed.characters[0].caption_prefix is None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
-from kohya_1to2.models import CaptionRules, Character, SourceImage
+from kohya_1to2.errors import UsageError
+from kohya_1to2.models import CaptionRules, Character, SourceImage, group_separators, name_problem
 
 
 def normalise_caption_text(text: str) -> str:
@@ -51,6 +53,24 @@ def _merge_count_tags(left: list[str], right: list[str]) -> tuple[list[str], lis
     return merged(left), merged(right)
 
 
+def validate_triggers(characters: Iterable[Character], rules: CaptionRules, separator: str = ",") -> None:
+    """Refuse (exit 2) a trigger that would split the composite caption's `Left/Right/COMPOSITE` group or
+    the caption itself: no `,`, no `/`, none of the template's group separators, not the caption separator."""
+    forbidden = group_separators(rules.template) | {separator.strip()}
+    for character in characters:
+        if problem := name_problem(character.trigger, forbidden):
+            raise UsageError(
+                f"character {character.name!r}: trigger {character.trigger!r} {problem}",
+                hint="rename the folder (with --trigger-from folder) or the first caption tag",
+            )
+
+
+def stage1_caption_prefix(trigger: str, separator: str = ",") -> str:
+    """sd-scripts prepends `caption_prefix + " "` before splitting on the separator (process_caption), so the
+    prefix ends with the separator: the trigger becomes the first tag, which keep_tokens = 1 keeps in place."""
+    return f"{trigger}{separator.strip()}"
+
+
 def image_tags(image: SourceImage, trigger: str) -> list[str]:
     """An image's descriptive tags: its caption tags without the character's trigger."""
     return [tag for tag in image.tags if tag != trigger]
@@ -70,6 +90,8 @@ def composite_caption(
     if rules.dedupe_shared:
         seen = set(left_tags)
         right_tags = [t for t in right_tags if t not in seen]
+    if rules.max_tags_per_side is not None:
+        left_tags, right_tags = left_tags[: rules.max_tags_per_side], right_tags[: rules.max_tags_per_side]
     text = rules.template.format(
         left=left.trigger,
         right=right.trigger,

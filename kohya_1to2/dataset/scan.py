@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 from rich.table import Table
 
-from kohya_1to2.dataset.captions import split_tags
+from kohya_1to2.dataset.captions import split_tags, stage1_caption_prefix
 from kohya_1to2.models import IMAGE_EXTENSIONS, Character, SourceImage, SourceSettings
 
 REG_FOLDER_NAMES = frozenset({"reg", "regs", "regularization", "regularisation", "reg_images", "regularization_images"})
@@ -226,8 +226,39 @@ def _scan_character(
         ) for image in images),
         key=lambda image: image.rel_key,
     ))
-    character = Character(name=name, trigger=trigger, repeats=repeats, folder=folder, images=source_images)
+    prefix = needs_caption_prefix([captions.get(image) for image in images], trigger, settings)
+    if prefix and (already := sorted(img.name for img, tags in captions.items() if tags and tags[0] == trigger)):
+        problems.append(Problem(
+            severity="warning", code="trigger-twice", path=folder,
+            message=f"stage 1 prepends the trigger '{trigger}' (caption_prefix) because some captions lack it, "
+                    f"so these get it twice: {', '.join(already[:5])}" + (" ..." if len(already) > 5 else ""),
+            fix=f"start every caption in {folder.name} with '{trigger}', or remove it from all of them",
+        ))
+    character = Character(
+        name=name, trigger=trigger, repeats=repeats, folder=folder, images=source_images,
+        caption_prefix=stage1_caption_prefix(trigger, settings.caption_separator) if prefix else None,
+    )
     return character, problems, ignored
+
+
+def needs_caption_prefix(
+    captions: Sequence[tuple[str, ...] | None], trigger: str, settings: SourceSettings
+) -> bool:
+    """Whether sd-scripts' stage-1 caption of some image would not start with the trigger.
+
+    `captions` holds each image's caption tags (None: no readable caption file). With triggers from folders
+    any caption that does not start with it needs the prefix; with triggers from captions only a folder
+    where none does (no captions), since a minority that differs is the `trigger-mismatch` warning.
+    `--fix-sources` writes the trigger into missing captions itself.
+    """
+    def lacks(tags: tuple[str, ...] | None) -> bool:
+        if not tags:
+            return not settings.fix_sources
+        return tags[0] != trigger
+
+    if settings.trigger_from == "folder":
+        return any(lacks(tags) for tags in captions)
+    return not any(tags and tags[0] == trigger for tags in captions) and any(lacks(t) for t in captions)
 
 
 def _unlistable(folder: Path, exc: OSError) -> Problem:
