@@ -9,8 +9,10 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy
 import pytest
 from PIL import Image, features
+from pixel_fixtures import PIXEL_SOURCES, opaque_rgba_png
 from rich.console import Console
 
 from kohya_1to2.dataset.preflight import (
@@ -319,7 +321,7 @@ def test_write_fixed_sources_corrects_copies_and_never_touches_originals(tmp_pat
     raise_for_errors(problems)
     run_dir = tmp_path / "run"
 
-    fixed = write_fixed_sources(result, problems, run_dir)
+    fixed = write_fixed_sources(result, problems, run_dir, (255, 255, 255))
 
     assert tree_hashes(tmp_path / "src") == before
     alice, bob = fixed.characters
@@ -346,18 +348,67 @@ def test_write_fixed_sources_rerun_replaces_and_drops_stale(tmp_path: Path, put:
     put("1_alice/rotated.jpg", exif_rotated_jpeg())
     run_dir = tmp_path / "run"
     result, problems = run(tmp_path, fix_sources=True)
-    write_fixed_sources(result, problems, run_dir)
-    write_fixed_sources(result, problems, run_dir)  # idempotent
+    write_fixed_sources(result, problems, run_dir, (255, 255, 255))
+    write_fixed_sources(result, problems, run_dir, (255, 255, 255))  # idempotent
     assert sorted(p.name for p in (run_dir / "sources").iterdir()) == ["1_alice"]
 
     (tmp_path / "src" / "1_alice" / "rotated.jpg").unlink()
     result, problems = run(tmp_path, fix_sources=True)
-    assert write_fixed_sources(result, problems, run_dir).characters == result.characters
+    assert write_fixed_sources(result, problems, run_dir, (255, 255, 255)).characters == result.characters
     assert list((run_dir / "sources").iterdir()) == []
 
 
 def test_write_fixed_sources_without_flag_does_nothing(tmp_path: Path, put: Maker, two_good: None) -> None:
     put("1_alice/rotated.jpg", exif_rotated_jpeg())
     result, problems = run(tmp_path)
-    assert write_fixed_sources(result, problems, tmp_path / "run") is result
+    assert write_fixed_sources(result, problems, tmp_path / "run", (255, 255, 255)) is result
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- 16-bit and transparency
+
+
+@pytest.mark.parametrize(("name", "code"), [
+    ("grey16.png", "sixteen-bit"), ("la.png", "transparency"), ("palette.png", "transparency"),
+    ("rgba.png", "transparency"), ("rgba.webp", "transparency"),
+])
+def test_sixteen_bit_and_transparent_images_are_fixable_warnings(tmp_path: Path, put: Maker, two_good: None,
+                                                                 name: str, code: str) -> None:
+    path = put(f"1_alice/{name}", PIXEL_SOURCES[name]())
+    _, problems = run(tmp_path)
+    assert only(problems, path) == [("warning", code)]
+    (problem,) = [p for p in problems if p.path == path]
+    assert problem.fixable and "--fix-sources" in problem.fix
+    assert ("--background" in problem.fix) == (code == "transparency")
+
+
+def test_opaque_alpha_and_plain_palette_are_not_warned(tmp_path: Path, put: Maker, two_good: None) -> None:
+    put("1_alice/opaque.png", opaque_rgba_png())
+    put("1_alice/palette.png", noisy_image_bytes("GIF"))  # P mode, no transparency
+    assert run(tmp_path)[1] == []
+
+
+def test_pixel_warnings_become_errors_under_strict_unless_fixed(tmp_path: Path, put: Maker, two_good: None) -> None:
+    path = put("1_alice/rgba.png", PIXEL_SOURCES["rgba.png"]())
+    assert only(run(tmp_path, strict=True)[1], path) == [("error", "transparency")]
+    assert only(run(tmp_path, strict=True, fix_sources=True)[1], path) == [("warning", "transparency")]
+
+
+def test_fixed_copies_are_8bit_rgb_flattened_on_the_background_same_name_and_format(
+        tmp_path: Path, put: Maker, two_good: None) -> None:
+    for name, make in PIXEL_SOURCES.items():
+        put(f"1_alice/{name}", make())
+    result, problems = run(tmp_path, fix_sources=True)
+    fixed = write_fixed_sources(result, problems, tmp_path / "run", (0, 0, 255))
+    copy = tmp_path / "run" / "sources" / "1_alice"
+    assert {image.path.name for image in fixed.characters[0].images} >= set(PIXEL_SOURCES)
+    for name in PIXEL_SOURCES:
+        with Image.open(copy / name) as image:
+            assert image.mode == "RGB" and image.format == {".png": "PNG", ".webp": "WEBP"}[Path(name).suffix]
+            if name != "grey16.png":
+                assert image.getpixel((0, 0)) == (0, 0, 255)  # fully transparent corner -> the background
+    with Image.open(copy / "grey16.png") as grey:
+        assert 120 <= numpy.asarray(grey.convert("L")).mean() <= 135  # not clipped to white
+    again = preflight(fixed.model_copy(update={"problems": ()}),
+                      fixed.settings.model_copy(update={"fix_sources": False}))
+    assert again == []

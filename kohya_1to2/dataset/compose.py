@@ -83,13 +83,31 @@ def _to_srgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def is_sixteen_bit(image: Image.Image) -> bool:
+    """16/32-bit integer greyscale, which `convert("RGB")` (sd-scripts' `load_image`) clips instead of scaling."""
+    return image.mode.startswith("I;16") or image.mode == "I"
+
+
+def _may_be_transparent(image: Image.Image) -> bool:
+    mode = image.mode
+    return mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        "transparency" in image.info and mode in ("P", "L", "RGB", "1"))
+
+
+def has_transparent_pixels(image: Image.Image) -> bool:
+    """Some pixel is not fully opaque: `convert("RGB")` would expose the colour under it, `to_rgb` flattens it."""
+    if not _may_be_transparent(image) or is_sixteen_bit(image):
+        return False
+    alpha_min, _ = image.convert("RGBA").getchannel("A").getextrema()
+    return bool(alpha_min != 255)  # an 8-bit channel: extrema are ints
+
+
 def to_rgb(image: Image.Image, background: RGB) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB; transparency is flattened on `background`."""
     mode = image.mode
-    has_transparency = "transparency" in image.info
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (has_transparency and mode in ("P", "L", "RGB", "1")):
+    if _may_be_transparent(image):
         return _flatten(image, background)
-    if mode.startswith("I;16") or mode == "I":
+    if is_sixteen_bit(image):
         return _sixteen_bit_to_l(image).convert("RGB")
     if mode in ("RGB", "CMYK"):
         return _to_srgb(image)

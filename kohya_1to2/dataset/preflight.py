@@ -20,6 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from rich.table import Table
 
 from kohya_1to2.dataset.captions import split_tags
+from kohya_1to2.dataset.compose import RGB, has_transparent_pixels, is_sixteen_bit, load_source
 from kohya_1to2.dataset.scan import Problem, ScanResult, Severity, apply_policy, decode_caption
 from kohya_1to2.errors import DatasetError
 from kohya_1to2.fsutil import TMP_PREFIX
@@ -81,6 +82,7 @@ def inspect_image(path: Path) -> list[Problem]:
                 frames = getattr(image, "n_frames", 1)
                 orientation = image.getexif().get(EXIF_ORIENTATION, 1)
                 image.load()
+                mode, sixteen_bit, transparent = image.mode, is_sixteen_bit(image), has_transparent_pixels(image)
         except Image.DecompressionBombError as exc:
             return [problem("error", "too-large", f"too large for Pillow, sd-scripts cannot open it ({exc})",
                             downscale)]
@@ -100,6 +102,23 @@ def inspect_image(path: Path) -> list[Problem]:
             "warning", "exif-rotated",
             f"EXIF orientation {orientation}: sd-scripts ignores EXIF orientation, so it is trained sideways",
             "use --fix-sources (trains on a transposed copy) or re-save it upright", fixable=True,
+        ))
+    # sd-scripts' load_image is a bare convert("RGB"); the composites decode with compose.to_rgb instead
+    if sixteen_bit:
+        found.append(problem(
+            "warning", "sixteen-bit",
+            f"16-bit greyscale (mode {mode}): sd-scripts' convert('RGB') clips it to near white in stage 1, "
+            "while the composites scale it to 8 bits",
+            "use --fix-sources (stage 1 trains on an 8-bit copy, the pixels the composites show) "
+            "or re-save it as 8-bit", fixable=True,
+        ))
+    if transparent:
+        found.append(problem(
+            "warning", "transparency",
+            f"transparent pixels (mode {mode}): sd-scripts drops alpha and trains the colours hidden under it "
+            "in stage 1, while the composites flatten it on --background",
+            "use --fix-sources (stage 1 trains on a copy flattened on --background, as the composites show it) "
+            "or flatten it yourself", fixable=True,
         ))
     return found
 
@@ -262,6 +281,8 @@ def render_problems_table(problems: Sequence[Problem]) -> Table:
 
 def _link_or_copy(source: Path, target: Path) -> None:
     """Hardlink when possible (no extra space; every writer of ours replaces files, never edits them)."""
+    if target.exists():  # a caption shared by a.png and a.webp, already linked
+        return
     try:
         os.link(source, target)
     except OSError:
@@ -276,18 +297,38 @@ def _write_transposed(source: Path, target: Path) -> None:
         upright.save(target, format=fmt, exif=upright.getexif(), **options)
 
 
+LOSSLESS_SAVE: dict[str, dict[str, object]] = {"PNG": {}, "WEBP": {"lossless": True, "exact": True}, "BMP": {}}
+"""Formats a flattened copy keeps (same file name), with the options that store its pixels exactly."""
+
+PIXEL_FIXES = frozenset({"sixteen-bit", "transparency"})
+
+
+def _write_flattened(source: Path, target: Path, background: RGB) -> None:
+    """The source exactly as the composites decode it (`compose.load_source`), saved losslessly as 8-bit RGB,
+    so sd-scripts' `load_image` of the copy returns the same pixels as the composite half before resizing."""
+    with Image.open(source) as image:
+        fmt = image.format if image.format in LOSSLESS_SAVE else "PNG"
+    rgb = load_source(source, background)
+    rgb.info.clear()  # no ICC profile: compose would apply it to the copy, sd-scripts would not
+    rgb.save(target, format=fmt, **LOSSLESS_SAVE[fmt])
+
+
 def _fixed_character(character: Character, fixable: dict[Path, set[str]], settings: SourceSettings,
-                     staging: Path, final: Path) -> Character:
+                     background: RGB, staging: Path, final: Path) -> Character:
     """Write the corrected folder into `staging`; the returned character points into `final`."""
     staging.mkdir(parents=True)
     images = []
     for image in character.images:
         new_path = staging / image.path.name
-        if "exif-rotated" in fixable.get(image.path, set()):
+        codes = fixable.get(image.path, set())
+        if codes & PIXEL_FIXES or "exif-rotated" in codes:
             try:
-                _write_transposed(image.path, new_path)
+                if codes & PIXEL_FIXES:  # load_source also turns it upright
+                    _write_flattened(image.path, new_path, background)
+                else:
+                    _write_transposed(image.path, new_path)
             except Exception as exc:  # decoded fine in pre-flight, so this is rare (disk full, file changed)
-                raise DatasetError(f"{image.path}: cannot write its upright copy ({exc})",
+                raise DatasetError(f"{image.path}: cannot write its corrected copy ({exc})",
                                    hint="run prepare again, or fix the image by hand") from None
         else:
             _link_or_copy(image.path, new_path)
@@ -309,10 +350,12 @@ def _fixed_character(character: Character, fixable: dict[Path, set[str]], settin
     return character.model_copy(update={"folder": final, "images": tuple(images)})
 
 
-def write_fixed_sources(result: ScanResult, problems: Sequence[Problem], run_dir: Path) -> ScanResult:
+def write_fixed_sources(result: ScanResult, problems: Sequence[Problem], run_dir: Path,
+                        background: RGB) -> ScanResult:
     """With `fix_sources`, copy each affected character folder to `<run>/sources/N_name/`, corrected.
 
-    Originals are only read. Unaffected files are hardlinked (or copied), so a subset stays one folder.
+    16-bit and transparent images are flattened on `background` (the composites' colour). Originals are
+    only read. Unaffected files are hardlinked (or copied), so a subset stays one folder.
     Returns the scan result with those characters pointing at the copies.
     """
     if not result.settings.fix_sources:
@@ -337,7 +380,7 @@ def write_fixed_sources(result: ScanResult, problems: Sequence[Problem], run_dir
         final = sources_dir / character.folder.name
         staging = sources_dir / (TMP_PREFIX + character.folder.name)
         shutil.rmtree(staging, ignore_errors=True)
-        fixed = _fixed_character(character, fixable, result.settings, staging, final)
+        fixed = _fixed_character(character, fixable, result.settings, background, staging, final)
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging, final)
