@@ -24,8 +24,8 @@ FAKE_TRAIN = """\
 import os, subprocess, sys, time, toml
 args = sys.argv
 cfg = {}
-for table in toml.load(args[args.index("--config_file") + 1]).values():
-    cfg.update(table)
+for key, table in toml.load(args[args.index("--config_file") + 1]).items():
+    cfg.update(table if isinstance(table, dict) else {key: table})  # sd-scripts keeps top-level keys as they are
 mode = os.environ.get("FAKE_MODE", "ok")
 stage = 2 if cfg.get("network_weights") else 1
 print(f"fake training stage {stage}", flush=True)
