@@ -281,3 +281,26 @@ def resolved_subsets(dataset_document: Mapping[str, Any]) -> list[dict[str, Any]
 TRAINING_PATH_KEYS = ("pretrained_model_name_or_path", "tokenizer_cache_dir", "network_weights", "output_dir",
                       "sample_prompts", "dataset_config", "vae", "logging_dir", "resume")
 """Training keys holding paths: sd-scripts runs with cwd = its own root, so relative ones resolve there."""
+
+
+_STEP_PROGRESS = re.compile(
+    r"steps:\s+\d+%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)\s*\[(?P<elapsed>[\d:]+)<[^,\]]*,\s*"
+    r"(?P<rate>[\d.]+)(?P<unit>s/it|it/s)"
+)
+"""train_network's progress bar: `tqdm(..., smoothing=0, desc="steps")` (train_network.py:1357), so the rate it
+prints is the mean over every step so far: `steps:  50%|█▌ | 1/2 [00:03<00:03,  3.05s/it, avr_loss=0.1]`."""
+
+
+def measured_seconds_per_step(log_text: str) -> tuple[float, int] | None:
+    """(mean seconds per step, steps done) from the last training progress line of a stage log, or None."""
+    last = None
+    for match in _STEP_PROGRESS.finditer(log_text):
+        if int(match.group("n")) > 0:
+            last = match
+    if last is None:
+        return None
+    rate = float(last.group("rate"))
+    if rate <= 0:
+        return None
+    seconds = rate if last.group("unit") == "s/it" else 1.0 / rate
+    return seconds, int(last.group("n"))

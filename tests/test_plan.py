@@ -10,8 +10,20 @@ from rich.console import Console
 
 from kohya_1to2.configs.buckets import BucketSettings
 from kohya_1to2.configs.generate import check_plan, plans_from_run_dir, render_plan, write_run_configs
-from kohya_1to2.configs.plan import SubsetPlan, check_stage_plans, plan_stage, step_cost_ratio
+from kohya_1to2.configs.plan import (
+    CPU_SMOKE,
+    GPU_SD1,
+    GPU_SDXL,
+    StepCost,
+    SubsetPlan,
+    check_stage_plans,
+    plan_stage,
+    render_stage_plans,
+    step_cost_for,
+    step_cost_ratio,
+)
 from kohya_1to2.errors import DatasetError
+from kohya_1to2.kohya import measured_seconds_per_step
 from kohya_1to2.models import Character, Job, SourceImage, SourceSettings, TrainingSettings
 
 SD1 = BucketSettings(resolution=(512, 512))
@@ -46,11 +58,59 @@ def test_unknown_sizes_estimate_steps_from_the_sample_count() -> None:
     assert not plan.exact and plan.steps_per_epoch == 3 and plan.buckets == ()
 
 
-def test_cost_ratio_weighs_batch_and_pixels() -> None:
-    one = plan_stage(1, [subset(4)], SD1, 4, {"max_train_epochs": 1})
+def _ratio(cost: StepCost, stage1: tuple[int, int, int], stage2: tuple[int, int, int]) -> float:
+    """Plan's stage-2/stage-1 step ratio for (batch, width, height) of each stage, through plan_stage."""
+    plans = []
+    for stage, (batch, width, height) in ((1, stage1), (2, stage2)):
+        sized = SubsetPlan(name="s", image_dir=Path("/s"), images=batch, repeats=1, sizes=((width, height),) * batch)
+        plans.append(plan_stage(stage, [sized], BucketSettings(resolution=(width, height), max_bucket_reso=2048),
+                                batch, {"max_train_epochs": 1}))
+    return step_cost_ratio(plans[0], plans[1], cost)
+
+
+@pytest.mark.parametrize(("cost", "stage1", "stage2", "measured"), [
+    (GPU_SD1, (4, 512, 512), (2, 704, 320), 0.44 / 0.48),      # H200 SD1 seed preset, one run
+    (GPU_SD1, (4, 512, 512), (2, 1024, 512), 0.48 / 0.42),     # H200 SD1, stage 2 at [1024, 512], another run
+    (GPU_SDXL, (4, 1024, 1024), (2, 1408, 704), 2.11 / 2.31),  # H200 SDXL preset
+])
+def test_estimated_step_ratio_is_within_15_percent_of_the_gpu_measurements(
+        cost: StepCost, stage1: tuple[int, int, int], stage2: tuple[int, int, int], measured: float) -> None:
+    estimate = _ratio(cost, stage1, stage2)
+    assert abs(estimate / measured - 1) <= 0.15, (estimate, measured)
+    pixels_only = (stage2[0] * stage2[1] * stage2[2]) / (stage1[0] * stage1[1] * stage1[2])
+    if abs(pixels_only / measured - 1) > 0.15:
+        assert abs(estimate / measured - 1) < abs(pixels_only / measured - 1), "better than pixels alone"
+
+
+def test_cost_model_is_chosen_by_family_and_precision() -> None:
+    assert step_cost_for("sd1", "fp16") is GPU_SD1 and step_cost_for("sd2", "bf16") is GPU_SD1
+    assert step_cost_for("sdxl", "bf16") is GPU_SDXL
+    assert step_cost_for("sdxl", "no") is CPU_SMOKE and step_cost_for(None, None) is CPU_SMOKE
+    for cost in (GPU_SD1, GPU_SDXL, CPU_SMOKE):
+        assert cost.fixed_s > 0 and cost.per_megapixel_s > 0 and "measured" in cost.source
+
+
+def test_measured_seconds_per_step_from_sd_scripts_progress_lines() -> None:
+    log = ("caching latents\n100%|██████████| 4/4 [00:00<00:00, 12.30it/s]\n"
+           "steps:   0%|          | 0/2 [00:00<?, ?it/s]\rsteps:  50%|█████     | 1/2 [00:03<00:03,  3.05s/it, "
+           "avr_loss=0.1]\rsteps: 100%|██████████| 2/2 [00:05<00:00,  2.50s/it, avr_loss=0.1]\n")
+    assert measured_seconds_per_step(log) == (2.5, 2)
+    assert measured_seconds_per_step("steps: 100%|███| 20/20 [00:09<00:00,  2.00it/s, avr_loss=0.1]") == (0.5, 20)
+    assert measured_seconds_per_step("steps:   0%|          | 0/2 [00:00<?, ?it/s]") is None
+
+
+def test_plan_shows_pixels_per_character_and_measured_seconds() -> None:
+    one = plan_stage(1, [subset(4)], SD1, 4, {"max_train_epochs": 1, "mixed_precision": "fp16"})
     wide = SubsetPlan(name="c", image_dir=Path("/c"), images=2, repeats=1, sizes=((1024, 512),) * 2)
-    two = plan_stage(2, [wide], SD1, 2, {"max_train_epochs": 1})
-    assert step_cost_ratio(one, two) == pytest.approx(2 * 704 * 320 / (4 * 512 * 512))
+    two = plan_stage(2, [wide], BucketSettings(resolution=(1024, 512)), 2, {"max_train_epochs": 1})
+    console = Console(record=True, width=200)
+    console.print(render_stage_plans([one, two], family="sd1", measured={1: (0.42, 20), 2: (0.48, 20)}))
+    text = console.export_text()
+    assert "512x512 px per image, 512x512 px per character" in text
+    assert "1024x512" in text and "724x724 px per composite, 512x512 px per character" in text
+    assert f"estimated {GPU_SD1.seconds(4, 512 * 512):.2f} s/step" in text
+    assert "measured 0.42 s/step (logs/stage1.log, 20 steps)" in text and "measured 0.48 s/step" in text
+    assert "H200" in text and "measured: one stage-2 step = 1.14x" in text
 
 
 def test_zero_image_subset_and_empty_dataset_are_errors() -> None:

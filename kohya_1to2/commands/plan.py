@@ -1,24 +1,35 @@
-"""`plan <run dir>`: steps, buckets and cost of a prepared run, from its TOMLs as they are now."""
+"""`plan <run dir>`: steps, buckets and cost of a prepared run, from its TOMLs as they are now; once a stage
+has run, its measured s/step (from its log) beside the estimate."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from rich.console import Console
-from rich.text import Text
 
 from kohya_1to2.configs.generate import plans_from_run_dir
 from kohya_1to2.configs.plan import check_stage_plans, render_stage_plans
-from kohya_1to2.rundir import RunDir, current_writer
+from kohya_1to2.kohya import measured_seconds_per_step
+from kohya_1to2.rundir import RunDir, run_family
+
+
+def measured_steps(run_dir: Path) -> dict[int, tuple[float, int]]:
+    """Stage -> (mean s/step, steps) of every stage whose log shows a training step."""
+    run = RunDir(run_dir)
+    measured = {}
+    for stage in (1, 2):
+        log = run.log(stage)
+        if log.is_file():
+            found = measured_seconds_per_step(log.read_text(encoding="utf-8", errors="replace"))
+            if found:
+                measured[stage] = found
+    return measured
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
     run_dir = args.run_dir.expanduser().resolve()
-    writer = current_writer(RunDir(run_dir))
-    if writer:
-        console.print(Text(f"warning: {run_dir} is being written by {writer}; the plan may change",
-                           style="yellow"), soft_wrap=True)
     plans = plans_from_run_dir(run_dir)
-    console.print(render_stage_plans(plans))
+    console.print(render_stage_plans(plans, family=run_family(run_dir), measured=measured_steps(run_dir)))
     check_stage_plans(plans)
     return 0

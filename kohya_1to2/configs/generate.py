@@ -31,6 +31,7 @@ from kohya_1to2.configs.render import (
     SubsetSpec,
     dataset_document,
     file_names,
+    resolved_family,
     training_document,
 )
 from kohya_1to2.fsutil import atomic_write_text
@@ -293,7 +294,9 @@ def _in_memory_plans(
 def render_plan(job: Job, characters: Sequence[Character], composite_dir: Path, composite_repeats: int,
                 composite_sizes: Sequence[tuple[int, int]]) -> Group:
     """The plan preview printed by `prepare` (also for --dry-run)."""
-    return render_stage_plans(_in_memory_plans(job, characters, composite_dir, composite_repeats, composite_sizes))
+    family = resolved_family(job, load_preset(job.training.preset))
+    return render_stage_plans(_in_memory_plans(job, characters, composite_dir, composite_repeats, composite_sizes),
+                              family=family)
 
 
 def check_plan(job: Job, characters: Sequence[Character], composite_dir: Path, composite_repeats: int,

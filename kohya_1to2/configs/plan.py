@@ -1,5 +1,6 @@
 """The plan preview (pure): per stage, subsets x repeats, steps per epoch and in total, bucket assignment,
-and the stage-2/stage-1 cost ratio; plus the check that refuses a stage that would train on nothing.
+pixels per character, and the time per step from a cost model fitted to measured runs (beside the measured
+s/step once a stage has run); plus the check that refuses a stage that would train on nothing.
 
 sd-scripts exits 0 after "No data found" on an empty dataset and only warns on a 0-image subset, so both are
 errors here, before any training time is spent.
@@ -21,6 +22,12 @@ from kohya_1to2.configs.buckets import BucketCount, BucketSettings, assign_bucke
 from kohya_1to2.errors import DatasetError
 
 SD_SCRIPTS_DEFAULT_MAX_TRAIN_STEPS = 1600
+
+CPU_STAGE1_S = 36.7
+CPU_STAGE2_S = 28.8
+CPU_STAGE2_BUCKET = (320, 192)
+"""The smoke run's measured s/step (bench/README.md, `bench_launch.py smoke`: logs/stage1.log and stage2.log of
+`launch` on the smoke preset, bundled example, 2 shared CPU cores)."""
 
 
 class SubsetPlan(BaseModel):
@@ -51,6 +58,12 @@ class StagePlan(BaseModel):
     total_steps: int
     mean_pixels: float
     exact: bool
+    mixed_precision: str | None = None
+
+    @property
+    def pixels_per_character(self) -> float:
+        """Stage 1 trains one character per image, stage 2 two per composite."""
+        return self.mean_pixels / (2 if self.stage == 2 else 1)
 
     @property
     def samples(self) -> int:
@@ -81,13 +94,91 @@ def plan_stage(
         epochs = math.ceil(total / steps) if steps else 0
     return StagePlan(stage=stage, batch_size=batch_size, subsets=tuple(subsets), buckets=buckets,
                      steps_per_epoch=steps, epochs=epochs, total_steps=total if steps else 0,
-                     mean_pixels=area, exact=exact)
+                     mean_pixels=area, exact=exact, mixed_precision=_precision(training.get("mixed_precision")))
 
 
-def step_cost_ratio(stage1: StagePlan, stage2: StagePlan) -> float:
-    """Estimated compute of one stage-2 step relative to one stage-1 step (batch x pixels per image)."""
-    one = stage1.batch_size * stage1.mean_pixels
-    return (stage2.batch_size * stage2.mean_pixels) / one if one else 0.0
+def _precision(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+class MeasuredStep(BaseModel):
+    """One measured training step: seconds, batch and the bucket it trained."""
+
+    model_config = ConfigDict(frozen=True)
+
+    seconds: float
+    batch: int
+    width: int
+    height: int
+
+    @property
+    def megapixels(self) -> float:
+        return self.batch * self.width * self.height / 1e6
+
+
+class StepCost(BaseModel):
+    """Seconds per step = fixed part + part per megapixel x batch, fitted to two measured steps.
+
+    Per-pixel FLOPs alone predict a stage-2 step at 0.43x a stage-1 step; measured, it is 0.91x: much of a step
+    does not scale with pixels (LoHa rebuilds every module's weight each step, the text encoder is trained,
+    the optimizer steps), so the fixed part carries it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    fixed_s: float
+    per_megapixel_s: float
+    source: str
+
+    def seconds(self, batch: int, pixels: float) -> float:
+        return self.fixed_s + self.per_megapixel_s * batch * pixels / 1e6
+
+
+def fit_step_cost(name: str, a: MeasuredStep, b: MeasuredStep, source: str) -> StepCost:
+    """The line through two measured steps (non-negative parts)."""
+    span = a.megapixels - b.megapixels
+    per = max(0.0, (a.seconds - b.seconds) / span) if span else 0.0
+    return StepCost(name=name, fixed_s=max(0.0, a.seconds - per * a.megapixels), per_megapixel_s=per,
+                    source=source)
+
+
+GPU_SD1 = fit_step_cost(
+    "SD1 on a GPU", MeasuredStep(seconds=0.48, batch=4, width=512, height=512),
+    MeasuredStep(seconds=0.44, batch=2, width=704, height=320),
+    "measured on an H200 (seed preset, fp16 + AdamW8bit + SDPA, 2026-11-26): stage 1 0.48 s/step at 4 x 512x512, "
+    "stage 2 0.44 s/step at 2 x 704x320",
+)
+GPU_SDXL = fit_step_cost(
+    "SDXL on a GPU", MeasuredStep(seconds=2.31, batch=4, width=1024, height=1024),
+    MeasuredStep(seconds=2.11, batch=2, width=1408, height=704),
+    "measured on an H200 (sdxl preset, bf16 + AdamW8bit + gradient checkpointing, 2026-11-26): stage 1 2.31 "
+    "s/step at 4 x 1024x1024, stage 2 2.11 s/step at 2 x 1408x704",
+)
+CPU_SMOKE = fit_step_cost(
+    "CPU (fp32)", MeasuredStep(seconds=CPU_STAGE1_S, batch=4, width=256, height=256),
+    MeasuredStep(seconds=CPU_STAGE2_S, batch=2, width=CPU_STAGE2_BUCKET[0], height=CPU_STAGE2_BUCKET[1]),
+    f"measured on 2 shared CPU cores (smoke preset, tiny model, fp32; bench/README.md): stage 1 {CPU_STAGE1_S} "
+    f"s/step at 4 x 256x256, "
+    f"stage 2 {CPU_STAGE2_S} s/step at 2 x {CPU_STAGE2_BUCKET[0]}x{CPU_STAGE2_BUCKET[1]}",
+)
+
+
+def step_cost_for(family: str | None, mixed_precision: str | None) -> StepCost:
+    """The cost model of a run: fp32 (`mixed_precision = "no"`) is taken for a CPU run, else the family's GPU."""
+    if mixed_precision in (None, "no"):
+        return CPU_SMOKE
+    return GPU_SDXL if family == "sdxl" else GPU_SD1
+
+
+def step_seconds(plan: StagePlan, cost: StepCost) -> float:
+    """Estimated seconds per step of a stage."""
+    return cost.seconds(plan.batch_size, plan.mean_pixels)
+
+
+def step_cost_ratio(stage1: StagePlan, stage2: StagePlan, cost: StepCost = GPU_SD1) -> float:
+    """Estimated time of one stage-2 step relative to one stage-1 step."""
+    one = step_seconds(stage1, cost)
+    return step_seconds(stage2, cost) / one if one else 0.0
 
 
 def check_stage_plans(plans: Sequence[StagePlan]) -> None:
@@ -106,9 +197,18 @@ def check_stage_plans(plans: Sequence[StagePlan]) -> None:
             )
 
 
-def render_stage_plans(plans: Sequence[StagePlan]) -> Group:
-    """The plan as rich tables (user text is passed as Text, never as markup)."""
+def _side(pixels: float) -> str:
+    side = round(math.sqrt(pixels)) if pixels > 0 else 0
+    return f"{side}x{side}"
+
+
+def render_stage_plans(plans: Sequence[StagePlan], family: str | None = None,
+                       measured: Mapping[int, tuple[float, int]] | None = None) -> Group:
+    """The plan as rich tables (user text is passed as Text, never as markup); `measured` maps a stage that
+    has run to (s/step, steps) read from its log."""
     parts: list[Any] = []
+    measured = measured or {}
+    cost = step_cost_for(family, plans[0].mixed_precision if plans else None)
     for plan in plans:
         table = Table(title=f"stage {plan.stage}", title_justify="left", show_edge=False)
         table.add_column("subset")
@@ -132,11 +232,24 @@ def render_stage_plans(plans: Sequence[StagePlan]) -> Group:
             for b in plan.buckets:
                 buckets.add_row(f"  {b.width}x{b.height}", str(b.images), f"{b.mean_crop:.0%}")
             parts.append(buckets)
+        per_image = "composite" if plan.stage == 2 else "image"
+        line = (f"  {approx}{_side(plan.mean_pixels)} px per {per_image}, {approx}{_side(plan.pixels_per_character)} "
+                f"px per character · estimated {step_seconds(plan, cost):.2f} s/step")
+        if plan.stage in measured:
+            seconds, steps = measured[plan.stage]
+            line += f" · measured {seconds:.2f} s/step (logs/stage{plan.stage}.log, {steps} steps)"
+        parts.append(Text(line))
     if len(plans) == 2 and plans[0].total_steps:
-        ratio = step_cost_ratio(plans[0], plans[1])
+        ratio = step_cost_ratio(plans[0], plans[1], cost)
         total_ratio = ratio * plans[1].total_steps / plans[0].total_steps
+        hours = sum(step_seconds(p, cost) * p.total_steps for p in plans) / 3600
+        text = (f"estimated cost: one stage-2 step ≈ {ratio:.2f}x a stage-1 step; "
+                f"stage 2 in total ≈ {total_ratio:.2f}x stage 1; both stages ≈ {hours:.1f} h of training steps")
+        if 1 in measured and 2 in measured and measured[1][0]:
+            text += f" (measured: one stage-2 step = {measured[2][0] / measured[1][0]:.2f}x a stage-1 step)"
+        parts.append(Text(text))
         parts.append(Text(
-            f"estimated cost: one stage-2 step ≈ {ratio:.2f}x a stage-1 step; "
-            f"stage 2 in total ≈ {total_ratio:.2f}x stage 1"
+            f"cost model ({cost.name}): {cost.fixed_s:.2f} s + {cost.per_megapixel_s:.3f} s per megapixel x batch "
+            f"per step, {cost.source}; start-up and sampling not included"
         ))
     return Group(*parts)
