@@ -14,6 +14,7 @@ from PIL import Image
 from kohya_1to2.cli import main
 from kohya_1to2.configs.generate import render_run_files, write_run_configs
 from kohya_1to2.configs.lint import Problem, lint_dataset, lint_file, lint_run, lint_training, value_fits
+from kohya_1to2.errors import UsageError
 from kohya_1to2.models import Character, Job, SourceImage, SourceSettings, TrainingSettings
 
 RUN = Path("/runs/example")
@@ -174,6 +175,8 @@ def run_dir(tmp_path: Path, kohya_dataset: Callable[..., Path]) -> Path:
     for i in range(3):
         Image.new("RGB", (256, 128)).save(composites / f"{i:04d}.png")
         (composites / f"{i:04d}.txt").write_text("alice/bob/COMPOSITE, x, y\n")
+    (run / "manifest.jsonl").write_text("".join(json.dumps({"file": f"composites/1_composite/{i:04d}.png"}) + "\n"
+                                                for i in range(3)))
     model = tmp_path / "models" / "base.safetensors"
     model.parent.mkdir()
     model.write_bytes(b"not read by check")
@@ -204,7 +207,7 @@ SEMANTIC_CASES: list[tuple[str, str, str, str, str]] = [
      "datasets[0].subsets[0].caption_extension", 'caption_extension = ".txt"'),
     ("stage2.dataset.toml", "enable_bucket = true", "enable_bucket = false", "datasets[0].enable_bucket",
      "enable_bucket = true"),
-    ("stage2.dataset.toml", "resolution = 512", "resolution = 2048", "datasets[0].min_bucket_reso",
+    ("stage2.dataset.toml", "resolution = ", "resolution = 2048", "datasets[0].min_bucket_reso",
      "min_bucket_reso <= resolution"),
     ("stage1.dataset.toml", "bucket_reso_steps = 64", "bucket_reso_steps = 48", "datasets[0].bucket_reso_steps",
      "use 64"),
@@ -213,15 +216,19 @@ SEMANTIC_CASES: list[tuple[str, str, str, str, str]] = [
 
 @pytest.mark.parametrize(("name", "old", "new", "key", "fix"), SEMANTIC_CASES, ids=[c[2] for c in SEMANTIC_CASES])
 def test_semantic_checks_of_a_run(run_dir: Path, name: str, old: str, new: str, key: str, fix: str) -> None:
-    _rewrite(run_dir / name, old, new)
+    if old.endswith(" = "):
+        edit_run(run_dir, name, "general", new)  # whatever value was generated
+    else:
+        _rewrite(run_dir / name, old, new)
     problems = [p for p in lint_run(run_dir) if p.file == str(run_dir / name)]
     problem = _single(problems, key)
     assert fix in problem.fix, problem.line()
 
 
 def test_buckets_too_narrow_for_composites_are_reported(run_dir: Path) -> None:
-    _rewrite(run_dir / "stage2.dataset.toml", "min_bucket_reso = 256", "min_bucket_reso = 512")
-    _rewrite(run_dir / "stage2.dataset.toml", "max_bucket_reso = 1024", "max_bucket_reso = 512")
+    edit_run(run_dir, "stage2.dataset.toml", "general", "resolution = 512")
+    edit_run(run_dir, "stage2.dataset.toml", "general", "min_bucket_reso = 512")
+    edit_run(run_dir, "stage2.dataset.toml", "general", "max_bucket_reso = 512")
     problem = _single(lint_run(run_dir), "datasets[0].max_bucket_reso")
     assert "cropping" in problem.problem and "raise max_bucket_reso" in problem.fix
 
@@ -274,3 +281,206 @@ def test_lycoris_4_on_sd1_is_reported_by_check(monkeypatch) -> None:
     assert lint_network(flat, "stage1.train.toml", "sdxl") == []
     monkeypatch.setattr(kohya, "installed_lycoris_version", lambda: "3.4.0")
     assert lint_network(flat, "stage1.train.toml", "sd1") == []
+
+
+# ------------------------------------------------------------------------------------------- start-up corpus
+# Settings sd-scripts accepts when it parses the TOML but crashes on (or ignores, or trains nothing with) at
+# start-up. Each is an error of `check` here; tests/integration/test_check_corpus.py runs every case through
+# the real sd-scripts start-up code and asserts the stated outcome.
+
+STARTUP_CORPUS: list[tuple[str, str, str, str, str, str]] = [
+    # (file, section, line, reported key, words of the fix, what sd-scripts does)
+    ("stage2.train.toml", "optimizer", 'lr_scheduler = "cosine_with_restart"', "optimizer.lr_scheduler",
+     '"cosine_with_restarts"', "crash"),
+    ("stage1.train.toml", "optimizer", 'lr_scheduler = "Cosine"', "optimizer.lr_scheduler", '"cosine"', "crash"),
+    ("stage1.train.toml", "optimizer", 'lr_scheduler = "reduce_lr_on_plateau"', "optimizer.lr_scheduler",
+     "lr_scheduler = ", "crash"),
+    ("stage1.train.toml", "optimizer", 'lr_scheduler = "cosine_warmup_with_min_lr"', "optimizer.lr_scheduler",
+     '"cosine_with_min_lr"', "crash"),
+    ("stage1.train.toml", "optimizer", 'lr_scheduler = "adafactor:0.001"', "optimizer.lr_scheduler",
+     "lr_scheduler = ", "crash"),
+    ("stage2.train.toml", "optimizer", 'optimizer_type = "AdamW8bitt"', "optimizer.optimizer_type", '"AdamW8bit"',
+     "crash"),
+    ("stage1.train.toml", "optimizer", 'optimizer_type = "adam"', "optimizer.optimizer_type", '"Adam"', "crash"),
+    ("stage1.train.toml", "optimizer", 'optimizer_type = "Adam8bit"', "optimizer.optimizer_type", '"AdamW8bit"',
+     "crash"),
+    ("stage1.train.toml", "optimizer", 'optimizer_type = "DAdaptAdamm"', "optimizer.optimizer_type",
+     '"DAdaptAdam"', "crash"),
+    ("stage1.train.toml", "optimizer", 'optimizer_type = "torch.optim.Adamw"', "optimizer.optimizer_type",
+     "optimizer_type = ", "crash"),
+    ("stage1.train.toml", "optimizer", 'optimizer_type = "no_such_package.Fast"', "optimizer.optimizer_type",
+     "optimizer_type = ", "crash"),
+    ("stage2.train.toml", "training", "train_batch_size = 0", "training.train_batch_size", "train_batch_size = 1",
+     "crash"),
+    ("stage1.train.toml", "training", "max_train_epochs = 0", "training.max_train_epochs", "max_train_epochs = 1",
+     "nothing"),
+    ("stage1.train.toml", "optimizer", "learning_rate = -0.0005", "optimizer.learning_rate", "learning_rate = 0.0001",
+     "crash"),
+    ("stage1.train.toml", "optimizer", "learning_rate = 0.0", "optimizer.learning_rate", "learning_rate = 0.0001",
+     "nothing"),
+    ("stage1.train.toml", "training", "keep_tokens = 2", "training.keep_tokens", "change keep_tokens in", "ignored"),
+    ("stage1.train.toml", "training", 'caption_extention = ".caption"', "training.caption_extention",
+     "change caption_extension in", "ignored"),
+    ("stage1.train.toml", "training", "shuffle_caption = false", "training.shuffle_caption",
+     "change shuffle_caption in", "ignored"),
+    ("stage1.train.toml", "training", 'resolution = "1024"', "training.resolution", "change resolution in",
+     "ignored"),
+    ("stage1.train.toml", "training", 'resolution = "big"', "training.resolution", "dataset TOML", "crash"),
+    ("stage1.train.toml", "training", 'resolution = "512,512,512"', "training.resolution", "dataset TOML", "crash"),
+    ("stage1.train.toml", "training", 'dataset_config = "/elsewhere/other.dataset.toml"', "dataset_config",
+     "stage1.dataset.toml", "ignored"),
+    ("stage1.train.toml", "network", 'network_args = ["conv_dim=0 conv_alpha=16 algo=loha"]', "network.network_args",
+     'network_args = ["conv_dim=0", "conv_alpha=16", "algo=loha"]', "crash"),
+    ("stage1.train.toml", "network", 'network_args = ["conv_dim=0", "conv_alpha=16", "loha"]', "network.network_args",
+     "one key=value per entry", "crash"),
+    ("stage1.dataset.toml", "datasets.subsets", "num_repeats = 0", "datasets[0].subsets[0].num_repeats",
+     "num_repeats = 1", "nothing"),
+    ("stage2.dataset.toml", "general", "flip_aug = true", "datasets[0].subsets[0].flip_aug", "flip_aug = false",
+     "flips"),
+    ("stage2.train.toml", "training", "flip_aug = true", "datasets[0].subsets[0].flip_aug", "flip_aug = false",
+     "flips"),
+    ("stage1.train.toml", "model", 'pretrained_model_name_or_path = "/nonexistent/base.safetensors"',
+     "pretrained_model_name_or_path", "--base-model", "crash"),
+    ("stage1.train.toml", "model", "pretrained_model_name_or_path = {empty_folder}",
+     "pretrained_model_name_or_path", "diffusers folder", "crash"),
+]
+
+
+def edit_run(run: Path, file: str, section: str, line: str) -> None:
+    """Replace every `key = ...` line of `file` with `line`, or insert it under `[section]` (also used by the
+    integration test on its own run directory)."""
+    path = run / file
+    text = path.read_text(encoding="utf-8")
+    line = line.replace("{empty_folder}", json.dumps(str(run / "empty model")))
+    (run / "empty model").mkdir(exist_ok=True)
+    name = line.split(" = ")[0]
+    lines = text.split("\n")
+    if any(x.startswith(f"{name} = ") for x in lines):
+        text = "\n".join(line if x.startswith(f"{name} = ") else x for x in lines)
+    else:
+        header = f"[[{section}]]\n" if section.startswith("datasets") else f"[{section}]\n"
+        assert header in text, (file, header)
+        text = text.replace(header, header + line + "\n", 1)
+    path.write_text(text, encoding="utf-8")
+
+
+@pytest.mark.parametrize(("file", "section", "line", "key", "fix", "outcome"), STARTUP_CORPUS,
+                         ids=[f"{c[0]}:{c[2]}" for c in STARTUP_CORPUS])
+def test_startup_corpus_is_an_error_with_file_key_and_fix(run_dir: Path, file: str, section: str, line: str,
+                                                          key: str, fix: str, outcome: str) -> None:
+    edit_run(run_dir, file, section, line)
+    problems = [p for p in lint_run(run_dir) if p.severity == "error"]
+    matching = [p for p in problems if p.key == key]
+    assert matching, f"nothing reported for {key}: {[p.line() for p in problems]}"
+    problem = matching[0]
+    assert fix in problem.fix, problem.line()
+    assert problem.file.startswith(str(run_dir)), problem.line()
+
+
+def _fix_assignment(fix: str) -> str | None:
+    """The `key = value` a fix tells the user to write, if it names one."""
+    for lead in ("write one key=value per entry: ", "write a positive value, e.g. ", "write ", "set "):
+        if fix.startswith(lead):
+            candidate = fix[len(lead):].split(" (")[0]
+            return candidate if " = " in candidate else None
+    return None
+
+
+@pytest.mark.parametrize(("file", "section", "line", "key", "fix", "outcome"), STARTUP_CORPUS,
+                         ids=[f"{c[0]}:{c[2]}" for c in STARTUP_CORPUS])
+def test_the_suggested_fix_itself_passes_check(run_dir: Path, file: str, section: str, line: str, key: str,
+                                               fix: str, outcome: str) -> None:
+    edit_run(run_dir, file, section, line)
+    name = line.split(" = ")[0]
+    problem = next(p for p in lint_run(run_dir) if p.severity == "error" and p.key == key)
+    assignment = _fix_assignment(problem.fix)
+    if problem.fix.startswith("point it at"):  # the user's own model file
+        assignment = f"{name} = {json.dumps(str(run_dir.parent / 'models' / 'base.safetensors'))}"
+    fixed_file = Path(problem.file).name
+    if assignment is None:  # "remove it here ..."
+        assert problem.fix.startswith("remove it"), problem.line()
+        path = run_dir / file
+        path.write_text("\n".join(x for x in path.read_text().split("\n") if not x.startswith(f"{name} = ")))
+    else:
+        if fixed_file != file or assignment.split(" = ")[0] != name:
+            path = run_dir / file  # a fix in another file also needs the offending line gone (e.g. flip_aug)
+            path.write_text("\n".join(x for x in path.read_text().split("\n") if not x.startswith(f"{name} = ")))
+        edit_run(run_dir, fixed_file, section if fixed_file == file else "general", assignment)
+    left = [p.line() for p in lint_run(run_dir) if p.severity == "error" and p.key == key]
+    assert left == []
+
+
+def test_the_stage2_network_rule_ignores_order_and_dropout_in_check_and_launch(run_dir: Path) -> None:
+    """Why 6: check and launch apply one rule (lint_stage_chain) to stage 2's network_args."""
+    from kohya_1to2.launch.pipeline import check_stage_chain, read_stage
+    from kohya_1to2.launch.substitutions import Capabilities
+
+    _rewrite(run_dir / "stage2.train.toml", '["conv_dim=0", "conv_alpha=16", "algo=loha"]',
+             '["algo=loha", "dropout=0.1", "conv_alpha=16", "conv_dim=0"]')
+    assert [p.line() for p in lint_run(run_dir) if p.key == "network_args"] == []
+    caps = Capabilities(cuda=True, xformers=True, bitsandbytes=True)
+    check_stage_chain(read_stage(run_dir, 1, caps), read_stage(run_dir, 2, caps))  # does not raise
+    _rewrite(run_dir / "stage2.train.toml", '"conv_alpha=16"', '"conv_alpha=8"')
+    [problem] = [p for p in lint_run(run_dir) if p.key == "network_args"]
+    assert "conv_alpha" in problem.problem
+    with pytest.raises(UsageError, match="network_args: structure-changing args differ"):
+        check_stage_chain(read_stage(run_dir, 1, caps), read_stage(run_dir, 2, caps))
+
+
+def test_launch_refuses_what_check_refuses_in_the_stage_chain(run_dir: Path) -> None:
+    from kohya_1to2.launch.pipeline import check_stage_chain, read_stage
+    from kohya_1to2.launch.substitutions import Capabilities
+
+    caps = Capabilities(cuda=True, xformers=True, bitsandbytes=True)
+    _rewrite(run_dir / "stage2.train.toml", "1to2_stage1.safetensors", "other.safetensors")
+    assert [p.key for p in lint_run(run_dir) if p.file.endswith("stage2.train.toml")] == ["network_weights"]
+    with pytest.raises(UsageError, match="network_weights"):
+        check_stage_chain(read_stage(run_dir, 1, caps), read_stage(run_dir, 2, caps))
+
+
+def test_relative_paths_in_a_training_toml_are_errors(run_dir: Path) -> None:
+    _rewrite(run_dir / "stage1.train.toml", "[saving]\n", '[saving]\nlogging_dir = "logs/tb"\n')
+    [problem] = [p for p in lint_run(run_dir) if p.key == "saving.logging_dir" or p.key == "logging_dir"]
+    assert "relative path" in problem.problem and "absolute" in problem.fix
+
+
+def test_dataset_option_in_the_training_toml_that_the_dataset_toml_lacks_is_a_warning(run_dir: Path) -> None:
+    _rewrite(run_dir / "stage1.train.toml", "[training]\n", "[training]\ncolor_aug = true\n")
+    [problem] = [p for p in lint_run(run_dir) if p.key == "training.color_aug"]
+    assert problem.severity == "warning" and "only where" in problem.problem
+
+
+def test_network_args_as_one_string_gets_a_fix_of_separate_tokens() -> None:
+    """Why 5: the old fix `["conv_dim=0 conv_alpha=16 algo=loha"]` crashed LyCORIS."""
+    text = training_variant("network", 'network_args = "conv_dim=0 conv_alpha=16 algo=loha"')
+    [problem] = [p for p in lint_training(toml.loads(text), "train_network.py", "t") if p.key == "network.network_args"]
+    assert problem.fix == 'write an array, e.g. network_args = ["conv_dim=0", "conv_alpha=16", "algo=loha"]'
+    fixed = training_variant("network", problem.fix.split("e.g. ")[1])
+    assert lint_training(toml.loads(fixed), "train_network.py", "t") == []
+
+
+@pytest.mark.parametrize(("value", "ok"), [("AdamW", True), ("adamw8bit", True), ("SGD", True), ("sgd", False),
+                                           ("Prodigy", True), ("torch.optim.SGD", True), ("bitsandbytes..x", False),
+                                           ("Lion9bit", False), ("", True)])
+def test_optimizer_names_as_get_optimizer_resolves_them(value: str, ok: bool) -> None:
+    from kohya_1to2.kohya import optimizer_problem
+
+    assert (optimizer_problem(value) is None) is ok
+
+
+def test_scheduler_names_and_the_adafactor_form() -> None:
+    from kohya_1to2.kohya import scheduler_problem
+
+    assert scheduler_problem("cosine_with_restarts", None) is None
+    assert scheduler_problem("adafactor:1e-3", "Adafactor") is None
+    assert "Adafactor" in str(scheduler_problem("adafactor:1e-3", "AdamW"))
+    assert scheduler_problem("adafactor:x", "Adafactor") is not None
+    flat = {"lr_scheduler": "nonsense", "lr_scheduler_type": "CosineAnnealingLR"}
+    assert lint_training({"o": flat}, "train_network.py", "t") == []  # sd-scripts ignores lr_scheduler then
+
+
+def test_check_command_refuses_the_issue_cases(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _rewrite(run_dir / "stage2.train.toml", 'lr_scheduler = "cosine"', 'lr_scheduler = "cosine_with_restart"')
+    assert main(["check", str(run_dir)]) == 4
+    out = capsys.readouterr().out.replace("\n", "")
+    assert f"{run_dir / 'stage2.train.toml'}: optimizer.lr_scheduler: 'cosine_with_restart' is not a scheduler" in out

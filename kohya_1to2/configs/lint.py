@@ -238,6 +238,9 @@ def startup_value_problem(key: str, value: Any, flat: Mapping[str, Any]) -> tupl
                     f'write lr_scheduler = "{guess}" (one of {", ".join(kohya.LR_SCHEDULERS)})')
     if key == "optimizer_type" and isinstance(value, str):
         problem = kohya.optimizer_problem(value)
+        top = value.split(".", 1)[0]
+        if not problem and "." in value and importlib.util.find_spec(top) is None:
+            problem = f"module {top!r} of {value!r} is not installed"
         if problem:
             guess = _suggest(value, [*kohya.NAMED_OPTIMIZERS, *kohya.TORCH_OPTIMIZERS]) or "AdamW"
             return (f"{problem}; sd-scripts stops after loading the model",
@@ -247,8 +250,12 @@ def startup_value_problem(key: str, value: Any, flat: Mapping[str, Any]) -> tupl
             problem = _network_arg_problem(str(item))
             if problem:
                 tokens = [t for i in value for t in str(i).split()]
-                return (f"entry {_literal(item)} {problem}",
-                        f"write one key=value per entry: network_args = [{', '.join(_literal(t) for t in tokens)}]")
+                keyless = [t for t in tokens if "=" not in t]
+                fix = f"write one key=value per entry: network_args = " \
+                      f"[{', '.join(_literal(t) for t in tokens if '=' in t)}]"
+                if keyless:
+                    fix += f" (plus {', '.join(keyless)} as key=value, e.g. algo=loha)"
+                return (f"entry {_literal(item)} {problem}", fix)
     if key == "resolution" and isinstance(value, str):
         parts = value.split(",")
         if len(parts) > 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
@@ -684,8 +691,8 @@ def run_family(run_dir: Path) -> Family:
 
 def lint_run(run_dir: Path) -> list[Problem]:
     """Every generated file of a run directory, plus the cross-file 1to2 checks."""
-    from kohya_1to2.imagefiles import image_sizes, list_images
     from kohya_1to2.configs.render import STAGES, file_names
+    from kohya_1to2.imagefiles import image_sizes, list_images
     from kohya_1to2.models import IMAGE_EXTENSIONS
 
     family = run_family(run_dir)
