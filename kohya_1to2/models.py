@@ -33,7 +33,9 @@ class SourceSettings(Strict):
 
     roots: list[Path] = Field(min_length=1, description="kohya dataset roots holding N_name/ folders")
     caption_extension: str = Field(".txt", description="caption file suffix, as sd-scripts' caption_extension")
-    caption_encoding: str = Field("utf-8", description="encoding of the caption files")
+    caption_encoding: str = Field(
+        "utf-8", description="encoding of caption files that are not valid UTF-8 (UTF-8 is tried first, per file)"
+    )
     caption_separator: str = Field(",", description="tag separator in captions (whitespace around it is trimmed)")
     trigger_from: Literal["caption", "folder"] = Field(
         "caption", description="trigger = first caption tag, or the folder's name part"

@@ -412,3 +412,27 @@ def test_fixed_copies_are_8bit_rgb_flattened_on_the_background_same_name_and_for
     again = preflight(fixed.model_copy(update={"problems": ()}),
                       fixed.settings.model_copy(update={"fix_sources": False}))
     assert again == []
+
+
+def test_mixed_utf8_and_cp1252_captions_keep_both_intact(tmp_path: Path, put: Maker, two_good: None) -> None:
+    from kohya_1to2.dataset.captions import split_tags
+    from kohya_1to2.dataset.preflight import write_fixed_sources
+
+    put("1_alice/utf8.png", caption="alice, café latte")
+    put("1_alice/legacy.png", caption="alice, crème brûlée".encode("cp1252"))
+    legacy = tmp_path / "src" / "1_alice" / "legacy.txt"
+    result, problems = run(tmp_path, caption_encoding="cp1252", fix_sources=True)
+    alice = result.characters[0]
+    tags = {image.path.name: image.tags for image in alice.images}  # what stage 2's captions are built from
+    assert tags["utf8.png"] == ("alice", "café latte") and tags["legacy.png"] == ("alice", "crème brûlée")
+    needed = [p for p in problems if p.code == "caption-not-utf8"]
+    assert [p.path for p in needed] == [legacy], "only the file that needed the fallback is listed"
+    assert "--caption-encoding cp1252" in needed[0].message
+
+    fixed = write_fixed_sources(result, problems, tmp_path / "run", (255, 255, 255)).characters[0]
+    stage1 = {image.path.name: image.caption_path for image in fixed.images}
+    for name, expected in (("utf8.png", "café latte"), ("legacy.png", "crème brûlée")):
+        caption_path = stage1[name]
+        assert caption_path is not None and caption_path.parent == tmp_path / "run" / "sources" / "1_alice"
+        text = caption_path.read_bytes().decode("utf-8")  # as sd-scripts' read_caption opens it
+        assert split_tags(text) == ("alice", expected)

@@ -191,7 +191,7 @@ def inspect_caption(image: SourceImage, settings: SourceSettings, trigger: str) 
     if text is None:
         return [Problem(
             severity="error", code="caption-encoding", path=path,
-            message=f"caption is not valid {settings.caption_encoding} (UnicodeDecodeError)",
+            message=f"caption is not valid UTF-8 nor {settings.caption_encoding} (UnicodeDecodeError)",
             fix="re-save it as UTF-8, or pass --caption-encoding with its real encoding (e.g. cp1252) "
                 "together with --fix-sources",
         )]
@@ -200,8 +200,8 @@ def inspect_caption(image: SourceImage, settings: SourceSettings, trigger: str) 
         # sd-scripts opens captions with encoding="utf-8" whatever we were told
         problems.append(Problem(
             severity="warning" if fixed else "error", code="caption-not-utf8", path=path, fixable=True,
-            message=f"caption is {settings.caption_encoding}, but sd-scripts reads captions as UTF-8 only "
-                    "(UnicodeDecodeError)",
+            message=f"caption is not UTF-8 (read as --caption-encoding {settings.caption_encoding}), but sd-scripts "
+                    "reads captions as UTF-8 only (UnicodeDecodeError)",
             fix=FIXED_BY_FLAG + " re-encoded as UTF-8" if fixed else "re-save it as UTF-8, or add --fix-sources",
         ))
     if not split_tags(text, settings.caption_separator):

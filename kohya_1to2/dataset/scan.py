@@ -146,11 +146,14 @@ def image_tags(caption_tags: tuple[str, ...], trigger: str, trigger_from: str) -
 
 
 def decode_caption(data: bytes, encoding: str) -> str | None:
-    """Caption text, or None when the bytes are not valid in `encoding` (preflight reports that)."""
-    try:
-        return data.decode(encoding)
-    except (UnicodeDecodeError, LookupError):
-        return None
+    """Caption text: UTF-8 when the bytes are valid UTF-8 (what sd-scripts reads), else `encoding`, per file;
+    None when neither decodes (preflight reports that). A folder mixing UTF-8 and cp1252 keeps both intact."""
+    for candidate in dict.fromkeys(("utf-8", encoding)):
+        try:
+            return data.decode(candidate)
+        except (UnicodeDecodeError, LookupError):
+            continue
+    return None
 
 
 # ---------------------------------------------------------------- shell: listing folders
