@@ -181,7 +181,7 @@ def test_two_concurrent_prepares_one_refused_and_the_run_dir_equals_a_clean_runs
     assert f"run dir in use by prepare (pid {first.pid}, since" in second.stderr
     assert "Traceback" not in second.stderr
     clean = tmp_path / "clean"
-    done = subprocess.run([*argv[:5], str(clean), *argv[6:], "--seed", "0"], capture_output=True, text=True)
+    done = subprocess.run([*argv[:6], str(clean), *argv[7:], "--seed", "0"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     got, want = _tree_digest(out), _tree_digest(clean)
     assert sorted(got) == sorted(want)

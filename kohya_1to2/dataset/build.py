@@ -253,13 +253,12 @@ def _init_worker(config: WorkerConfig, stop: Any = None, ignore_sigint: bool = T
 
 
 def _die_with_parent() -> None:
-    """Linux: the kernel kills this worker when its parent dies (the forkserver, which exits with prepare).
+    """Linux: the kernel kills this worker when its parent (the forkserver, see forkserver_guard) dies.
 
     Without it a `kill -9` of prepare leaves workers writing composites into a run nobody owns any more.
     """
     if _libc is not None and hasattr(_libc, "prctl"):
-        pr_set_pdeathsig = 1
-        _libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        _libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG (not imported: forkserver_guard arms on import)
         if os.getppid() == 1:  # the parent died before the call took effect
             os._exit(1)
 
@@ -789,7 +788,7 @@ def _run_pool(
     context: Any
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["kohya_1to2.dataset.build"])
+        context.set_forkserver_preload(["kohya_1to2.dataset.forkserver_guard", "kohya_1to2.dataset.build"])
     else:
         context = multiprocessing.get_context("spawn")
     stop = context.Event()
