@@ -246,9 +246,9 @@ _worker_stop: Any = None
 def _init_worker(config: WorkerConfig, stop: Any = None, ignore_sigint: bool = True) -> None:
     """Per-process state; SIGINT is left to the parent, which stops workers through `stop`."""
     global _worker_config, _worker_cache, _worker_stop
-    if ignore_sigint:
+    if ignore_sigint:  # a pool worker (in-process builds run in prepare itself)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
+        _die_with_parent()
     _worker_config, _worker_cache, _worker_stop = config, SourceCache(config.cache_bytes), stop
 
 
