@@ -123,6 +123,7 @@ def prepare_run(args: argparse.Namespace, console: Console, job: Job, take_run_d
     from kohya_1to2.dataset.captions import validate_triggers
     from kohya_1to2.dataset.preflight import preflight, raise_for_errors, sort_problems, write_fixed_sources
     from kohya_1to2.dataset.scan import render_scan_table, scan_sources
+    from kohya_1to2.dataset.tokens import print_caption_length_warnings
 
     run_dir = job.out
     scan = scan_sources(job.sources)
@@ -148,6 +149,7 @@ def prepare_run(args: argparse.Namespace, console: Console, job: Job, take_run_d
         # Stage 1 and the composites both use the corrected copies.
         characters = write_fixed_sources(scan, problems, run_dir, job.composites.background_rgb).characters
     plans = plan_pairs(characters, job.composites.budget, job.composites.seed)
+    print_caption_length_warnings(console, characters, plans, job)
     if args.dry_run:
         sizes = _estimated_sizes(plans, job.composites)
         composite_dir = RunDir(run_dir).composite_subset(job.composites.repeats)

@@ -121,6 +121,11 @@ def training_context(job: Job, preset: Preset, stage: Stage, run_dir: Path) -> d
     }
 
 
+def preset_value(preset: Preset, key: str) -> Any:
+    """A key's value in the preset template's training sections (None when absent)."""
+    return _template_value(preset, key)
+
+
 def _template_value(preset: Preset, key: str) -> Any:
     for section, table in preset.document().unwrap().items():
         if section != PRESET_SECTION and isinstance(table, dict) and key in table:

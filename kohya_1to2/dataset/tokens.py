@@ -1,0 +1,129 @@
+"""CLIP token counts of captions, offline and without torch: the `tokenizers` library with the CLIP BPE
+vocabulary rebuilt from open-clip-torch's file (the one `openai/clip-vit-large-patch14` uses; SDXL's second
+tokenizer shares it), set up like transformers' CLIPTokenizerFast.
+
+sd-scripts tokenizes each caption to `max_token_length + 2` tokens with BOS/EOS and truncates the rest
+(strategy_sd.SdTokenizeStrategy: `max_length = max_token_length + 2`; 75 + 2 when unset), so a caption of
+more than `max_token_length` tokens loses its tail silently; with shuffle_caption that is random tags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kohya_1to2.dataset.captions import composite_caption
+from kohya_1to2.dataset.scan import Problem
+from kohya_1to2.models import CaptionRules, Character, CompositePlan, Job
+
+SHOWN_COMPOSITES = 5
+"""Composites named one by one (longest first); the rest are counted in one line."""
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+DEFAULT_MAX_TOKENS = 75
+"""sd-scripts' limit without max_token_length (CLIP's 77 minus BOS/EOS)."""
+
+TokenCounter = Callable[[str], int]
+
+
+@lru_cache(maxsize=1)
+def clip_token_counter() -> TokenCounter | None:
+    """Tokens of a text without BOS/EOS, as sd-scripts' CLIP tokenizer splits it; None without open-clip-torch."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    from kohya_1to2.errors import SetupError
+    from kohya_1to2.launch.tiny_model import clip_vocab_and_merges, find_open_clip_vocab
+
+    try:
+        vocab, merges = clip_vocab_and_merges(find_open_clip_vocab())
+    except SetupError:
+        return None
+    tokenizer = Tokenizer(models.BPE(
+        vocab=vocab, merges=[tuple(m.split()) for m in merges], continuing_subword_prefix="",
+        end_of_word_suffix="</w>", fuse_unk=False, unk_token="<|endoftext|>",
+    ))
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""),
+                             behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def stage1_caption(tags: Sequence[str]) -> str:
+    """The stage-1 caption as sd-scripts tokenizes it: the trigger first (in the file or as caption_prefix),
+    tags re-joined with ", " (CLIP drops the spaces, so the count equals the file's own)."""
+    return ", ".join(tags)
+
+
+def caption_length_problems(
+    characters: Sequence[Character], plans: Iterable[CompositePlan], rules: CaptionRules,
+    max_tokens: int | None, count: TokenCounter | None = None,
+) -> list[Problem]:
+    """One warning per stage-1 image or composite whose caption exceeds `max_tokens`, with its exact count."""
+    count = count or clip_token_counter()
+    if count is None:
+        return []
+    limit = max_tokens or DEFAULT_MAX_TOKENS
+    fixes = ("--dedupe-shared, --drop-solo or --max-tags-per-side N (composites), fewer tags in the source "
+             f"captions, or max_token_length 225 (now {limit})")
+    problems = []
+    for character in characters:
+        for image in character.images:
+            tokens = count(stage1_caption(image.tags))
+            if tokens > limit:
+                problems.append(_too_long(image.caption_path or image.path, "stage-1 caption", tokens, limit,
+                                          "drop tags from the caption"))
+    by_name = {character.name: character for character in characters}
+    over: list[tuple[int, Path]] = []
+    for plan in plans:
+        text = composite_caption(by_name[plan.left.character], by_name[plan.right.character], plan.left,
+                                 plan.right, rules)
+        tokens = count(text)
+        if tokens > limit:
+            over.append((tokens, Path(f"composite {plan.index:06d} ({plan.left.rel_key} + {plan.right.rel_key})")))
+    over.sort(key=lambda item: (-item[0], str(item[1])))
+    for tokens, label in over[:SHOWN_COMPOSITES]:
+        problems.append(_too_long(label, "composite caption", tokens, limit, fixes))
+    if len(over) > SHOWN_COMPOSITES:
+        rest = over[SHOWN_COMPOSITES:]
+        problems.append(Problem(
+            severity="warning", code="caption-too-long", fix=fixes,
+            message=f"{len(rest)} more composite captions are over max_token_length {limit} "
+                    f"({min(t for t, _ in rest)}-{max(t for t, _ in rest)} CLIP tokens)",
+        ))
+    return problems
+
+
+def job_max_tokens(job: Job) -> int | None:
+    """The preset's max_token_length (what both stages' training TOMLs get)."""
+    from kohya_1to2.configs.presets import load_preset
+    from kohya_1to2.configs.render import preset_value
+
+    value = preset_value(load_preset(job.training.preset), "max_token_length")
+    return value if isinstance(value, int) else None
+
+
+def _too_long(path: Path, what: str, tokens: int, limit: int, fix: str) -> Problem:
+    return Problem(
+        severity="warning", code="caption-too-long", path=path, fix=fix,
+        message=f"{what} is {tokens} CLIP tokens, over max_token_length {limit}: sd-scripts cuts the last "
+                f"{tokens - limit} silently (random tags with shuffle_caption)",
+    )
+
+
+def print_caption_length_warnings(console: Console, characters: Sequence[Character],
+                                  plans: Iterable[CompositePlan], job: Job) -> None:
+    """prepare's shell: the warnings of `caption_length_problems` for this job, one line each."""
+    from rich.text import Text
+
+    for problem in caption_length_problems(characters, plans, job.composites.captions, job_max_tokens(job)):
+        console.print(Text(problem.line, style="yellow"), soft_wrap=True)
