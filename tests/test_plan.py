@@ -150,3 +150,20 @@ def test_prepare_interfaces_and_plan_of_the_written_run(tmp_path: Path,
     plans = plans_from_run_dir(run)
     assert [p.samples for p in plans] == [5, 0]  # composites not built in this test: the plan reads the disk
     assert plans[0].epochs == 2 and plans[0].batch_size == 4 and plans[0].exact
+
+
+def test_plan_shows_sample_images_and_steps_per_epoch(tmp_path: Path) -> None:
+    from kohya_1to2.configs.presets import load_preset
+    from kohya_1to2.configs.prompts import sample_prompts_text
+    from kohya_1to2.models import CaptionRules
+
+    prompts = tmp_path / "sample_prompts.txt"
+    triggers = [(f"c{i}", f"char{i}") for i in range(10)]
+    prompts.write_text(sample_prompts_text(triggers, load_preset("seed").settings, CaptionRules()), encoding="utf-8")
+    training = {"max_train_epochs": 40, "sample_prompts": str(prompts), "sample_every_n_epochs": 1}
+    plan = plan_stage(1, [subset(4)], SD1, 4, training)
+    assert (plan.sample_images, plan.sample_steps, plan.sample_every_epochs) == (20, 20 * 28, 1)
+    console = Console(width=200, record=True)
+    console.print(render_stage_plans([plan]))
+    assert "samples each epoch: 20 images, 560 sampler steps" in console.export_text()
+    assert plan_stage(1, [subset(4)], SD1, 4, {**training, "sample_every_n_epochs": None}).sample_images == 0

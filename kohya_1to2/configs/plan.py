@@ -59,6 +59,10 @@ class StagePlan(BaseModel):
     mean_pixels: float
     exact: bool
     mixed_precision: str | None = None
+    sample_images: int = 0
+    """Images sampled each time the stage samples (sample_prompts), and their sampler steps."""
+    sample_steps: int = 0
+    sample_every_epochs: int | None = None
 
     @property
     def pixels_per_character(self) -> float:
@@ -94,7 +98,19 @@ def plan_stage(
         epochs = math.ceil(total / steps) if steps else 0
     return StagePlan(stage=stage, batch_size=batch_size, subsets=tuple(subsets), buckets=buckets,
                      steps_per_epoch=steps, epochs=epochs, total_steps=total if steps else 0,
-                     mean_pixels=area, exact=exact, mixed_precision=_precision(training.get("mixed_precision")))
+                     mean_pixels=area, exact=exact, mixed_precision=_precision(training.get("mixed_precision")),
+                     **_sampling(training))
+
+
+def _sampling(training: Mapping[str, Any]) -> dict[str, Any]:
+    """What the stage samples per epoch, from its sample_prompts file (nothing when sampling is off)."""
+    from kohya_1to2.configs.prompts import sampling_load
+
+    path, every = training.get("sample_prompts"), training.get("sample_every_n_epochs")
+    if not isinstance(path, str) or not isinstance(every, int) or every < 1 or not Path(path).is_file():
+        return {}
+    images, steps = sampling_load(Path(path).read_text(encoding="utf-8", errors="replace"))
+    return {"sample_images": images, "sample_steps": steps, "sample_every_epochs": every}
 
 
 def _precision(value: Any) -> str | None:
@@ -224,6 +240,9 @@ def render_stage_plans(plans: Sequence[StagePlan], family: str | None = None,
             f"{plan.epochs} epoch{'' if plan.epochs == 1 else 's'} · "
             f"{approx}{plan.total_steps} steps in total"
         ))
+        if plan.sample_images:
+            every = "each epoch" if plan.sample_every_epochs == 1 else f"every {plan.sample_every_epochs} epochs"
+            parts.append(Text(f"  samples {every}: {plan.sample_images} images, {plan.sample_steps} sampler steps"))
         if plan.buckets:
             buckets = Table(show_edge=False, box=None, padding=(0, 2))
             buckets.add_column("  bucket")

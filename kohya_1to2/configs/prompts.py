@@ -180,3 +180,20 @@ def rotate_prompt_text(text: str, epoch: int) -> str:
 def prompts_per_sampling(text: str) -> int:
     """How many images sd-scripts samples from this file each time (non-empty lines not starting with #)."""
     return sum(1 for line in text.splitlines() if line.strip() and not line.startswith("#"))
+
+
+SD_SCRIPTS_DEFAULT_SAMPLE_STEPS = 30
+"""sample_image_inference's default when a prompt has no `--s`."""
+
+
+def sampling_load(text: str) -> tuple[int, int]:
+    """(images, sampler steps) of one sampling from this prompt file, as sd-scripts reads it."""
+    images = steps = 0
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        images += 1
+        found = [int(m.group(1)) for part in line.strip().split(" --")[1:]
+                 if (m := re.match(r"s (\d+)", part.strip(), re.IGNORECASE))]
+        steps += min(max(found[-1], 1), 1000) if found else SD_SCRIPTS_DEFAULT_SAMPLE_STEPS
+    return images, steps
