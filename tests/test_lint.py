@@ -439,8 +439,9 @@ def test_launch_refuses_what_check_refuses_in_the_stage_chain(run_dir: Path) -> 
 
 
 def test_relative_paths_in_a_training_toml_are_errors(run_dir: Path) -> None:
-    _rewrite(run_dir / "stage1.train.toml", "[saving]\n", '[saving]\nlogging_dir = "logs/tb"\n')
-    [problem] = [p for p in lint_run(run_dir) if p.key == "saving.logging_dir" or p.key == "logging_dir"]
+    _rewrite(run_dir / "stage1.train.toml", f'logging_dir = "{run_dir / "logs" / "tensorboard" / "stage1"}"',
+             'logging_dir = "logs/tb"')
+    [problem] = [p for p in lint_run(run_dir) if p.key == "logging_dir"]
     assert "relative path" in problem.problem and "absolute" in problem.fix
 
 

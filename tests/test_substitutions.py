@@ -76,3 +76,34 @@ def test_describe_is_one_readable_line() -> None:
     (sub,) = plan_substitutions({"optimizer_type": "PagedLion8bit"}, CPU)
     assert sub.new == "Lion"
     assert sub.describe() == "optimizer_type: 'PagedLion8bit' -> 'Lion' (no working bitsandbytes (needs CUDA))"
+
+
+LOADER_TOML = """\
+[training]
+# the reference's loader
+max_data_loader_n_workers = 8
+persistent_data_loader_workers = true
+"""
+
+
+def test_loader_workers_are_capped_visibly_at_the_machines_cores() -> None:
+    caps = GPU.model_copy(update={"cpu_count": 2})
+    [sub] = plan_substitutions(flat(LOADER_TOML), caps)
+    assert (sub.key, sub.old, sub.new) == ("max_data_loader_n_workers", 8, 2)
+    assert "2 CPU cores" in sub.describe()
+    effective = apply_substitutions(LOADER_TOML, [sub])
+    assert flat(effective)["max_data_loader_n_workers"] == 2 and "# the reference's loader" in effective
+    assert flat(effective)["persistent_data_loader_workers"] is True
+
+
+def test_loader_workers_within_the_cores_or_cores_unknown_are_left_alone() -> None:
+    assert plan_substitutions(flat(LOADER_TOML), GPU.model_copy(update={"cpu_count": 8})) == []
+    assert plan_substitutions(flat(LOADER_TOML), GPU) == []  # cpu_count unknown
+
+
+def test_probe_reports_the_cores() -> None:
+    import os
+
+    from kohya_1to2.launch.substitutions import probe_capabilities
+
+    assert probe_capabilities({"CUDA_VISIBLE_DEVICES": ""}).cpu_count == os.cpu_count()

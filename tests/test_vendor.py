@@ -122,3 +122,14 @@ def test_the_real_archive_extracts_to_the_pin(tmp_path: Path) -> None:
     vendor.extract_archive(archive, tmp_path / "sd-scripts")
     assert vendor.pin_mismatches(tmp_path / "sd-scripts") == []
     assert vendor.require_sd_scripts(tmp_path / "sd-scripts") == (tmp_path / "sd-scripts").resolve()
+
+
+def test_setup_installs_tensorboard_which_the_presets_log_to() -> None:
+    """The presets set log_with = "tensorboard"; the pinned requirements.txt brings the package, so setup's
+    install step (no extra pin of ours) must keep it, on CPU and CUDA machines alike."""
+    pinned = vendor.default_sd_scripts()
+    if not (pinned / "requirements.txt").is_file():
+        pytest.skip(f"sd-scripts not set up at {pinned}")
+    for cuda in (False, True):
+        install = vendor.install_plan("python", pinned, cuda=cuda)[1]
+        assert any(arg.split("=")[0].split("<")[0].split(">")[0].strip() == "tensorboard" for arg in install)

@@ -33,7 +33,7 @@ Stage = Literal[1, 2]
 STAGES: tuple[Stage, Stage] = (1, 2)
 
 STAGE_SPECIFIC_KEYS = frozenset(
-    {"train_batch_size", "network_weights", "output_dir", "output_name", "dataset_config"}
+    {"train_batch_size", "network_weights", "output_dir", "output_name", "dataset_config", "logging_dir"}
 )
 """The only keys whose flattened values differ between stage1.train.toml and stage2.train.toml."""
 
@@ -116,6 +116,7 @@ def training_context(job: Job, preset: Preset, stage: Stage, run_dir: Path) -> d
         "output_dir": str(stage_output_dir(run_dir, stage)),
         "output_name": stage_output_name(job, stage),
         "dataset_config": str(run_dir / dataset_name),
+        "logging_dir": str(RunDir(run_dir).logs / "tensorboard" / f"stage{stage}"),
         "sample_prompts": str(run_dir / SAMPLE_PROMPTS_FILE) if job.training.sample else None,
         "network_weights": str(stage1_weights(job, run_dir, save_as)) if stage == 2 else None,
     }

@@ -35,6 +35,8 @@ class Capabilities(BaseModel):
     cuda: bool
     xformers: bool
     bitsandbytes: bool
+    cpu_count: int | None = None
+    """CPU cores; None = unknown (no cap)."""
 
 
 class Substitution(BaseModel):
@@ -91,6 +93,11 @@ def plan_substitutions(flat: Mapping[str, Any], caps: Capabilities) -> list[Subs
                 reason="no working bitsandbytes (needs CUDA)",
             )
         )
+    workers = flat.get("max_data_loader_n_workers")
+    if caps.cpu_count and isinstance(workers, int) and not isinstance(workers, bool) and workers > caps.cpu_count:
+        # sd-scripts itself starts min(workers, os.cpu_count()); the substitution makes that cap visible
+        subs.append(Substitution(key="max_data_loader_n_workers", old=workers, new=caps.cpu_count,
+                                 reason=f"this machine has {caps.cpu_count} CPU cores"))
     return subs
 
 
@@ -140,6 +147,7 @@ def probe_capabilities(environ: Mapping[str, str] | None = None) -> Capabilities
         cuda=cuda,
         xformers=cuda and importlib.util.find_spec("xformers") is not None,
         bitsandbytes=cuda and importlib.util.find_spec("bitsandbytes") is not None,
+        cpu_count=os.cpu_count(),
     )
 
 
