@@ -44,7 +44,7 @@ def test_seed_is_the_reference_configuration() -> None:
     assert preset.dataset["keep_tokens"] == 1 and preset.dataset["shuffle_caption"] is True
     assert preset.settings.stage2_batch_size == 2 and preset.settings.stage1_batch_size == 4
     assert "keep_tokens only acts when shuffling is on" in preset.text
-    assert "stage 1 uses 4 so memory per step stays about equal" in preset.text
+    assert "train the same pixels per step" in preset.text and "fixed cost" in preset.text
 
 
 def test_missing_preset_lists_the_available_ones() -> None:
