@@ -146,6 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--gpu-ids")
     acc.add_argument("--accelerate-config", type=Path, help="an accelerate config file (--config_file)")
 
+    evaluate = sub.add_parser("evaluate", help="fixed-seed image grids of base vs stage 1 vs stage 2, metrics, report")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--epochs", default="last", help="stage-2 epochs as rows: last, all or N,M (default: last)")
+    evaluate.add_argument("--seeds", type=int, default=4, help="images per prompt and row (same seeds in every row)")
+    evaluate.add_argument("--steps", type=int, help="sampling steps (default: the preset's sample_steps)")
+    evaluate.add_argument("--prompts", type=Path, help="extra prompts, one per line in sd-scripts' prompt syntax")
+    evaluate.add_argument("--singles", type=int, help="at most this many single-character prompts (default: all)")
+    evaluate.add_argument("--pairs", type=int, help="at most this many ordered-pair prompts (default: all)")
+    evaluate.add_argument("--multiplier", type=float, default=1.0, help="network multiplier (gen_img --network_mul)")
+    evaluate.add_argument("--sd-scripts", type=Path, default=None, help="sd-scripts checkout (default: vendor/)")
+
+    report = sub.add_parser("report", help="write <run>/report.html: sources, plans, configs, losses, samples, grids")
+    report.add_argument("run_dir", type=Path)
+
     setup = sub.add_parser("setup", help="put the pinned sd-scripts in vendor/ and install the training stack")
     setup.add_argument("--archive", type=Path, default=None,
                        help="offline: an archive of the pinned sd-scripts tree (default: $SD_SCRIPTS_ARCHIVE)")
@@ -154,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="show the training environment and what launch will substitute")
     doctor.add_argument("--sd-scripts", type=Path, default=None)
     doctor.add_argument("--strict", action="store_true", help="exit non-zero if anything would be substituted")
+    doctor.add_argument("run_dir", nargs="?", type=Path, default=None, help="also check this run's base model")
+    doctor.add_argument("--base-model", default=None, help="also check this base model file or folder")
 
     tiny = sub.add_parser("make-tiny-model", help="build a random-init SD1 model for CPU smoke runs")
     tiny.add_argument("out", type=Path, help="directory to write the model to")

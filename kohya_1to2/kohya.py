@@ -304,3 +304,35 @@ def measured_seconds_per_step(log_text: str) -> tuple[float, int] | None:
         return None
     seconds = rate if last.group("unit") == "s/it" else 1.0 / rate
     return seconds, int(last.group("n"))
+
+
+# ---------------------------------------------------------------- generation (gen_img.py) and outputs, for `evaluate`
+
+GEN_IMG_SCRIPT = "gen_img.py"
+"""The generation script for every family: in v0.10.1 gen_img.py loads SDXL too (`--sdxl`, gen_img.py:1636),
+and unlike sdxl_gen_img.py it takes a per-prompt output file name (`--f NAME`, gen_img.py:2974), which
+`evaluate` needs to know which file is which prompt and seed."""
+
+GEN_IMG_PROMPT_OPTIONS = ("n", "w", "h", "d", "s", "l", "f")
+"""Per-line options of a `--from_file` prompt file that `evaluate` writes: negative prompt, width, height, seed
+(`" --d N"`, read before the line is split, gen_img.py:2740), steps, guidance scale, output file name. Lines
+are split at every " --" (gen_img.py:2787); empty lines and lines starting with "#" are skipped."""
+
+EPOCH_FILE_NAME = "{name}-{epoch:06d}.{ext}"
+"""A network saved at the end of an epoch (train_util.EPOCH_FILE_NAME); the last epoch is saved only under the
+final name, `<output_name>.<ext>` (train_network.py:1694 saves epochs < num_train_epochs)."""
+
+EPOCH_METADATA_KEY = "ss_epoch"
+"""safetensors metadata of every saved network: the epoch it was saved in (train_network.py:1303, 1405)."""
+
+SAMPLE_IMAGE = re.compile(r"^(?:(?P<name>.+)_)?e(?P<epoch>\d{6})_(?P<index>\d{2})_\d{14}(?:_\d+)?\.png$")
+"""Training samples: `<output_name>_e<epoch:06d>_<i:02d>_<YYYYmmddHHMMSS>[_<seed>].png` in <output_dir>/sample
+(train_util.py:6576)."""
+
+TENSORBOARD_SUBFOLDER = "network_train"
+"""TensorBoard events of a launch land in <logging_dir>/<timestamp>/network_train/ (train_network's tracker)."""
+
+
+def gen_img_max_embeddings_multiples(max_token_length: int | None) -> int | None:
+    """gen_img's `--max_embeddings_multiples` for a training `max_token_length` (75 tokens per multiple)."""
+    return None if not max_token_length else max(1, int(max_token_length) // 75)

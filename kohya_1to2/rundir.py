@@ -78,6 +78,41 @@ class RunDir:
     def log(self, stage: int) -> Path:
         return self.logs / f"stage{stage}.log"
 
+    def tensorboard(self, stage: int) -> Path:
+        """The stage's TensorBoard `logging_dir` (sd-scripts adds <timestamp>/network_train/ below it)."""
+        return self.logs / "tensorboard" / f"stage{stage}"
+
+    # ---------------------------------------------------------------- `evaluate` and `report`
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def eval_images(self) -> Path:
+        """One folder per row (base, stage1, stage2-eNNNNNN) of generated images."""
+        return self.eval_dir / "images"
+
+    @property
+    def eval_grids(self) -> Path:
+        return self.eval_dir / "grids"
+
+    @property
+    def eval_metrics(self) -> Path:
+        return self.eval_dir / "metrics.jsonl"
+
+    @property
+    def eval_logs(self) -> Path:
+        return self.eval_dir / "logs"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def thumbnails(self) -> Path:
+        """Small copies of the images the report shows."""
+        return self.root / "report_files"
+
     # ---------------------------------------------------------------- records under .1to2/
     @property
     def state(self) -> Path:

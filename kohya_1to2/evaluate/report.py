@@ -1,0 +1,303 @@
+"""report.html: one self-contained page about a run that opens from disk (no CDN, no JavaScript).
+
+`collect_*` read the run directory (shell); `render_*` turn what they found into HTML (pure, escaped). Images
+are linked relatively and shown as thumbnails written into `report_files/`, so the page moves with the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import io
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from string import Template
+from typing import Any
+from urllib.parse import quote
+
+import tomlkit
+from PIL import Image
+from rich.console import Console
+
+from kohya_1to2 import kohya
+from kohya_1to2.configs.presets import templates_dir
+from kohya_1to2.errors import OneToTwoError
+from kohya_1to2.evaluate import metrics as metric
+from kohya_1to2.evaluate.curves import Series, log_losses, tensorboard_scalars
+from kohya_1to2.fsutil import atomic_path, atomic_write_text
+from kohya_1to2.rundir import STAGES, RunDir
+
+THUMB_SIDE = 256
+GRID_THUMB_WIDTH = 1100
+SECTIONS = ("sources", "pairing", "plan", "configs", "substitutions", "losses", "samples", "evaluation")
+
+
+def esc(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def href(run_dir: Path, path: Path) -> str:
+    """A relative, URL-quoted link from report.html to a file of the run (spaces, quotes and unicode survive)."""
+    return quote(path.relative_to(run_dir).as_posix())
+
+
+def thumbnail(run: RunDir, path: Path, max_width: int = THUMB_SIDE, max_height: int = THUMB_SIDE) -> Path | None:
+    """A small PNG copy of `path` in report_files/ (rebuilt when the source changes); None if unreadable."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    key = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}:{max_width}x{max_height}".encode()).hexdigest()
+    out = run.thumbnails / f"{key[:20]}.png"
+    if out.is_file():
+        return out
+    try:
+        with Image.open(path) as image:
+            small = image.convert("RGB")
+            small.thumbnail((max_width, max_height))
+            with atomic_path(out) as tmp:
+                small.save(tmp, format="PNG")
+    except OSError:
+        return None
+    return out
+
+
+def figure(run: RunDir, path: Path, caption: str, max_width: int = THUMB_SIDE, max_height: int = THUMB_SIDE) -> str:
+    thumb = thumbnail(run, path, max_width, max_height)
+    if thumb is None:
+        return f'<p class="missing">{esc(path.name)}: not readable</p>'
+    return (f'<figure><a href="{href(run.root, path)}"><img src="{href(run.root, thumb)}" alt="{esc(caption)}"></a>'
+            f"<figcaption>{esc(caption)}</figcaption></figure>")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], numeric: Sequence[int] = ()) -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f'<td{" class=num" if i in numeric else ""}>{esc(c)}</td>' for i, c in enumerate(row))
+        + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def section(key: str, title: str, body: str) -> str:
+    return f'<section id="{key}"><h2>{esc(title)}</h2>\n{body}\n</section>'
+
+
+# ---------------------------------------------------------------- pure renderers
+
+
+def line_chart(series: Series, width: int = 560, height: int = 200) -> str:
+    """An inline SVG of each series (x = step, y = value), axis ranges printed; empty string for no points."""
+    points = [p for values in series.values() for p in values]
+    if not points:
+        return ""
+    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
+    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
+    xs, ys = (x1 - x0) or 1, (y1 - y0) or 1
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+    lines = []
+    for n, (tag, values) in enumerate(series.items()):
+        coords = " ".join(f"{40 + (x - x0) / xs * (width - 50):.1f},{height - 20 - (y - y0) / ys * (height - 40):.1f}"
+                          for x, y in values)
+        colour = colours[n % len(colours)]
+        lines.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{coords}"/>'
+                     + "".join(f'<circle r="2" fill="{colour}" cx="{c.split(",")[0]}" cy="{c.split(",")[1]}"/>'
+                               for c in coords.split()[:1] + coords.split()[-1:]))
+        lines.append(f'<text x="{width - 10}" y="{14 + 14 * n}" text-anchor="end" font-size="11" fill="{colour}">'
+                     f"{esc(tag)}</text>")
+    labels = (f'<text x="4" y="14" font-size="10">{y1:.4g}</text><text x="4" y="{height - 22}" font-size="10">'
+              f'{y0:.4g}</text><text x="40" y="{height - 4}" font-size="10">step {x0}</text>'
+              f'<text x="{width - 10}" y="{height - 4}" text-anchor="end" font-size="10">step {x1}</text>')
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">'
+            f'{labels}{"".join(lines)}</svg>')
+
+
+def config_difference(first: Mapping[str, Any], second: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(key, stage 1, stage 2) of every flattened key whose value differs ('-' = not set)."""
+    keys = sorted(set(first) | set(second))
+    return [(k, str(first.get(k, "-")), str(second.get(k, "-"))) for k in keys if first.get(k) != second.get(k)]
+
+
+def render_page(title: str, subtitle: str, sections: Sequence[tuple[str, str, str]]) -> str:
+    template = Template((templates_dir() / "report.html").read_text(encoding="utf-8"))
+    nav = "".join(f'<a href="#{key}">{esc(name)}</a>' for key, name, _ in sections)
+    return template.substitute(title=esc(title), subtitle=esc(subtitle), nav=nav,
+                               sections="\n".join(section(k, n, b) for k, n, b in sections))
+
+
+# ---------------------------------------------------------------- collectors (read the run directory)
+
+
+def _flat(path: Path) -> dict[str, Any] | None:
+    try:
+        return kohya.flatten_training_config(tomlkit.parse(path.read_text(encoding="utf-8")).unwrap())
+    except (OSError, ValueError):
+        return None
+
+
+def sources_section(run: RunDir) -> str:
+    from kohya_1to2.dataset.scan import scan_sources
+    from kohya_1to2.rundir import load_job
+
+    try:
+        job = load_job(run.root)
+        characters = scan_sources(job.sources).characters
+    except OneToTwoError as exc:
+        return f'<p class="missing">sources not readable: {esc(exc.message)}</p>'
+    rows = [(c.name, c.trigger, c.repeats, len(c.images), str(c.folder)) for c in characters]
+    strips = "".join(f"<h3>{esc(c.name)}</h3><div class=strip>"
+                     + "".join(figure(run, i.path, i.path.name, 128, 128) for i in c.images[:6]) + "</div>"
+                     for c in characters)
+    return table(["character", "trigger", "repeats", "images", "folder"], rows, numeric=[2, 3]) + strips
+
+
+def pairing_section(run: RunDir) -> str:
+    lines = []
+    if run.manifest.is_file():
+        for text in run.manifest.read_text(encoding="utf-8").splitlines():
+            try:
+                lines.append(json.loads(text))
+            except ValueError:
+                continue
+    if not lines:
+        return '<p class="missing">no composites yet (manifest.jsonl missing or empty)</p>'
+    pairs: dict[tuple[str, str], int] = {}
+    for item in lines:
+        group = str(item.get("caption", "")).split(",", 1)[0].split("/")
+        key = (group[0], group[1] if len(group) > 1 else "?")
+        pairs[key] = pairs.get(key, 0) + 1
+    body = f"<p>{len(lines)} composites over {len(pairs)} ordered pairs.</p>"
+    body += table(["left", "right", "composites"], [(a, b, n) for (a, b), n in sorted(pairs.items())], numeric=[2])
+    if run.preview.is_file():
+        body += "<div class=strip>" + figure(run, run.preview, "preview.png", 1100, 700) + "</div>"
+    return body
+
+
+def plan_section(run: RunDir) -> str:
+    from kohya_1to2.commands.plan import measured_steps
+    from kohya_1to2.configs.generate import plans_from_run_dir
+    from kohya_1to2.configs.plan import render_stage_plans
+    from kohya_1to2.rundir import run_family
+
+    try:
+        plans = plans_from_run_dir(run.root)
+        console = Console(record=True, width=120, file=io.StringIO(), color_system=None)
+        console.print(render_stage_plans(plans, family=run_family(run.root), measured=measured_steps(run.root)))
+        return f"<pre>{esc(console.export_text())}</pre>"
+    except (OneToTwoError, OSError, ValueError) as exc:
+        return f'<p class="missing">plan not available: {esc(getattr(exc, "message", exc))}</p>'
+
+
+def configs_section(run: RunDir) -> str:
+    first, second = _flat(run.train_toml(1)), _flat(run.train_toml(2))
+    if first is None or second is None:
+        return '<p class="missing">stage1.train.toml / stage2.train.toml missing or not valid TOML</p>'
+    diff = config_difference(first, second)
+    return "<p>Keys whose value differs between the stages (flattened as sd-scripts reads them).</p>" + table(
+        ["key", "stage 1", "stage 2"], diff)
+
+
+def substitutions_section(run: RunDir) -> str:
+    rows = []
+    for stage in STAGES:
+        user, effective = _flat(run.train_toml(stage)), _flat(run.effective_toml(stage))
+        if user is None or effective is None:
+            continue
+        rows += [(f"stage {stage}", key, before, after) for key, before, after in config_difference(user, effective)]
+    if not rows:
+        return "<p>None: launch trained from the TOMLs as written (or has not run yet).</p>"
+    return table(["stage", "key", "your TOML", "launch used"], rows)
+
+
+def losses_section(run: RunDir) -> str:
+    parts = []
+    for stage in STAGES:
+        series = tensorboard_scalars(run.tensorboard(stage))
+        source = "TensorBoard events"
+        series = {tag: values for tag, values in series.items() if tag.startswith("loss")}
+        if not series and run.log(stage).is_file():
+            series = log_losses(run.log(stage).read_text(encoding="utf-8", errors="replace"))
+            source = "log"
+        chart = line_chart(series)
+        parts.append(f"<h3>stage {stage}</h3>" + (f"<p class=note>from the {source}</p>{chart}" if chart else
+                                                   '<p class="missing">no loss values yet</p>'))
+    return "".join(parts)
+
+
+def samples_section(run: RunDir) -> str:
+    parts = []
+    for stage in STAGES:
+        folder = run.output_dir(stage) / "sample"
+        by_epoch: dict[int, list[Path]] = {}
+        for path in sorted(folder.glob("*.png")) if folder.is_dir() else []:
+            if match := kohya.SAMPLE_IMAGE.match(path.name):
+                by_epoch.setdefault(int(match.group("epoch")), []).append(path)
+        if not by_epoch:
+            parts.append(f'<h3>stage {stage}</h3><p class="missing">no samples yet</p>')
+            continue
+        parts.append(f"<h3>stage {stage}</h3>" + "".join(
+            f"<p>epoch {epoch}</p><div class=strip>" + "".join(figure(run, p, p.name, 192, 192) for p in paths)
+            + "</div>" for epoch, paths in sorted(by_epoch.items())))
+    return "".join(parts)
+
+
+def evaluation_section(run: RunDir) -> str:
+    summary_file = run.eval_dir / "evaluation.json"
+    if not summary_file.is_file():
+        return "<p>No evaluation yet: run <code>python -m kohya_1to2 evaluate RUN</code>.</p>"
+    summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    records = metric.read_metrics(run.eval_metrics.read_text(encoding="utf-8")) if run.eval_metrics.is_file() else []
+    body = (f"<p>{len(summary['rows'])} rows x {len(summary['prompts'])} prompts x {len(summary['seeds'])} seeds "
+            f"(seeds {', '.join(map(str, summary['seeds']))}; {summary['steps']} steps; network multiplier "
+            f"{summary['multiplier']}). Same seeds in every row: rows differ only by weights.</p>")
+    body += metrics_html(records)
+    for prompt in summary["prompts"]:
+        grid = summary["grids"].get(prompt["id"])
+        if grid:
+            body += f"<h3>{esc(prompt['kind'])}: {esc(prompt['text'])}</h3><div class=strip>" + figure(
+                run, run.root / grid, f"{prompt['id']} (rows: weights, columns: seeds)", GRID_THUMB_WIDTH, 900)
+            body += "</div>"
+    return body
+
+
+def metrics_html(records: Sequence[Mapping[str, Any]]) -> str:
+    """Composite rate per row and kind with the detector's accuracy, best epoch with its rule, identity status."""
+    body = ""
+    calibration = next((r for r in records if r["metric"] == "calibration"), None)
+    rates = [r for r in records if r["metric"] == "composite_rate"]
+    if calibration:
+        body += (f"<p>Composite detector: calibrated on {calibration['positives']} of the run's composites vs "
+                 f"{calibration['negatives']} stage-1 sources, accuracy {calibration['accuracy']:.1%}.</p>")
+        body += table(["row", "prompt kind", "images", "judged composites", "composite rate", "detector accuracy"],
+                      [(r["label"], r["kind"], r["images"], r["composites"],
+                        "-" if r["rate"] is None else f"{r['rate']:.0%}", f"{r['detector_accuracy']:.1%}")
+                       for r in rates], numeric=[2, 3, 4, 5])
+    else:
+        body += '<p class="missing">No composite rate: the run has no composites or sources to calibrate on.</p>'
+    for best in (r for r in records if r["metric"] == "best_epoch"):
+        choice = "none (no stage-2 row)" if best["epoch"] is None else f"epoch {best['epoch']} ({best['rate']:.0%})"
+        body += (f"<p>Best stage-2 epoch for {esc(best['kind'])} prompts: <b>{esc(choice)}</b>. "
+                 f"Rule: {esc(best['rule'])}.</p>")
+    for identity in (r for r in records if r["metric"] == "identity"):
+        body += f"<p class=note>{esc(identity['status'])}.</p>"
+    return body
+
+
+def build_report(run_dir: Path) -> str:
+    run = RunDir(run_dir)
+    builders = {"sources": ("Sources", sources_section), "pairing": ("Pairing", pairing_section),
+                "plan": ("Plan", plan_section), "configs": ("Stage 2 vs stage 1", configs_section),
+                "substitutions": ("Launch substitutions", substitutions_section),
+                "losses": ("Loss curves", losses_section), "samples": ("Training samples", samples_section),
+                "evaluation": ("Evaluation", evaluation_section)}
+    sections = [(key, title, build(run)) for key, (title, build) in builders.items()]
+    subtitle = f"{run_dir.name} - written {datetime.now().strftime('%Y-%m-%d %H:%M')}"
+    return render_page(run_dir.name, subtitle, sections)
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write <run>/report.html (atomically) and return its path."""
+    run = RunDir(run_dir)
+    atomic_write_text(run.report, build_report(run_dir))
+    return run.report

@@ -1,0 +1,100 @@
+"""The rows of an evaluation: the base model alone, stage 1's final network, stage 2's chosen epochs.
+
+`select_epochs` is pure; `stage2_epochs` reads the output folder and each file's safetensors header (no torch).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from kohya_1to2 import kohya
+from kohya_1to2.errors import UsageError
+
+
+class Row(BaseModel):
+    """One row of every grid: which weights (None = base model alone) and how to label them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    label: str
+    weights: Path | None = None
+    stage: int = 0
+    epoch: int | None = None
+
+
+def parse_epochs(spec: str) -> str | tuple[int, ...]:
+    """`last`, `all` or `N,M,...` (epoch numbers from 1)."""
+    text = spec.strip().lower()
+    if text in ("last", "all"):
+        return text
+    try:
+        numbers = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        numbers = ()
+    if not numbers or min(numbers) < 1:
+        raise UsageError(f"--epochs {spec!r} is not last, all or a list of epoch numbers", hint="e.g. --epochs 2,4")
+    return numbers
+
+
+def select_epochs(available: Sequence[tuple[int, Path]], spec: str | tuple[int, ...]) -> list[tuple[int, Path]]:
+    """The (epoch, file) pairs `--epochs` asks for, in epoch order; a missing number is an error naming the rest."""
+    ordered = sorted(available)
+    if not ordered:
+        return []
+    if spec == "last":
+        return ordered[-1:]
+    if isinstance(spec, str):  # "all"
+        return ordered
+    by_epoch = dict(ordered)
+    missing = [n for n in spec if n not in by_epoch]
+    if missing:
+        raise UsageError(f"--epochs: stage 2 has no saved epoch {', '.join(map(str, missing))}",
+                         hint=f"saved epochs: {', '.join(str(e) for e, _ in ordered)}")
+    return [(n, by_epoch[n]) for n in spec]
+
+
+def safetensors_metadata(path: Path) -> dict[str, str]:
+    """The `__metadata__` of a .safetensors header, read without torch."""
+    try:
+        with path.open("rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(size))
+    except (OSError, struct.error, ValueError):
+        return {}
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+
+
+def stage2_epochs(output_dir: Path, output_name: str, ext: str = "safetensors") -> list[tuple[int, Path]]:
+    """Stage 2's saved networks by epoch: `<name>-NNNNNN.<ext>` files plus the final `<name>.<ext>`."""
+    found: dict[int, Path] = {}
+    pattern = re.compile(re.escape(output_name) + r"-(\d{6})\." + re.escape(ext) + "$")
+    if output_dir.is_dir():
+        for path in output_dir.iterdir():
+            if match := pattern.match(path.name):
+                found[int(match.group(1))] = path
+    final = output_dir / f"{output_name}.{ext}"
+    if final.is_file():
+        epoch = safetensors_metadata(final).get(kohya.EPOCH_METADATA_KEY, "")
+        number = int(epoch) if epoch.isdigit() else max(found, default=0) + 1
+        found[number] = final
+    return sorted(found.items())
+
+
+def build_rows(stage1_final: Path | None, stage2: Sequence[tuple[int, Path]], last_epoch: int | None) -> list[Row]:
+    """base, stage 1 (when trained), then each chosen stage-2 epoch."""
+    rows = [Row(id="base", label="base model")]
+    if stage1_final is not None:
+        rows.append(Row(id="stage1", label="stage 1 final", weights=stage1_final, stage=1))
+    for epoch, path in stage2:
+        final = " (final)" if epoch == last_epoch else ""
+        rows.append(Row(id=f"stage2-e{epoch:06d}", label=f"stage 2 epoch {epoch}{final}", weights=path, stage=2,
+                        epoch=epoch))
+    return rows
