@@ -82,3 +82,37 @@ def test_doctor_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                         lambda: {**CPU_FACTS, "lycoris-lora": "4.1.3"})
     assert main(["doctor", *sd]) == 5
     assert "lycoris-lora" in capsys.readouterr().err
+
+
+def test_base_model_problems(tmp_path: Path) -> None:
+    from kohya_1to2.kohya import base_model_problem
+
+    (tmp_path / "m.safetensors").write_bytes(b"x")
+    (tmp_path / "m.bin").write_bytes(b"x")
+    (tmp_path / "diffusers" / "unet").mkdir(parents=True)
+    (tmp_path / "empty").mkdir()
+    assert base_model_problem(tmp_path / "m.safetensors") is None
+    assert base_model_problem(tmp_path / "diffusers") is None
+    assert base_model_problem("some-org/some-model") is None  # a Hub id
+    assert "does not exist" in str(base_model_problem(tmp_path / "nope.safetensors"))
+    assert "neither" in str(base_model_problem(tmp_path / "m.bin"))
+    assert "not a diffusers model" in str(base_model_problem(tmp_path / "empty"))
+
+
+def test_doctor_reports_a_missing_base_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Why 5: a nonexistent base model passed doctor; launch then failed ~20 s in with a tokenizer TypeError."""
+    monkeypatch.setattr("kohya_1to2.commands.doctor.probe_environment", lambda: dict(CPU_FACTS))
+    monkeypatch.setattr("kohya_1to2.commands.doctor.pin_mismatches", lambda path: [])
+    (tmp_path / "train_network.py").write_text("")
+    sd = ["--sd-scripts", str(tmp_path)]
+    assert main(["doctor", *sd, "--base-model", str(tmp_path / "train_network.py")]) == 5
+    assert "base model" in capsys.readouterr().err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "stage1.train.toml").write_text(f'[model]\npretrained_model_name_or_path = "{tmp_path / "gone"}"\n')
+    assert main(["doctor", str(run), *sd]) == 5
+    assert "does not exist" in capsys.readouterr().out.replace("\n", "")
+    (tmp_path / "gone").mkdir()
+    (tmp_path / "gone" / "model_index.json").write_text("{}")
+    assert main(["doctor", str(run), *sd]) == 0

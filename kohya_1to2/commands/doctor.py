@@ -9,16 +9,36 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from kohya_1to2.errors import SetupError
-from kohya_1to2.launch.doctor import findings, planned_substitutions, probe_environment
+from kohya_1to2.errors import SetupError, UsageError
+from kohya_1to2.launch.doctor import Finding, base_model_finding, findings, planned_substitutions, probe_environment
 from kohya_1to2.launch.vendor import default_sd_scripts, pin_mismatches
+
+
+def base_model_lines(args: argparse.Namespace) -> list[Finding]:
+    """--base-model, and the base model of each stage of RUN_DIR, if given."""
+    from kohya_1to2.configs.lint import read_toml
+    from kohya_1to2.kohya import flatten_training_config
+
+    out = []
+    if getattr(args, "base_model", None):
+        out.append(base_model_finding(str(args.base_model), "--base-model"))
+    run_dir = getattr(args, "run_dir", None)
+    if run_dir is not None:
+        if not run_dir.is_dir():
+            raise UsageError(f"run directory {run_dir} not found", hint="pass a run directory made by prepare")
+        for stage in (1, 2):
+            path = run_dir / f"stage{stage}.train.toml"
+            if path.is_file():
+                model = flatten_training_config(read_toml(path)).get("pretrained_model_name_or_path")
+                out.append(base_model_finding(str(model or ""), str(path)))
+    return out
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
     sd_scripts = (args.sd_scripts or default_sd_scripts()).expanduser().resolve()
     pin = pin_mismatches(sd_scripts) if (sd_scripts / "train_network.py").is_file() else None
     facts = probe_environment()
-    lines = findings(facts, sd_scripts, pin, dict(os.environ))
+    lines = findings(facts, sd_scripts, pin, dict(os.environ)) + base_model_lines(args)
     table = Table(title="kohya-1to2 doctor", show_header=False)
     table.add_column("what")
     table.add_column("found")
