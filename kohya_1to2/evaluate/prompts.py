@@ -77,7 +77,7 @@ def parse_user_prompts(text: str, settings: PresetSettings, source: str) -> list
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        parts = line.split(" --")
+        parts = (" " + line).split(" --")  # a leading " --" leaves an empty prompt, as in sd-scripts
         prompt, negative, options = parts[0].strip(), "", []
         width, height = settings.sample_width, settings.sample_height
         for option in parts[1:]:

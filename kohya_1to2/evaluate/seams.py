@@ -115,7 +115,7 @@ class Calibration:
 def _thresholds(values: Sequence[float]) -> list[float]:
     """Candidate thresholds: midway between neighbouring observed values, plus 'never' (above 1)."""
     ordered = sorted(set(values))
-    return [(a + b) / 2 for a, b in zip([-0.01, *ordered], ordered, strict=True)] + [1.01]
+    return [(a + b) / 2 for a, b in zip([-0.01, *ordered[:-1]], ordered, strict=True)] + [1.01]
 
 
 def even_sample(items: Sequence[object], limit: int = CALIBRATION_SAMPLE) -> list[object]:
