@@ -129,3 +129,25 @@ def test_pair_canvas_is_landscape_and_changeable() -> None:
     assert parse_size("896x512") == (896, 512)
     with pytest.raises(UsageError):
         parse_size("wide")
+
+
+def test_rotation_follows_the_epoch_lines_of_a_running_stage_and_restores_the_file(tmp_path) -> None:
+    from kohya_1to2.configs.prompts import rotating_sample_prompts
+
+    path = tmp_path / "sample_prompts.txt"
+    original = sample_prompts_text([(f"c{i}", f"char{i}") for i in range(4)], SETTINGS, CaptionRules())
+    path.write_text(original, encoding="utf-8")
+    seen: list[str] = []
+    with rotating_sample_prompts(str(path), lambda line: seen.append(line) or None) as check:
+        assert check is not None
+        assert check("steps:  10%|#   | 1/10") is None
+        assert check("epoch 2/40") is None
+        assert path.read_text(encoding="utf-8") == rotate_prompt_text(original, 2) != original
+        check("epoch 3/40")
+        assert path.read_text(encoding="utf-8") == rotate_prompt_text(original, 3)
+    assert path.read_text(encoding="utf-8") == original, "restored: prepare must not see a hand edit"
+    assert seen == ["steps:  10%|#   | 1/10", "epoch 2/40", "epoch 3/40"], "the wrapped check sees every line"
+    two = sample_prompts_text([("a", "alice"), ("b", "bob")], SETTINGS, CaptionRules())
+    path.write_text(two, encoding="utf-8")
+    with rotating_sample_prompts(str(path), None) as check:
+        assert check is None, "nothing to rotate with two characters"

@@ -18,6 +18,7 @@ import tomlkit
 import tomlkit.exceptions
 
 from kohya_1to2 import kohya
+from kohya_1to2.configs.prompts import rotating_sample_prompts
 from kohya_1to2.errors import SetupError, TrainingError, UsageError
 from kohya_1to2.fsutil import atomic_write_text
 from kohya_1to2.launch.commands import StageCommand
@@ -316,14 +317,10 @@ def execute_stage(run_dir: Path, stage: StageConfig, command: StageCommand) -> S
     header_lines += [f"[kohya-1to2] substitution: {sub.describe()}" for sub in stage.substitutions]
     started_wall = time.time()
     started = time.monotonic()
-    result = run_child(
-        command.argv,
-        cwd=command.cwd,
-        env=command.env,
-        log_path=log_path,
-        check=weights_line_check(stage) if stage.network_weights is not None else None,
-        header="\n".join(header_lines) + "\n",
-    )
+    check = weights_line_check(stage) if stage.network_weights is not None else None
+    with rotating_sample_prompts(stage.flat.get("sample_prompts"), check) as check:  # pair rounds per epoch
+        result = run_child(command.argv, cwd=command.cwd, env=command.env, log_path=log_path, check=check,
+                           header="\n".join(header_lines) + "\n")
     seconds = time.monotonic() - started
     log_text = log_path.read_text(encoding="utf-8", errors="replace")
     judge_outcome(stage, result.returncode, result.stopped_because, log_text, result.tail, log_path)
