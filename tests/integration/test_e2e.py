@@ -127,6 +127,26 @@ def test_a_sample_image_per_stage_and_a_summary(trained_run: dict[str, Any]) -> 
     assert "summary" in trained_run["launch"].stdout
 
 
+def test_plan_estimates_the_measured_stage_2_to_stage_1_step_ratio(trained_run: dict[str, Any]) -> None:
+    """The cost model's stage-2/stage-1 time per step is within 15% of the smoke run's measured ratio, and
+    `plan` shows the measured s/step of both stages."""
+    from kohya_1to2.configs.generate import plans_from_run_dir
+    from kohya_1to2.configs.plan import step_cost_for, step_cost_ratio
+    from kohya_1to2.kohya import measured_seconds_per_step
+
+    run = trained_run["run"]
+    measured = {stage: measured_seconds_per_step((run / "logs" / f"stage{stage}.log").read_text(encoding="utf-8"))
+                for stage in (1, 2)}
+    assert measured[1] and measured[2], "sd-scripts' progress lines not found in the stage logs"
+    plans = plans_from_run_dir(run)
+    estimate = step_cost_ratio(plans[0], plans[1], step_cost_for("sd1", plans[0].mixed_precision))
+    actual = measured[2][0] / measured[1][0]
+    assert abs(estimate / actual - 1) <= 0.15, f"plan {estimate:.2f} vs measured {actual:.2f}"
+    shown = cli("plan", str(run), timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.count("measured") >= 2 and "s/step" in shown.stdout
+
+
 def test_a_second_launch_skips_both_completed_stages(trained_run: dict[str, Any]) -> None:
     again = cli("launch", str(trained_run["run"]), timeout=120)
     assert again.returncode == 0, again.stderr
