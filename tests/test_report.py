@@ -1,0 +1,120 @@
+"""evaluate/report.py: report.html from a run directory; checked in headless Chromium where it is installed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+from PIL import Image
+
+from kohya_1to2.cli import main
+from kohya_1to2.evaluate import metrics as metric
+from kohya_1to2.evaluate.report import build_report, config_difference, line_chart, write_report
+from kohya_1to2.evaluate.seams import Calibration
+from kohya_1to2.rundir import RunDir
+from tests.browser import check_page, chromium
+from tests.test_curves import scalar_event, write_events
+
+
+def fake_run(root: Path) -> RunDir:
+    """A run directory with what launch and evaluate leave behind (no sources: that section says so)."""
+    run = RunDir(root)
+    root.mkdir(parents=True)
+    Image.new("RGB", (300, 100), (200, 100, 50)).save(run.preview)
+    run.manifest.write_text("".join(json.dumps({"index": i, "caption": f"{a}/{b}/COMPOSITE, x"}) + "\n"
+                                    for i, (a, b) in enumerate([("akari", "bob"), ("bob", "akari"), ("akari", "bob")])))
+    for stage in (1, 2):
+        run.train_toml(stage).write_text(f'[training]\ntrain_batch_size = {4 if stage == 1 else 2}\nseed = 42\n'
+                                         f'[saving]\noutput_dir = "out{stage}"\n', encoding="utf-8")
+        sample = run.output_dir(stage) / "sample"
+        sample.mkdir(parents=True)
+        for epoch in (1, 2):
+            name = f"1to2_e{epoch:06d}_00_20260101120000_1000.png"
+            Image.new("RGB", (64, 64), (50 * epoch, 60, 70)).save(sample / name)
+    run.effective_toml(1).parent.mkdir(parents=True)
+    run.effective_toml(1).write_text('[training]\ntrain_batch_size = 4\nseed = 42\n[saving]\noutput_dir = "out1"\n'
+                                     'sdpa = true\n', encoding="utf-8")
+    write_events(run.tensorboard(1) / "20260101" / "network_train" / "events.out.tfevents.1.h",
+                 [scalar_event(s, "loss/current", 1.0 / s) for s in (1, 2, 3)])
+    run.logs.mkdir(parents=True, exist_ok=True)
+    run.log(2).write_text("steps:  50%|█ | 1/2 [00:03<00:03,  3.05s/it, avr_loss=0.3]\n"
+                          "steps: 100%|██| 2/2 [00:06<00:00,  3.05s/it, avr_loss=0.2]\n", encoding="utf-8")
+    grid = run.eval_grids / "pair_akari__bob.png"
+    grid.parent.mkdir(parents=True)
+    Image.new("RGB", (400, 300), (10, 120, 200)).save(grid)
+    (run.eval_dir / "evaluation.json").write_text(json.dumps({
+        "rows": [{"id": "base"}, {"id": "stage1"}], "seeds": [1000], "steps": 2, "multiplier": 1.0,
+        "prompts": [{"id": "pair_akari__bob", "kind": "pair", "text": "akari/bob"}],
+        "grids": {"pair_akari__bob": "eval/grids/pair_akari__bob.png"}}))
+    calibration = Calibration(0.5, 0.97, 1.0, 12, 12)
+    records = [metric.calibration_record(calibration),
+               {"metric": "composite_rate", "row": "stage2-e000001", "label": "stage 2 epoch 1", "stage": 2,
+                "epoch": 1, "kind": "pair", "images": 4, "composites": 1, "rate": 0.25, "detector_accuracy": 1.0},
+               metric.identity_record("identity scores unavailable: dghs-imgutils is not installed")]
+    records.append(metric.best_epoch(records[1:2]))
+    run.eval_metrics.write_text(metric.metrics_text(records))
+    return run
+
+
+def test_sections_links_and_no_remote_resources(tmp_path: Path) -> None:
+    run = fake_run(tmp_path / "run 'one' ü")
+    page = build_report(run.root)
+    for heading in ("Sources", "Pairing", "Plan", "Stage 2 vs stage 1", "Launch substitutions", "Loss curves",
+                    "Training samples", "Evaluation"):
+        assert f"<h2>{heading}</h2>" in page
+    assert "3 composites over 2 ordered pairs" in page
+    assert "<td>train_batch_size</td><td>4</td><td>2</td>" in page  # the stage-2 vs stage-1 difference
+    assert "<td>sdpa</td><td>-</td><td>True</td>" in page  # launch's substitution, from the effective TOML
+    assert "from the TensorBoard events" in page and "from the log" in page and page.count("<polyline") == 2
+    assert "epoch 1" in page and "epoch 2" in page
+    assert "Best stage-2 epoch for pair prompts: <b>epoch 1 (25%)</b>" in page and "accuracy 100.0%" in page
+    assert "dghs-imgutils is not installed" in page and "Identity similarity" not in page
+    assert not re.search(r"(src|href)=\"(https?:)?//", page) and "<script" not in page
+    links = re.findall(r'(?:src|href)="([^"#]+)"', page)
+    assert links and all(not link.startswith("/") for link in links)
+    assert all((run.root / unquote(link)).is_file() for link in links), "every relative link resolves"
+
+
+def test_report_command_writes_the_page(tmp_path: Path) -> None:
+    run = fake_run(tmp_path / "run")
+    run.job_file.write_text("{}")  # a run directory marker for the command; sources then say 'not readable'
+    assert main(["report", str(run.root)]) == 0
+    assert run.report.is_file() and "not readable" in run.report.read_text(encoding="utf-8")
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+
+
+def test_pure_helpers() -> None:
+    assert config_difference({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": 4}) == [("b", "2", "3"), ("c", "-", "4")]
+    assert line_chart({}) == "" and "<svg" in line_chart({"loss": [(1, 0.5), (2, 0.4)]})
+
+
+def browser_skip_reason() -> str | None:
+    if chromium() is None:
+        return "headless Chromium not installed (Debian package `chromium`; .ci/run installs it)"
+    return None
+
+
+@pytest.mark.skipif(browser_skip_reason() is not None and os.environ.get("KOHYA_1TO2_REQUIRE_BROWSER") != "1",
+                    reason=browser_skip_reason() or "")
+def test_report_opens_in_headless_chromium_with_every_image_loaded(tmp_path: Path) -> None:
+    run = fake_run(tmp_path / "run 'one' ü")
+    report = write_report(run.root)
+    result = check_page(report, tmp_path / "report.png", tmp_path)
+    assert result["images"] >= 6
+    assert result["broken"] == [] and result["errors"] == [] and result["console"] == []
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(browser_skip_reason() is not None and os.environ.get("KOHYA_1TO2_REQUIRE_BROWSER") != "1",
+                    reason=browser_skip_reason() or "")
+def test_the_browser_check_sees_a_broken_image_and_a_console_error(tmp_path: Path) -> None:
+    page = tmp_path / "bad.html"
+    page.write_text('<!DOCTYPE html><html><head><title>x</title></head><body><img src="missing.png">'
+                    '<script>console.error("boom")</script></body></html>', encoding="utf-8")
+    result = check_page(page, tmp_path / "bad.png", tmp_path)
+    assert result["broken"] == ["missing.png"]
+    assert any("missing.png" in e for e in result["errors"]) and any("boom" in e for e in result["errors"])
