@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from kohya_1to2.dataset import build, compose
+from kohya_1to2.dataset import build, compose, pool
 from kohya_1to2.dataset.pairing import plan_pairs
 from kohya_1to2.errors import DatasetError, Interrupted, SetupError
 from kohya_1to2.fsutil import TMP_PREFIX
@@ -121,7 +121,7 @@ def test_rerun_reuses_everything_without_decoding(src: Path, tmp_path: Path, mon
 
     monkeypatch.setattr(compose, "load_source", no_decoding)
     monkeypatch.setattr(Image, "open", no_decoding)
-    monkeypatch.setattr(build, "ProcessPoolExecutor", no_decoding)
+    monkeypatch.setattr(pool, "ProcessPoolExecutor", no_decoding)
     result = run_build(src, out)
     assert (result.reused, result.written, result.removed) == (8, 0, 0)
     assert tree_hashes(out) == before
@@ -243,14 +243,14 @@ def test_corrupt_source_is_reported_and_finished_work_is_kept(src: Path, tmp_pat
 
 def test_schedule_groups_shared_sources() -> None:
     items = [
-        build.WorkItem(index=i, left=f"s{i % 32:02d}", right=f"s{(i * 7 + 3) % 32:02d}", image_name="", caption_name="",
+        pool.WorkItem(index=i, left=f"s{i % 32:02d}", right=f"s{(i * 7 + 3) % 32:02d}", image_name="", caption_name="",
                        caption="")
         for i in range(400)
     ]
-    chunks = build.schedule(items, chunk_size=12, group=8)
+    chunks = pool.schedule(items, chunk_size=12, group=8)
     assert sorted(item.index for chunk in chunks for item in chunk) == list(range(400))
 
-    def distinct(chunk: list[build.WorkItem]) -> int:
+    def distinct(chunk: list[pool.WorkItem]) -> int:
         return len({p for item in chunk for p in (item.left, item.right)})
 
     naive = [items[i : i + 12] for i in range(0, 400, 12)]
@@ -259,7 +259,7 @@ def test_schedule_groups_shared_sources() -> None:
 
 
 def test_source_cache_is_bounded_by_bytes() -> None:
-    cache = build.SourceCache(max_bytes=3 * 10 * 10 * 3)
+    cache = pool.SourceCache(max_bytes=3 * 10 * 10 * 3)
     loads: list[str] = []
 
     def loader(key: str) -> tuple[Image.Image, tuple[int, int]]:
@@ -279,12 +279,12 @@ CHILD = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, {tests!r})
     import test_build as t
-    from kohya_1to2.dataset import build
+    from kohya_1to2.dataset import build, pool
     kill_at, phase, workers = {kill_at!r}, {phase!r}, {workers!r}
     calls = {{"n": 0}}
     if phase:
         import kohya_1to2.fsutil as fsutil
-        real_bytes, real_text = build.atomic_write_bytes, build.atomic_write_text
+        real_bytes, real_text = pool.atomic_write_bytes, pool.atomic_write_text
         def die_maybe(final, data, real):
             calls["n"] += 1
             if calls["n"] == kill_at and phase == "mid-write":
@@ -296,8 +296,8 @@ CHILD = textwrap.dedent(
             real(final, data)
             if calls["n"] == kill_at and phase == "after-write":
                 os.kill(os.getpid(), signal.SIGKILL)
-        build.atomic_write_bytes = lambda final, data: die_maybe(final, data, real_bytes)
-        build.atomic_write_text = lambda final, text: die_maybe(final, text, real_text)
+        pool.atomic_write_bytes = lambda final, data: die_maybe(final, data, real_bytes)
+        pool.atomic_write_text = build.atomic_write_text = lambda final, text: die_maybe(final, text, real_text)
     t.run_build(Path({src!r}), Path({out!r}), budget={budget!r}, workers=workers)
     """
 )
@@ -445,7 +445,7 @@ def test_each_source_is_decoded_once_even_with_a_tiny_cache(
     assert not RunDir(tmp_path / "a").spill.exists()
 
     decoded.clear()
-    monkeypatch.setattr(build, "SPILL_MAX_BYTES", 0)  # no room to spill: the bounded cache alone
+    monkeypatch.setattr(pool, "SPILL_MAX_BYTES", 0)  # no room to spill: the bounded cache alone
     plain = build.build_composites(plans, characters, make_job(src, tmp_path / "b", budget=30, workers=1),
                                    tmp_path / "b", cache_bytes=1)
     assert len(decoded) > len(sources)
@@ -461,7 +461,7 @@ def test_unwritable_output_is_a_setup_error_naming_the_file(
     def disk_full(final: Path, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(build, "atomic_write_bytes", disk_full)
+    monkeypatch.setattr(pool, "atomic_write_bytes", disk_full)
     with pytest.raises(SetupError, match=r"cannot write composite .*000000_.*\.png: No space left") as caught:
         run_build(src, tmp_path / "run")
     assert "disk space" in (caught.value.hint or "")

@@ -2,7 +2,7 @@
 
 Pool workers hold a copy of the forkserver's "parent alive" pipe, so the forkserver never sees prepare die
 and lives on with its workers. With this, the kernel kills the forkserver when prepare dies, and each worker
-(which has the same guard for its own parent, see build._die_with_parent) then dies too: no orphan writes.
+(which has the same guard for its own parent, see pool._die_with_parent) then dies too: no orphan writes.
 There is no getppid() check: prepare may itself be PID 1 (a container). Had prepare died before the guard was
 armed, no worker holds the "alive" pipe yet, so the forkserver sees it close and exits by itself.
 """

@@ -1,0 +1,463 @@
+"""The composite build's workers: chunk scheduling, the process pool, per-worker state, the spill, stopping.
+
+The parent hands out chunks of `WorkItem`s (paths only, never pixels) and gets back `ItemResult`s; a worker
+writes each composite and its caption itself (atomically). A user-facing error in a worker comes back as a
+`WorkerFailure` record (plain data), and the parent raises it as the matching `OneToTwoError` class.
+
+Memory per worker is bounded: a byte-bounded LRU of decoded sources (`CACHE_BYTES`), one chunk of composites
+at a time, and the heap trimmed after each chunk. Pool start-up does not grow with the worker count: the
+forkserver imports this module (and the PNG encoder) once, workers fork from it on demand, and nothing heavy
+is imported per worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import shutil
+import signal
+import struct
+import sys
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kohya_1to2.dataset import compose
+from kohya_1to2.errors import (
+    CheckError,
+    DatasetError,
+    Interrupted,
+    OneToTwoError,
+    SetupError,
+    TrainingError,
+    UsageError,
+)
+from kohya_1to2.fsutil import atomic_write_bytes, atomic_write_text
+
+CHUNK_SIZE = 12
+"""Composites per worker task: small enough for a smooth progress bar and a quick Ctrl-C."""
+SOURCE_GROUP = 8
+"""Sources per scheduling group: a task's composites draw from two groups, so <= 16 distinct sources."""
+CACHE_BYTES = 32 * 1024 * 1024
+"""Per-worker decoded-source cache (about 10 sources of 1000x1000): bounds a worker's memory whatever the
+budget; misses are cheap (a raw read from the spill) when the spill is on."""
+SPILL_MAX_BYTES = 8 * 1024**3
+WINDOW_PER_WORKER = 4
+"""Chunks in flight per worker: keeps every worker fed while memory does not grow with the number of chunks."""
+
+FORKSERVER_PRELOAD = ["kohya_1to2.dataset.forkserver_guard", "kohya_1to2.dataset.pool"]
+"""Imported once by the forkserver, inherited by every worker. The guard must come first (it arms the
+forkserver's death with prepare) and must never be imported by prepare itself."""
+
+
+# ---------------------------------------------------------------- scheduling (pure)
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """What a worker needs for one composite: paths only, never pixels."""
+
+    index: int
+    left: str
+    right: str
+    image_name: str
+    caption_name: str
+    caption: str
+
+
+ItemResult = tuple[int, tuple[int, int], int, str, tuple[int, int], tuple[int, int]]
+"""(index, output size, output bytes, sha256, left source size, right source size)"""
+
+
+def schedule(
+    items: Sequence[WorkItem], chunk_size: int = CHUNK_SIZE, group: int = SOURCE_GROUP
+) -> list[list[WorkItem]]:
+    """Chunks ordered so composites sharing sources land together and a worker's cache keeps hitting.
+
+    Sources are ranked and cut into groups; composites are sorted by (left group, right group) in a snake
+    order: in a dense plan a chunk stays within one block of 2 x `group` sources, and consecutive chunks
+    share their left group.
+    """
+    ranks = {path: n for n, path in enumerate(sorted({p for item in items for p in (item.left, item.right)}))}
+
+    def key(item: WorkItem) -> tuple[int, int, int]:
+        left_group, right_group = ranks[item.left] // group, ranks[item.right] // group
+        return (left_group, right_group if left_group % 2 == 0 else -right_group, item.index)
+
+    ordered = sorted(items, key=key)
+    return [ordered[start : start + chunk_size] for start in range(0, len(ordered), chunk_size)]
+
+
+def first_items_first(chunks: Sequence[list[WorkItem]], below: int) -> list[list[WorkItem]]:
+    """Composites with an index below `below` pulled into one leading chunk (the preview can then be made
+    while the rest builds); the other chunks keep their order."""
+    head = sorted((item for chunk in chunks for item in chunk if item.index < below), key=lambda item: item.index)
+    rest = [kept for chunk in chunks if (kept := [item for item in chunk if item.index >= below])]
+    return [head, *rest] if head else rest
+
+
+def taper(chunks: Sequence[list[WorkItem]], workers: int) -> list[list[WorkItem]]:
+    """The same items in the same order, the last chunks cut smaller (guided scheduling): each chunk is at
+    most 1/(2 x workers) of what is left, so workers finish together instead of one running a whole last
+    chunk while the others idle. Early chunks keep their size (and cache locality)."""
+    split = max(0, len(chunks) - 2 * workers) if workers > 1 else len(chunks)
+    result = list(chunks[:split])
+    remaining = [item for chunk in chunks[split:] for item in chunk]
+    while remaining:
+        size = max(1, min(CHUNK_SIZE, -(-len(remaining) // (2 * workers))))
+        result.append(remaining[:size])
+        remaining = remaining[size:]
+    return result
+
+
+def shared_sources(items: Sequence[WorkItem]) -> frozenset[str]:
+    """Sources used by more than one composite: only these are worth spilling."""
+    uses = Counter(p for item in items for p in (item.left, item.right))
+    return frozenset(path for path, count in uses.items() if count > 1)
+
+
+def spill_fits(items: Sequence[WorkItem], max_side: int | None, run_dir: Path) -> bool:
+    """Spill decoded sources to disk only if (pixels of every source + one resized copy) fit the budget."""
+    from PIL import Image
+
+    total = 0
+    for path in sorted({p for item in items for p in (item.left, item.right)}):
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except (OSError, ValueError):
+            continue  # the worker reports it properly
+        if max_side is not None and max(width, height) > max_side:
+            scale = max_side / max(width, height)
+            width, height = int(width * scale) + 1, int(height * scale) + 1
+        total += 2 * 3 * width * height
+    free = shutil.disk_usage(run_dir).free
+    return total <= min(SPILL_MAX_BYTES, free // 4)
+
+
+# ---------------------------------------------------------------- errors as data
+
+
+ERROR_BY_EXIT_CODE: dict[int, type[OneToTwoError]] = {
+    cls.exit_code: cls for cls in (UsageError, DatasetError, CheckError, SetupError, TrainingError, Interrupted)
+}
+"""Each error class has its own exit code, so the code alone says which class to raise again."""
+
+
+@dataclass(frozen=True)
+class WorkerFailure:
+    """A user-facing error raised in a worker, as plain picklable data (the exception classes need not be)."""
+
+    exit_code: int
+    message: str
+    hint: str | None = None
+
+    @classmethod
+    def of(cls, error: OneToTwoError) -> WorkerFailure:
+        return cls(error.exit_code, error.message, error.hint)
+
+    def error(self) -> OneToTwoError:
+        """The exception to raise in the parent."""
+        return ERROR_BY_EXIT_CODE.get(self.exit_code, OneToTwoError)(self.message, hint=self.hint)
+
+
+def interrupted() -> Interrupted:
+    return Interrupted(
+        "composite build interrupted; finished composites are kept",
+        hint="re-run the same prepare command to continue where it stopped",
+    )
+
+
+# ---------------------------------------------------------------- worker side
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    background: tuple[int, int, int]
+    gap: int
+    max_side: int | None
+    format: str
+    quality: int
+    cache_bytes: int = CACHE_BYTES
+    subset_dir: str = "."
+    spill_dir: str | None = None
+    spill_sources: frozenset[str] = frozenset()
+
+
+class SourceCache:
+    """Bounded LRU of decoded sources, by bytes of pixels: memory stays flat however many composites."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._bytes = 0
+        self.loads = 0
+
+    def get(self, key: Hashable, loader: Callable[[Any], Any]) -> Any:
+        """`loader(key)` -> (image, extra), computed once while the entry stays in the cache."""
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = loader(key)
+        self.loads += 1
+        self._items[key] = value
+        self._bytes += _pixel_bytes(value[0])
+        while self._bytes > self.max_bytes and len(self._items) > 1:
+            _, (evicted, _) = self._items.popitem(last=False)
+            self._bytes -= _pixel_bytes(evicted)
+        return value
+
+
+def _pixel_bytes(image: Any) -> int:
+    return int(image.width * image.height * len(image.getbands()))
+
+
+_worker_config: WorkerConfig | None = None
+_worker_cache: SourceCache | None = None
+_worker_stop: Any = None
+
+
+def _init_worker(config: WorkerConfig, stop: Any = None, pool_worker: bool = True) -> None:
+    """Per-process state; SIGINT is left to the parent, which stops pool workers through `stop`."""
+    global _worker_config, _worker_cache, _worker_stop
+    if pool_worker:  # in-process builds run in prepare itself: never arm its death, never ignore its Ctrl-C
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _die_with_parent()
+    _worker_config, _worker_cache, _worker_stop = config, SourceCache(config.cache_bytes), stop
+
+
+def _reset_worker() -> None:
+    global _worker_config, _worker_cache, _worker_stop
+    _worker_config, _worker_cache, _worker_stop = None, None, None
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when its parent (the forkserver, see forkserver_guard) dies.
+
+    Without it a `kill -9` of prepare leaves workers writing composites into a run nobody owns any more.
+    """
+    if _libc is not None and hasattr(_libc, "prctl"):
+        _libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG (not imported: forkserver_guard arms on import)
+        if os.getppid() == 1:  # the parent died before the call took effect
+            os._exit(1)
+
+
+def release_freed_memory() -> None:
+    """Give freed image buffers back to the OS between chunks.
+
+    glibc raises its mmap threshold after the first big free, so later multi-MB buffers live on the heap and
+    stay there once freed. Trimming per chunk costs far less than forcing every buffer through mmap.
+    """
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+def _load_libc() -> Any:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018  (glibc only)
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_libc = _load_libc() if sys.platform.startswith("linux") else None
+
+
+_SPILL_HEADER = struct.Struct("<4I")
+
+
+def _spill_path(key: str) -> Path | None:
+    """Where a decoded source (key = path) or a resized one (path + size) is shared; None: not shared."""
+    if _worker_config is None or _worker_config.spill_dir is None:
+        return None
+    if key.split("\n", 1)[0] not in _worker_config.spill_sources:
+        return None  # used by one composite only: writing it would cost more than it saves
+    return Path(_worker_config.spill_dir) / (hashlib.sha1(key.encode("utf-8")).hexdigest() + ".rgb")
+
+
+def _spilled(key: str, make: Callable[[], tuple[Any, tuple[int, int]]]) -> tuple[Any, tuple[int, int]]:
+    """Decoded pixels shared by all workers through raw files: each source is decoded (and each pair
+    height resized) once per build instead of once per worker and cache miss."""
+    from PIL import Image
+
+    path = _spill_path(key)
+    if path is not None:
+        try:
+            data = path.read_bytes()
+            width, height, source_w, source_h = _SPILL_HEADER.unpack_from(data)
+            image = Image.frombytes("RGB", (width, height), data[_SPILL_HEADER.size :])
+            return image, (source_w, source_h)
+        except (FileNotFoundError, struct.error, ValueError):
+            pass
+    image, source_size = make()
+    if path is not None:
+        atomic_write_bytes(path, _SPILL_HEADER.pack(*image.size, *source_size) + image.tobytes())
+    return image, source_size
+
+
+def _load(path: str) -> tuple[Any, tuple[int, int]]:
+    def decode() -> tuple[Any, tuple[int, int]]:
+        assert _worker_config is not None
+        image = compose.load_source(Path(path), _worker_config.background, _worker_config.max_side)
+        return image, image.info.get(compose.SOURCE_SIZE_KEY, image.size)
+
+    return _spilled(path, decode)
+
+
+def _fitted(cache: SourceCache, path: str, image: Any, size: tuple[int, int]) -> Any:
+    """A source resized for one pair height; cached too, since a source meets the same few heights often."""
+    if image.size == size:
+        return image
+    key = f"{path}\n{size[0]}x{size[1]}"
+    return cache.get(key, lambda _: _spilled(key, lambda: (compose.fit(image, size), size)))[0]
+
+
+def _build_one(item: WorkItem) -> ItemResult:
+    assert _worker_config is not None and _worker_cache is not None
+    config = _worker_config
+    left, left_size = _worker_cache.get(item.left, _load)
+    right, right_size = _worker_cache.get(item.right, _load)
+    layout = compose.pair_layout(left.size, right.size, config.gap, config.max_side)
+    halves = [_fitted(_worker_cache, path, image, size)
+              for path, image, size in ((item.left, left, layout.left), (item.right, right, layout.right))]
+    data = compose.encode_pair(halves[0], halves[1], layout, config.background, config.format, config.quality)
+    atomic_write_bytes(Path(config.subset_dir, item.image_name), data)
+    atomic_write_text(Path(config.subset_dir, item.caption_name), item.caption + "\n")
+    return (item.index, layout.size, len(data), hashlib.sha256(data).hexdigest(), left_size, right_size)
+
+
+def build_chunk(chunk: list[WorkItem]) -> tuple[list[ItemResult], WorkerFailure | None]:
+    """Build a chunk; stop early if the parent asked; a user-facing error is returned as data, not raised."""
+    assert _worker_config is not None
+    results: list[ItemResult] = []
+    for item in chunk:
+        if _worker_stop is not None and _worker_stop.is_set():
+            break
+        try:
+            results.append(_build_one(item))
+        except OneToTwoError as exc:
+            return results, WorkerFailure.of(exc)
+        except OSError as exc:  # disk full, permissions: the run directory, not the data, is the problem
+            where = Path(_worker_config.subset_dir, item.image_name)
+            return results, WorkerFailure(
+                SetupError.exit_code,
+                f"cannot write composite {where}: {exc.strerror or exc}",
+                "check free disk space and write permission of the run directory",
+            )
+    release_freed_memory()
+    return results, None
+
+
+# ---------------------------------------------------------------- parent side
+
+
+Record = Callable[[Iterable[ItemResult]], object]
+"""Called in the parent with each finished chunk's results, in completion order."""
+
+
+def run_chunks(
+    items: list[WorkItem],
+    config: WorkerConfig,
+    workers: int,
+    record: Record,
+    on_results: Callable[[], None] | None = None,
+    first_below: int = 0,
+) -> None:
+    """Build `items` in-process (one worker or a tiny job) or on a process pool; raise what a worker hit.
+
+    On the pool, `on_results` is called after each finished chunk and, with it, the composites indexed below
+    `first_below` (the preview's) go first; the last chunks are cut smaller so the workers finish together.
+    """
+    chunks = schedule(items)
+    if workers <= 1 or len(chunks) <= 2:
+        failure = _run_in_process(chunks, config, record)
+    else:
+        chunks = taper(first_items_first(chunks, first_below) if on_results else chunks, workers)
+
+        def record_and_notify(results: Iterable[ItemResult]) -> None:
+            record(results)
+            if on_results is not None:
+                on_results()
+
+        failure = _run_pool(chunks, config, workers, record_and_notify)
+    if failure is not None:
+        raise failure.error()
+
+
+def _run_in_process(chunks: list[list[WorkItem]], config: WorkerConfig, record: Record) -> WorkerFailure | None:
+    _init_worker(config, None, pool_worker=False)
+    try:
+        for chunk in chunks:
+            results, failure = build_chunk(chunk)
+            record(results)
+            if failure is not None:
+                return failure
+    except KeyboardInterrupt:
+        raise interrupted() from None
+    finally:
+        _reset_worker()  # drop the cached images: this is the caller's process
+    return None
+
+
+def _submit(executor: ProcessPoolExecutor, queue: Iterator[list[WorkItem]], count: int) -> set[Future[Any]]:
+    return {executor.submit(build_chunk, chunk) for chunk in itertools.islice(queue, max(0, count))}
+
+
+def _pool_context() -> Any:
+    """forkserver: one clean process imports the worker code once and workers fork from it on demand (never
+    plain fork: the parent runs a progress-bar thread); spawn where forkserver does not exist."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(FORKSERVER_PRELOAD)
+    return context
+
+
+def _run_pool(chunks: list[list[WorkItem]], config: WorkerConfig, workers: int, record: Record) -> WorkerFailure | None:
+    context = _pool_context()
+    stop = context.Event()
+    executor = ProcessPoolExecutor(
+        max_workers=min(workers, len(chunks)), mp_context=context, initializer=_init_worker, initargs=(config, stop)
+    )
+    failure: WorkerFailure | None = None
+    pending: set[Future[Any]] = set()
+    queue = iter(chunks)
+    window = workers * WINDOW_PER_WORKER
+    try:
+        pending = _submit(executor, queue, window)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                results, chunk_failure = future.result()
+                record(results)
+                failure = failure or chunk_failure
+            if failure:
+                stop.set()
+            else:
+                pending |= _submit(executor, queue, window - len(pending))
+    except KeyboardInterrupt:
+        stop.set()
+        for future in pending:
+            future.cancel()
+        # Running chunks stop after their current composite; keep what they finished.
+        for future in pending:
+            if not future.cancelled():
+                try:
+                    results, _ = future.result()
+                    record(results)
+                except Exception:
+                    pass
+        executor.shutdown(wait=True, cancel_futures=True)
+        raise interrupted() from None
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+    return failure
