@@ -79,7 +79,7 @@ def test_long_captions_warn_with_exact_token_counts() -> None:
     assert not [p for p in problems if "stage-1" in p.message], "singles fit"
     stage1 = caption_length_problems([alice, bob], [], rules, 97)
     assert [p.message.split(" CLIP")[0] for p in stage1] == ["stage-1 caption is 98"]
-    assert stage1[0].path == Path("/d/1_alice/a.txt")
+    assert stage1[0].path == Path("/d/1_alice/a.txt") and "max_token_length = 225 (now 97)" in stage1[0].fix
     capped = CaptionRules(max_tags_per_side=10)
     assert caption_length_problems([alice, bob], [plan], capped, limit) == []
 
@@ -89,6 +89,8 @@ def test_many_long_composites_are_summarised() -> None:
     plans = [CompositePlan(index=i, left=alice.images[0], right=bob.images[0]) for i in range(8)]
     problems = caption_length_problems([alice, bob], plans, CaptionRules(), 150)
     assert len(problems) == 6 and problems[-1].message.startswith("3 more composite captions")
+    at_225 = caption_length_problems([alice, bob], plans, CaptionRules(), 225, count=lambda text: 300)
+    assert at_225 and all("max_token_length = 225" not in p.fix for p in at_225), "the limit is already 225"
 
 
 def test_limit_comes_from_the_preset() -> None:

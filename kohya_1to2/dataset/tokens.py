@@ -18,8 +18,8 @@ from kohya_1to2.dataset.captions import composite_caption
 from kohya_1to2.dataset.scan import Problem
 from kohya_1to2.models import CaptionRules, Character, CompositePlan, Job
 
-SHOWN_COMPOSITES = 5
-"""Composites named one by one (longest first); the rest are counted in one line."""
+SHOWN = 5
+"""Captions of each kind named one by one (longest first); the rest are counted in one line."""
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -73,31 +73,39 @@ def caption_length_problems(
     if count is None:
         return []
     limit = max_tokens or DEFAULT_MAX_TOKENS
-    fixes = ("--dedupe-shared, --drop-solo or --max-tags-per-side N (composites), fewer tags in the source "
-             f"captions, or max_token_length 225 (now {limit})")
-    problems = []
+    longer = "" if limit >= 225 else f", or max_token_length = 225 (now {limit})"
+    singles: list[tuple[int, Path]] = []
     for character in characters:
         for image in character.images:
             tokens = count(stage1_caption(image.tags))
             if tokens > limit:
-                problems.append(_too_long(image.caption_path or image.path, "stage-1 caption", tokens, limit,
-                                          "drop tags from the caption"))
+                singles.append((tokens, image.caption_path or image.path))
     by_name = {character.name: character for character in characters}
-    over: list[tuple[int, Path]] = []
+    composites: list[tuple[int, Path]] = []
     for plan in plans:
         text = composite_caption(by_name[plan.left.character], by_name[plan.right.character], plan.left,
                                  plan.right, rules)
         tokens = count(text)
         if tokens > limit:
-            over.append((tokens, Path(f"composite {plan.index:06d} ({plan.left.rel_key} + {plan.right.rel_key})")))
-    over.sort(key=lambda item: (-item[0], str(item[1])))
-    for tokens, label in over[:SHOWN_COMPOSITES]:
-        problems.append(_too_long(label, "composite caption", tokens, limit, fixes))
-    if len(over) > SHOWN_COMPOSITES:
-        rest = over[SHOWN_COMPOSITES:]
+            composites.append((tokens, Path(f"composite {plan.index:06d} ({plan.left.rel_key} + "
+                                            f"{plan.right.rel_key})")))
+    return [
+        *_listed(singles, "stage-1 caption", limit, "drop tags from the caption" + longer),
+        *_listed(composites, "composite caption", limit,
+                 "--dedupe-shared, --drop-solo or --max-tags-per-side N, or fewer tags in the source captions"
+                 + longer),
+    ]
+
+
+def _listed(over: list[tuple[int, Path]], what: str, limit: int, fix: str) -> list[Problem]:
+    """The longest few one by one, the rest counted in one line."""
+    over = sorted(over, key=lambda item: (-item[0], str(item[1])))
+    problems = [_too_long(label, what, tokens, limit, fix) for tokens, label in over[:SHOWN]]
+    if len(over) > SHOWN:
+        rest = over[SHOWN:]
         problems.append(Problem(
-            severity="warning", code="caption-too-long", fix=fixes,
-            message=f"{len(rest)} more composite captions are over max_token_length {limit} "
+            severity="warning", code="caption-too-long", fix=fix,
+            message=f"{len(rest)} more {what}s are over max_token_length {limit} "
                     f"({min(t for t, _ in rest)}-{max(t for t, _ in rest)} CLIP tokens)",
         ))
     return problems
