@@ -261,9 +261,10 @@ def render_stage_plans(plans: Sequence[StagePlan], family: str | None = None,
     if len(plans) == 2 and plans[0].total_steps:
         ratio = step_cost_ratio(plans[0], plans[1], cost)
         total_ratio = ratio * plans[1].total_steps / plans[0].total_steps
-        hours = sum(step_seconds(p, cost) * p.total_steps for p in plans) / 3600
+        seconds = sum(step_seconds(p, cost) * p.total_steps for p in plans)
+        spent = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
         text = (f"estimated cost: one stage-2 step ≈ {ratio:.2f}x a stage-1 step; "
-                f"stage 2 in total ≈ {total_ratio:.2f}x stage 1; both stages ≈ {hours:.1f} h of training steps")
+                f"stage 2 in total ≈ {total_ratio:.2f}x stage 1; both stages ≈ {spent} of training steps")
         if 1 in measured and 2 in measured and measured[1][0]:
             text += f" (measured: one stage-2 step = {measured[2][0] / measured[1][0]:.2f}x a stage-1 step)"
         parts.append(Text(text))
