@@ -167,8 +167,8 @@ LR_SCHEDULERS: tuple[str, ...] = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
     "cosine_with_min_lr", "warmup_stable_decay", "piecewise_constant",
 )
-"""lr_scheduler names `train_util.get_scheduler_fix` builds with sd-scripts' default arguments: transformers'
-SchedulerType (pinned transformers) plus diffusers' piecewise_constant. `reduce_lr_on_plateau` and
+"""lr_scheduler names `train_util.get_scheduler_fix` builds: transformers' SchedulerType (pinned transformers)
+plus diffusers' piecewise_constant (two of them need a setting: SCHEDULER_NEEDS). `reduce_lr_on_plateau` and
 `cosine_warmup_with_min_lr` are SchedulerType values too, but sd-scripts passes them arguments they reject."""
 
 ADAFACTOR_SCHEDULER_PREFIX = "adafactor:"
@@ -226,8 +226,23 @@ def optimizer_problem(name: str) -> str | None:
     return f"{name!r} is neither one of sd-scripts' optimizers nor a torch.optim class"
 
 
-def scheduler_problem(name: str, optimizer_type: str | None) -> str | None:
-    """Why get_scheduler_fix cannot build lr_scheduler `name` (None when it can)."""
+SCHEDULER_NEEDS: Mapping[str, tuple[str | None, str]] = {
+    "cosine_with_min_lr": ("lr_scheduler_min_lr_ratio", "min_lr"),
+    "piecewise_constant": (None, "step_rules"),
+}
+"""Schedulers that crash without a setting: (training option, or key=value in lr_scheduler_args)."""
+
+
+def scheduler_problem(name: str, optimizer_type: str | None, settings: Mapping[str, Any] | None = None) -> str | None:
+    """Why get_scheduler_fix cannot build lr_scheduler `name` with these (flattened) settings, else None."""
+    settings = settings or {}
+    if name in SCHEDULER_NEEDS:
+        option, arg = SCHEDULER_NEEDS[name]
+        given = [str(a).split("=", 1)[0] for a in settings.get("lr_scheduler_args") or []]
+        if (option is None or settings.get(option) is None) and arg not in given:
+            wanted = f"{option} or " if option else ""
+            return f"{name!r} needs {wanted}lr_scheduler_args = [\"{arg}=...\"]"
+        return None
     if name in LR_SCHEDULERS:
         return None
     if name.startswith(ADAFACTOR_SCHEDULER_PREFIX):

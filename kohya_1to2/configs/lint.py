@@ -231,9 +231,14 @@ def startup_value_problem(key: str, value: Any, flat: Mapping[str, Any]) -> tupl
         optimizer = flat.get("optimizer_type")
         if isinstance(optimizer, str) and optimizer.lower().endswith(kohya.SCHEDULEFREE_SUFFIX):
             return None  # sd-scripts uses a dummy scheduler then
-        problem = kohya.scheduler_problem(value, optimizer if isinstance(optimizer, str) else None)
+        problem = kohya.scheduler_problem(value, optimizer if isinstance(optimizer, str) else None, flat)
+        if problem and value in kohya.SCHEDULER_NEEDS:
+            example = {"cosine_with_min_lr": "lr_scheduler_min_lr_ratio = 0.1",
+                       "piecewise_constant": 'lr_scheduler_args = ["step_rules=\'100:1.0,0.1\'"]'}[value]
+            return (f"{problem}; sd-scripts stops after loading the model", f"write {example}")
         if problem:
-            guess = _suggest(value, kohya.LR_SCHEDULERS) or "cosine"
+            plain = [n for n in kohya.LR_SCHEDULERS if n not in kohya.SCHEDULER_NEEDS]
+            guess = _suggest(value, plain) or "cosine"
             return (f"{problem}; sd-scripts stops after loading the model",
                     f'write lr_scheduler = "{guess}" (one of {", ".join(kohya.LR_SCHEDULERS)})')
     if key == "optimizer_type" and isinstance(value, str):

@@ -54,7 +54,8 @@ def plain(value):
 
 def start(script, train, dataset, load_model):
     module = sdxl_train_network if script.startswith("sdxl") else train_network
-    trainer = sdxl_train_network.SdxlNetworkTrainer() if module is sdxl_train_network else train_network.NetworkTrainer()
+    sdxl = module is sdxl_train_network
+    trainer = sdxl_train_network.SdxlNetworkTrainer() if sdxl else train_network.NetworkTrainer()
     rec = {}
     try:
         rec["at"] = "parse"
@@ -221,10 +222,12 @@ from library import train_util
 from transformers.optimization import SchedulerType
 from diffusers.optimization import SchedulerType as DiffusersSchedulerType
 
-def builds(name, optimizer_type="AdamW"):
+def builds(name, optimizer_type="AdamW", **settings):
     parser = train_network.setup_parser()
     args = parser.parse_args([])
     args.lr_scheduler, args.optimizer_type, args.max_train_steps = name, optimizer_type, 100
+    for key, value in settings.items():
+        setattr(args, key, value)
     param = torch.nn.Parameter(torch.zeros(4, 4))
     try:
         _, _, optimizer = train_util.get_optimizer(args, [param])
@@ -235,6 +238,9 @@ def builds(name, optimizer_type="AdamW"):
 
 names = sorted({s.value for s in SchedulerType} | {s.value for s in DiffusersSchedulerType})
 out = {"schedulers": {n: builds(n) for n in names}, "adafactor": builds("adafactor:0.001", "Adafactor"),
+       "needs": {"cosine_with_min_lr": [builds("cosine_with_min_lr", lr_scheduler_min_lr_ratio=0.1),
+                                        builds("cosine_with_min_lr", lr_scheduler_args=["min_lr=1e-6"])],
+                 "piecewise_constant": [builds("piecewise_constant", lr_scheduler_args=["step_rules='1:10,0.1'"])]},
        "optimizers": {}}
 for name in json.load(sys.stdin):
     args = train_network.setup_parser().parse_args([])
@@ -265,7 +271,13 @@ def test_scheduler_and_optimizer_facts_match_what_sd_scripts_builds() -> None:
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("@@"))[2:])
-    assert {n for n, err in result["schedulers"].items() if err is None} == set(kohya.LR_SCHEDULERS)
+    builds_plain = {n for n, err in result["schedulers"].items() if err is None}
+    assert builds_plain == set(kohya.LR_SCHEDULERS) - set(kohya.SCHEDULER_NEEDS)
+    assert {n for n in result["schedulers"] if kohya.scheduler_problem(n, "AdamW") is None} == builds_plain
+    assert all(err is None for errs in result["needs"].values() for err in errs), result["needs"]
+    assert kohya.scheduler_problem("cosine_with_min_lr", None, {"lr_scheduler_min_lr_ratio": 0.1}) is None
+    assert kohya.scheduler_problem("cosine_with_min_lr", None, {"lr_scheduler_args": ["min_lr=1e-6"]}) is None
+    assert kohya.scheduler_problem("piecewise_constant", None, {"lr_scheduler_args": ["step_rules='1:10,0.1'"]}) is None
     assert kohya.scheduler_problem("adafactor:0.001", "Adafactor") is None and result["adafactor"] is None
     for name, error in result["optimizers"].items():
         accepted = kohya.optimizer_problem(name) is None
