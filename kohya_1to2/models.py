@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 """Image suffixes sd-scripts trains on that we read (compared case-insensitively)."""
@@ -101,11 +101,13 @@ class CaptionRules(Strict):
             )
         return value
 
-    @model_validator(mode="after")
-    def _composite_tag_is_one_tag(self) -> CaptionRules:
-        if problem := name_problem(self.composite_tag, group_separators(self.template)):
-            raise ValueError(f"composite_tag {self.composite_tag!r} {problem}")
-        return self
+    @field_validator("composite_tag")
+    @classmethod
+    def _composite_tag_is_one_tag(cls, value: str, info: ValidationInfo) -> str:
+        # template is declared first, so it is validated (or failed) by now
+        if problem := name_problem(value, group_separators(info.data.get("template", DEFAULT_TEMPLATE))):
+            raise ValueError(f"composite_tag {value!r} {problem}")
+        return value
 
 
 def group_separators(template: str) -> frozenset[str]:
