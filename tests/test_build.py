@@ -465,3 +465,90 @@ def test_unwritable_output_is_a_setup_error_naming_the_file(
     with pytest.raises(SetupError, match=r"cannot write composite .*000000_.*\.png: No space left") as caught:
         run_build(src, tmp_path / "run")
     assert "disk space" in (caught.value.hint or "")
+
+
+# ---------------------------------------------------------------- reuse_or_rebuild (pure)
+
+SUBSET = "composites/1_composite"
+
+
+def _decide(plans: list, characters: list[Character], previous: dict, fingerprints: dict, on_disk: dict,
+            settings_id: str = "S1", **settings: object) -> build.Reuse:
+    return build.reuse_or_rebuild(plans, characters, CompositeSettings(**settings), ".txt",
+                                  subset=SUBSET, settings_id=settings_id, previous=previous,
+                                  fingerprints=fingerprints, on_disk=on_disk)
+
+
+@pytest.fixture
+def built_state(src: Path) -> tuple[list, list[Character], dict, dict, dict]:
+    """A plan and what a finished build of it left: entries, source fingerprints, files on disk (no I/O)."""
+    characters = characters_from(src)
+    plans = plan_pairs(characters, 20, 0)
+    fingerprints = {p: f"fp-{p.name}" for plan in plans for p in (plan.left.path, plan.right.path)}
+    fresh = _decide(plans, characters, {}, fingerprints, {})
+    previous, on_disk = {}, {}
+    for item in fresh.to_build:
+        previous[item.index] = build.ManifestEntry(
+            index=item.index, file=f"{SUBSET}/{item.image_name}", caption=item.caption,
+            left=build.SourceRecord(path=item.left, size=(1, 1), fingerprint=fingerprints[Path(item.left)]),
+            right=build.SourceRecord(path=item.right, size=(1, 1), fingerprint=fingerprints[Path(item.right)]),
+            size=(2, 1), bytes=1000 + item.index, sha256="x", settings="S1")
+        on_disk[item.image_name] = 1000 + item.index
+        on_disk[item.caption_name] = len((item.caption + "\n").encode())
+    return plans, characters, previous, fingerprints, on_disk
+
+
+def test_reuse_when_nothing_changed(built_state: tuple) -> None:
+    plans, characters, previous, fingerprints, on_disk = built_state
+    decided = _decide(plans, characters, previous, fingerprints, on_disk)
+    assert decided.to_build == [] and decided.captions == [] and not decided.preview_stale
+    assert decided.entries == previous
+    assert decided.expected_names == frozenset(on_disk)
+
+
+def test_a_changed_source_rebuilds_exactly_its_composites(built_state: tuple) -> None:
+    plans, characters, previous, fingerprints, on_disk = built_state
+    changed = plans[3].left.path
+    decided = _decide(plans, characters, previous, {**fingerprints, changed: "fp-new"}, on_disk)
+    users = {p.index for p in plans if changed in (p.left.path, p.right.path)}
+    assert {item.index for item in decided.to_build} == users
+    assert set(decided.entries) == set(range(len(plans))) - users
+
+
+def test_a_changed_settings_id_rebuilds_everything(built_state: tuple) -> None:
+    plans, characters, previous, fingerprints, on_disk = built_state
+    decided = _decide(plans, characters, previous, fingerprints, on_disk, settings_id="S2")
+    assert [item.index for item in decided.to_build] == list(range(len(plans))) and decided.entries == {}
+    assert decided.preview_stale
+
+
+def test_a_wrong_or_missing_file_size_rebuilds_that_composite(built_state: tuple) -> None:
+    plans, characters, previous, fingerprints, on_disk = built_state
+    names = {e.index: Path(e.file).name for e in previous.values()}
+    on_disk = {**on_disk, names[5]: 1}
+    del on_disk[names[7]]
+    decided = _decide(plans, characters, previous, fingerprints, on_disk)
+    assert [item.index for item in decided.to_build] == [5, 7]
+
+
+def test_a_changed_plan_rebuilds_the_composites_whose_sources_moved(built_state: tuple) -> None:
+    plans, characters, previous, fingerprints, on_disk = built_state
+    new_plans = plan_pairs(characters, 20, 1)  # another seed: other pairs at the same indices
+    moved = {p.index for p, old in zip(new_plans, plans, strict=True)
+             if (p.left.path, p.right.path) != (old.left.path, old.right.path)}
+    assert moved
+    decided = _decide(new_plans, characters, previous, fingerprints, on_disk)
+    assert {item.index for item in decided.to_build} == moved
+    assert set(decided.entries) == set(range(len(plans))) - moved
+
+
+def test_a_caption_only_change_rewrites_the_caption_and_keeps_the_image(built_state: tuple) -> None:
+    plans, characters, previous, fingerprints, on_disk = built_state
+    stale = {**previous, 2: previous[2].model_copy(update={"caption": "an old caption"})}
+    caption_name = Path(previous[9].file).with_suffix(".txt").name
+    decided = _decide(plans, characters, stale, fingerprints, {**on_disk, caption_name: 3})
+    assert decided.to_build == []
+    assert [name for name, _ in decided.captions] == [Path(previous[2].file).with_suffix(".txt").name, caption_name]
+    assert decided.entries[2] == previous[2]  # the entry carries the plan's caption again
+    assert decided.captions[0][1] == previous[2].caption
+    assert decided.preview_stale  # composite 2 is on the preview

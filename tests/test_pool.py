@@ -1,0 +1,77 @@
+"""pool.py: worker errors cross a real process boundary as data and come back as the right error class."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from kohya_1to2.dataset import compose, pool
+from kohya_1to2.errors import DatasetError, Interrupted, OneToTwoError, SetupError, UsageError
+
+
+def items_for(left: Path, right: Path, count: int = 30) -> list[pool.WorkItem]:
+    """Enough composites for several chunks, so `run_chunks` uses the process pool with two workers."""
+    return [pool.WorkItem(index=i, left=str(left), right=str(right), image_name=f"{i:06d}_a__b.png",
+                          caption_name=f"{i:06d}_a__b.txt", caption="a, b") for i in range(count)]
+
+
+def config_for(subset: Path) -> pool.WorkerConfig:
+    return pool.WorkerConfig(background=(255, 255, 255), gap=0, max_side=None, format="png", quality=95,
+                             subset_dir=str(subset))
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    path = tmp_path / "good.png"
+    Image.new("RGB", (16, 20), (10, 20, 30)).save(path)
+    return path
+
+
+def test_a_dataset_error_in_a_worker_is_raised_in_the_parent_with_message_and_hint(
+    tmp_path: Path, image: Path
+) -> None:
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"not a png")
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    recorded: list[int] = []
+    with pytest.raises(DatasetError) as caught:
+        pool.run_chunks(items_for(image, corrupt), config_for(subset), 2,
+                        lambda results: recorded.extend(r[0] for r in results))
+    assert type(caught.value) is DatasetError
+    assert str(corrupt) in caught.value.message
+    with pytest.raises(DatasetError) as direct:  # what the same failure raises in this process
+        compose.load_source(corrupt, (255, 255, 255))
+    assert (caught.value.message, caught.value.hint) == (direct.value.message, direct.value.hint)
+    assert recorded == []
+
+
+def test_a_disk_error_in_a_worker_is_a_setup_error_naming_the_file(tmp_path: Path, image: Path) -> None:
+    not_a_folder = tmp_path / "subset"
+    not_a_folder.write_text("a file where the subset folder should be")
+    with pytest.raises(SetupError, match=r"cannot write composite .*subset/0000\d\d_a__b\.png") as caught:
+        pool.run_chunks(items_for(image, image), config_for(not_a_folder), 2, lambda results: None)
+    assert type(caught.value) is SetupError
+    assert "disk space" in (caught.value.hint or "")
+
+
+def test_the_pool_path_builds_every_item(tmp_path: Path, image: Path) -> None:
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    recorded: list[int] = []
+    pool.run_chunks(items_for(image, image), config_for(subset), 2,
+                    lambda results: recorded.extend(r[0] for r in results))
+    assert sorted(recorded) == list(range(30))
+    assert len(list(subset.glob("*.png"))) == 30
+
+
+@pytest.mark.parametrize("error", [UsageError("u", hint="h1"), DatasetError("d"), SetupError("s", hint="h3"),
+                                   Interrupted("i", hint="h4"), OneToTwoError("o", hint="h5")])
+def test_worker_failure_is_plain_data_that_maps_back_to_its_class(error: OneToTwoError) -> None:
+    failure = pickle.loads(pickle.dumps(pool.WorkerFailure.of(error)))
+    back = failure.error()
+    assert type(back) is type(error)
+    assert (back.message, back.hint, back.exit_code) == (error.message, error.hint, error.exit_code)
