@@ -167,3 +167,26 @@ def test_plan_shows_sample_images_and_steps_per_epoch(tmp_path: Path) -> None:
     console.print(render_stage_plans([plan]))
     assert "samples each epoch: 20 images, 560 sampler steps" in console.export_text()
     assert plan_stage(1, [subset(4)], SD1, 4, {**training, "sample_every_n_epochs": None}).sample_images == 0
+
+
+def test_plan_command_shows_the_measured_seconds_of_a_stage_that_ran(
+        tmp_path: Path, kohya_dataset: Callable[..., Path]) -> None:
+    import argparse
+
+    from kohya_1to2.commands import plan as plan_command
+
+    chars = _characters(kohya_dataset({"alice": 3, "bob": 2}))
+    run = tmp_path / "run"
+    job = Job(out=run, sources=SourceSettings(roots=[tmp_path / "src"]), training=TrainingSettings(epochs=2))
+    write_run_configs(job, chars, composite_dir=run / "composites" / "1_composite", composite_repeats=1,
+                      composite_sizes=[(192, 128)] * 4, run_dir=run)
+    (run / "logs").mkdir()
+    (run / "logs" / "stage1.log").write_text(
+        "steps:   0%|          | 0/4 [00:00<?, ?it/s]\rsteps: 100%|██████████| 4/4 [00:02<00:00,  1.60it/s, "
+        "avr_loss=0.1]2026-11-26 INFO saving\n", encoding="utf-8")
+    console = Console(record=True, width=200)
+    with pytest.raises(DatasetError, match="composite"):  # composites not built here: printed, then refused
+        plan_command.run(argparse.Namespace(run_dir=run), console)
+    text = console.export_text()
+    assert "measured 0.62 s/step (logs/stage1.log, 4 steps)" in text
+    assert text.count("measured") == 1 + text.count("measured on"), "stage 2 has not run: no measured figure"
