@@ -183,7 +183,8 @@ NAMED_OPTIMIZERS: tuple[str, ...] = (
 """optimizer_type names `train_util.get_optimizer` knows itself; it compares them case-insensitively."""
 
 TORCH_OPTIMIZERS: tuple[str, ...] = (
-    "ASGD", "Adadelta", "Adagrad", "Adam", "Adamax", "LBFGS", "NAdam", "RAdam", "RMSprop", "Rprop", "SGD",
+    "ASGD", "Adadelta", "Adagrad", "Adam", "Adamax", "LBFGS", "Muon", "NAdam", "RAdam", "RMSprop", "Rprop", "SGD",
+    "SparseAdam",
 )
 """Other names get_optimizer looks up in torch.optim, case-sensitively (`getattr(torch.optim, name)`)."""
 
