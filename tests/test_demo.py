@@ -28,11 +28,15 @@ def run_demo(*argv: str) -> int:
 
 def test_without_base_model_demo_uses_the_smoke_profile(calls: list[list[str]], tmp_path: Path) -> None:
     assert run_demo("--out", str(tmp_path / "ex")) == 0
-    prepare, launch = calls
+    prepare, launch, evaluate, report = calls
     assert prepare[0] == "prepare" and prepare[1].endswith("examples/dataset")
     assert prepare[prepare.index("--preset") + 1] == "smoke"
     assert prepare[prepare.index("--base-model") + 1] == "/cache/tiny"
     assert launch == ["launch", str(tmp_path / "ex"), "--smoke"]
+    # then one seed, 2 steps, one single and one pair per row on the tiny model, and the report
+    assert evaluate == ["evaluate", str(tmp_path / "ex"), "--seeds", "1", "--steps", "2", "--singles", "1",
+                        "--pairs", "1"]
+    assert report == ["report", str(tmp_path / "ex")]
 
 
 def test_with_a_base_model_demo_uses_the_seed_preset(calls: list[list[str]], tmp_path: Path,
@@ -40,10 +44,11 @@ def test_with_a_base_model_demo_uses_the_seed_preset(calls: list[list[str]], tmp
     monkeypatch.setattr("kohya_1to2.commands.demo.probe_capabilities",
                         lambda: Capabilities(cuda=True, xformers=True, bitsandbytes=True))
     assert run_demo("--out", str(tmp_path / "ex"), "--base-model", str(tmp_path / "model.safetensors")) == 0
-    prepare, launch = calls
+    prepare, launch, evaluate, report = calls
     assert prepare[prepare.index("--preset") + 1] == "seed"
     assert prepare[prepare.index("--base-model") + 1] == str(tmp_path / "model.safetensors")
     assert launch == ["launch", str(tmp_path / "ex")]
+    assert evaluate == ["evaluate", str(tmp_path / "ex")] and report == ["report", str(tmp_path / "ex")]
 
 
 def test_a_failed_prepare_stops_the_demo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""`demo`: the bundled example end to end, `prepare` then `launch`.
+"""`demo`: the bundled example end to end: `prepare`, `launch`, then `evaluate` and `report`.
 
 Without a GPU (or without --base-model) it uses the CPU smoke profile on the tiny random-init model, built
 once into `.cache/tiny-model/` (in a child process, so this process never imports torch).
@@ -17,6 +17,10 @@ from kohya_1to2.errors import SetupError, UsageError
 from kohya_1to2.launch.substitutions import probe_capabilities
 from kohya_1to2.launch.tiny_model import is_complete
 from kohya_1to2.launch.vendor import repo_root
+
+
+SMOKE_EVALUATION = ["--seeds", "1", "--steps", "2", "--singles", "1", "--pairs", "1"]
+"""On the tiny CPU model: one seed, 2 sampling steps, one character alone and one pair per row."""
 
 
 def tiny_model_dir() -> Path:
@@ -55,4 +59,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if code != 0:
         return code
     launch = ["launch", str(out)] + (["--smoke"] if preset == "smoke" else [])
-    return main(launch)
+    code = main(launch)
+    if code != 0:
+        return code
+    # what the run learnt: fixed-seed grids of base / stage 1 / stage 2, metrics, then the HTML report
+    evaluate = ["evaluate", str(out)] + (SMOKE_EVALUATION if preset == "smoke" else [])
+    code = main(evaluate)
+    return code if code != 0 else main(["report", str(out)])

@@ -174,6 +174,12 @@ def launch_stages(args: argparse.Namespace, console: Console, run_dir: Path, sel
         console.print(Text(f"stage {number}: {commands[number].shell()}", style="bold"), soft_wrap=True)
         results.append(execute_stage(run_dir, stage, commands[number]))
     console.print(summary_table(results))
+    from kohya_1to2.evaluate.report import write_report
+
+    try:  # the run's report (evaluate adds its grids); training succeeded even if this fails
+        console.print(Text(f"report: {write_report(run_dir)}"), soft_wrap=True)
+    except Exception as exc:
+        console.print(Text(f"report not written: {type(exc).__name__}: {exc}", style="yellow"), soft_wrap=True)
     return 0
 
 

@@ -10,6 +10,7 @@ import hashlib
 import html
 import io
 import json
+import os
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -39,8 +40,8 @@ def esc(value: object) -> str:
 
 
 def href(run_dir: Path, path: Path) -> str:
-    """A relative, URL-quoted link from report.html to a file of the run (spaces, quotes and unicode survive)."""
-    return quote(path.relative_to(run_dir).as_posix())
+    """A relative, URL-quoted link from report.html (sources outside the run via ../; spaces and unicode survive)."""
+    return quote(Path(os.path.relpath(path, run_dir)).as_posix())
 
 
 def thumbnail(run: RunDir, path: Path, max_width: int = THUMB_SIDE, max_height: int = THUMB_SIDE) -> Path | None:
