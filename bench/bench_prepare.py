@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_prepare.py            # full: ~1000 px sources, 1,000 composites; RSS at 20,000
     .venv/bin/python bench/bench_prepare.py --quick    # a short run with the same table
+    .venv/bin/python bench/bench_prepare.py --quick --sweep   # per worker count: build/floor, RSS, re-run
 
 Figures (see bench/README.md):
   (a) composites/s of the real build (`build_composites`, fresh run directory)
@@ -10,6 +11,7 @@ Figures (see bench/README.md):
       scheduling are all excluded from the floor, so they count against the build)
   (c) peak RSS of the whole process tree (parent + workers, summed) for a small vs a 20x larger budget
   (d) a re-run on unchanged input vs the full run
+`--sweep` instead measures (a), (b), the peak RSS and (d) for 1, 2, 4, ... workers up to the cores.
 Every build runs in a child process so its memory is measured alone.
 """
 
@@ -176,19 +178,41 @@ def tree_rss(tree: ProcessTree) -> int:
     return total
 
 
+def tree_pss(tree: ProcessTree) -> int:
+    """Proportional set size of the tree (pages shared by n processes count 1/n each): what the workers
+    really add, since they share the forkserver's imports copy-on-write. 0 where smaps_rollup is missing."""
+    total = 0
+    for p in tree.members():
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p.pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+    return total
+
+
+PEAK_PSS: dict[str, int] = {}
+"""Peak PSS of the last `run_child`, read every 0.25 s (reading smaps costs more than RSS)."""
+
+
 def run_child(args: list[str]) -> tuple[dict[str, Any], int, str]:
     """Run this script in child mode; return its JSON, the peak RSS of its process tree, and the method."""
     proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    peak = 0
+    peak = peak_pss = 0
     method = "psutil tree sum"
     try:
         import psutil
 
         tree = ProcessTree(psutil.Process(proc.pid))
+        polls = 0
         while proc.poll() is None:
             peak = max(peak, tree_rss(tree))
+            if polls % 12 == 0:
+                peak_pss = max(peak_pss, tree_pss(tree))
+            polls += 1
             time.sleep(0.02)
+        PEAK_PSS["last"] = peak_pss
     except ImportError:
         method = "getrusage(RUSAGE_CHILDREN) max of one process"
     out, err = proc.communicate()
@@ -313,11 +337,57 @@ def measure_floor(
 # ---------------------------------------------------------------- report
 
 
+RSS_BASE_MB, RSS_PER_WORKER_MB = 300, 60
+"""Memory target of the sweep: peak RSS of the whole process tree <= base + per worker x workers."""
+
+
+def worker_counts(cores: int) -> list[int]:
+    """1, 2, 4, ... up to `cores`, and `cores` itself."""
+    counts = [1]
+    while counts[-1] * 2 <= cores:
+        counts.append(counts[-1] * 2)
+    return counts if counts[-1] == cores else [*counts, cores]
+
+
+def sweep(src: Path, budget: int, work: Path, repeat: int, cores: int, started: float) -> int:
+    """Build vs floor, peak RSS and re-run share per worker count (best of `repeat` each)."""
+    rows = []
+    for workers in worker_counts(cores):
+        best: dict[str, Any] = {}
+        peak, pss, floor_s = 0, 0, float("inf")
+        for attempt in range(repeat):
+            print(f"sweep: {workers} workers, build #{attempt + 1} + floor ...", flush=True)
+            result, rss_now, _ = run_child(["--child-build", str(src), str(work / f"sweep{workers}_{attempt}"),
+                                            str(budget), str(workers)])
+            peak, pss = max(peak, rss_now), max(pss, PEAK_PSS.get("last", 0))
+            if not best or result["full_s"] < best["full_s"]:
+                best = result
+            seconds, _, _, _ = measure_floor(src, budget, workers, work / f"sweep_floor{workers}_{attempt}")
+            floor_s = min(floor_s, seconds)
+        ratio = floor_s / best["full_s"]
+        peak_mb = peak / 2**20
+        rss_target = RSS_BASE_MB + RSS_PER_WORKER_MB * workers
+        rows.append((workers, budget / best["full_s"], budget / floor_s, ratio, peak_mb, pss / 2**20, rss_target,
+                     100 * best["rerun_s"] / best["full_s"]))
+    print()
+    print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; Pillow {Image.__version__}; "
+          f"{budget} composites; total bench time {time.perf_counter() - started:.0f} s")
+    print(f"{'workers':>7}  {'build c/s':>9}  {'floor c/s':>9}  {'build/floor':>11}  {'peak RSS':>9}  "
+          f"{'peak PSS':>9}  {'RSS target':>10}  {'re-run':>7}  verdict")
+    for workers, build_rate, floor_rate, ratio, peak_mb, pss_mb, rss_target, rerun_pct in rows:
+        ok = ratio >= 0.8 and peak_mb <= rss_target
+        print(f"{workers:>7}  {build_rate:>9.1f}  {floor_rate:>9.1f}  {ratio:>10.2f}x  {peak_mb:>6.0f} MB  "
+              f"{pss_mb:>6.0f} MB  {rss_target:>7} MB  {rerun_pct:>6.2f}%  {'ok' if ok else 'MISSED'}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sources and budgets (about a minute)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     parser.add_argument("--repeat", type=int, default=2, help="best of N for the build and the floor")
+    parser.add_argument("--sweep", action="store_true",
+                        help="build/floor, peak RSS and re-run share for 1, 2, 4, ... workers up to the cores")
     parser.add_argument("--keep", type=Path, default=None, help="work directory to keep (default: a temp dir)")
     parser.add_argument("--child-build", nargs=4, metavar=("SRC", "OUT", "BUDGET", "WORKERS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -342,6 +412,8 @@ def main() -> int:
         started = time.perf_counter()
         print(f"generating sources in {work} ...", flush=True)
         src_big = make_sources(work / "src_big", **big)
+        if args.sweep:
+            return sweep(src_big, budget, work, args.repeat, workers, started)
         src_small = make_sources(work / "src_small", seed=1, **small)
 
         # Build and floor alternate, best of `--repeat` each: other load on a shared machine hits both alike.

@@ -52,6 +52,9 @@ WINDOW_PER_WORKER = 4
 FORKSERVER_PRELOAD = ["kohya_1to2.dataset.forkserver_guard", "kohya_1to2.dataset.pool"]
 """Imported once by the forkserver, inherited by every worker. The guard must come first (it arms the
 forkserver's death with prepare) and must never be imported by prepare itself."""
+ENCODER_PRELOAD = ["numpy", "cv2"]
+"""Also preloaded when OpenCV is the PNG encoder: each worker would otherwise import it on its first
+composite (CPU and private memory per worker); prepare itself never imports it."""
 
 
 # ---------------------------------------------------------------- scheduling (pure)
@@ -227,7 +230,16 @@ def _init_worker(config: WorkerConfig, stop: Any = None, pool_worker: bool = Tru
     if pool_worker:  # in-process builds run in prepare itself: never arm its death, never ignore its Ctrl-C
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _die_with_parent()
+        _one_thread_per_worker()
     _worker_config, _worker_cache, _worker_stop = config, SourceCache(config.cache_bytes), stop
+
+
+def _one_thread_per_worker() -> None:
+    """The pool already runs one worker per core: OpenCV's own thread pool in every worker would start
+    workers x cores threads that fight for the same cores. Threads do not change the encoded bytes."""
+    cv2 = sys.modules.get("cv2")  # preloaded by the forkserver when it is the encoder
+    if cv2 is not None and hasattr(cv2, "setNumThreads"):
+        cv2.setNumThreads(1)
 
 
 def _reset_worker() -> None:
@@ -418,7 +430,7 @@ def _pool_context() -> Any:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(FORKSERVER_PRELOAD)
+    context.set_forkserver_preload(FORKSERVER_PRELOAD + (ENCODER_PRELOAD if compose.opencv_version() else []))
     return context
 
 
