@@ -74,7 +74,7 @@ def make_run(run: Path) -> Path:
     base.write_bytes(b"fake model")
     for stage in (1, 2):
         (run / f"stage{stage}.dataset.toml").parent.mkdir(parents=True, exist_ok=True)
-        (run / f"stage{stage}.dataset.toml").write_text("[general]\n", encoding="utf-8")
+        (run / f"stage{stage}.dataset.toml").write_text("[general]\nenable_bucket = true\n", encoding="utf-8")
         name = "net_stage1" if stage == 1 else "net"
         weights = run / "output" / "stage1" / "net_stage1.safetensors"
         (run / f"stage{stage}.train.toml").write_text(
@@ -175,7 +175,7 @@ def test_stage_2_must_continue_from_stage_1(fake_env: Path, tmp_path: Path,
     run = make_run(tmp_path / "run")
     toml2 = run / "stage2.train.toml"
     toml2.write_text(toml2.read_text().replace("network_dim = 8", "network_dim = 16"))
-    assert launch(run, fake_env) == 2
+    assert launch(run, fake_env) == 4, "launch refuses what check refuses, with check's exit code"
     assert "network_dim" in capsys.readouterr().err
     assert calls(run) == []
 
@@ -318,12 +318,13 @@ def test_relative_paths_are_refused_but_hub_ids_pass(fake_env: Path, tmp_path: P
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     run = make_run(tmp_path / "run")
     (tmp_path / "models" / "base").mkdir(parents=True)
+    (tmp_path / "models" / "base" / "model_index.json").write_text("{}")  # a diffusers folder
     monkeypatch.chdir(tmp_path)
     toml1 = run / "stage1.train.toml"
     original = toml1.read_text()
     base_line = next(line for line in original.splitlines() if line.startswith("pretrained_model_name_or_path"))
     toml1.write_text(original.replace(base_line, 'pretrained_model_name_or_path = "models/base"'))
-    assert launch(run, fake_env, "--dry-run") == 2
+    assert launch(run, fake_env, "--dry-run") == 4
     err = capsys.readouterr().err
     assert "pretrained_model_name_or_path" in err and str(tmp_path / "models" / "base") in err
     toml1.write_text(original.replace(base_line, 'pretrained_model_name_or_path = "some-org/some-model"'))

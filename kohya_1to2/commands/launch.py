@@ -16,13 +16,11 @@ from rich.table import Table
 from rich.text import Text
 
 from kohya_1to2.errors import CheckError, SetupError, UsageError
-from kohya_1to2.kohya import base_model_problem, installed_lycoris_version, lycoris_sd1_problem
+from kohya_1to2.kohya import installed_lycoris_version, lycoris_sd1_problem
 from kohya_1to2.launch.commands import AccelerateOptions, StageCommand, build_stage_command
 from kohya_1to2.launch.pipeline import (
     StageConfig,
     StageResult,
-    check_absolute_paths,
-    check_stage_chain,
     decide_stages,
     dry_run_text,
     execute_stage,
@@ -39,12 +37,7 @@ from kohya_1to2.rundir import RunDir, run_family, writer_lock
 
 
 def lint_problems(run_dir: Path) -> list[str]:
-    """`check` on the run directory (kohya_1to2.configs.lint), one line per error.
-
-    Needs the run's job.json (written by `prepare`); a hand-assembled run directory without one is not linted.
-    """
-    if not RunDir(run_dir).job_file.is_file():
-        return []
+    """`check` on the run directory (kohya_1to2.configs.lint), one line per error: launch's only rule book."""
     from kohya_1to2.configs.lint import lint_run
 
     return [p.line() for p in lint_run(run_dir) if p.severity == "error"]
@@ -124,10 +117,6 @@ def launch_stages(args: argparse.Namespace, console: Console, run_dir: Path, sel
     family = run_family(run_dir)
     caps = probe_capabilities()
     stages = {n: read_stage(run_dir, n, caps) for n in (1, 2)}
-    check_stage_chain(stages[1], stages[2])
-    for stage_config in stages.values():
-        check_absolute_paths(stage_config)
-    require_base_model(stages[1])
     if str(stages[1].flat.get("network_module", "")).startswith("lycoris"):
         args_list = stages[1].flat.get("network_args")
         problem = lycoris_sd1_problem(installed_lycoris_version(), family,
@@ -181,15 +170,3 @@ def launch_stages(args: argparse.Namespace, console: Console, run_dir: Path, sel
     except Exception as exc:
         console.print(Text(f"report not written: {type(exc).__name__}: {exc}", style="yellow"), soft_wrap=True)
     return 0
-
-
-def require_base_model(stage: StageConfig) -> None:
-    """A missing or unusable base model is found before any child starts (sd-scripts fails ~20 s in)."""
-    value = stage.flat.get("pretrained_model_name_or_path")
-    if not isinstance(value, str) or not value:
-        raise UsageError(f"{stage.train_toml}: pretrained_model_name_or_path is not set",
-                         hint="set it to your base model (.safetensors/.ckpt file or diffusers folder)")
-    problem = base_model_problem(value)
-    if problem:
-        raise SetupError(f"{stage.train_toml}: pretrained_model_name_or_path: {problem}",
-                         hint="point it at an existing .safetensors/.ckpt file or diffusers folder")

@@ -730,7 +730,20 @@ def lint_run(run_dir: Path) -> list[Problem]:
                                             "launch passes the stage's own file, so the two disagree",
                                     fix=f"set dataset_config = {_literal(str(dataset_path))}"))
     problems += lint_stage_chain(flats[1], flats[2], str(run_dir / file_names(1)[1]), str(run_dir / file_names(2)[1]))
+    problems += lint_ownership(run_dir)
     return problems
+
+
+def lint_ownership(run_dir: Path) -> list[Problem]:
+    """A file in the composite subset that prepare did not write would be trained as a composite."""
+    from kohya_1to2.rundir import load_job, unowned_subset_files
+
+    layout = RunDir(run_dir)
+    caption_extension = load_job(run_dir).sources.caption_extension if layout.job_file.is_file() else ".txt"
+    return [Problem(file=str(path), key="(file)", problem="not written by prepare, yet in the stage-2 subset: "
+                    "sd-scripts would train it as a composite",
+                    fix=f"re-run prepare (it moves such files to {layout.strays}) or move it away")
+            for path in unowned_subset_files(layout, caption_extension)]
 
 
 def raise_for_problems(problems: Sequence[Problem], target: Path) -> None:

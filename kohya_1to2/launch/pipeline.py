@@ -114,35 +114,6 @@ def read_stage(run_dir: Path, stage: int, caps: Capabilities) -> StageConfig:
     return StageConfig(stage, train_toml, dataset_toml, effective, text, flat, subs, subsets)
 
 
-PATH_KEYS = ("pretrained_model_name_or_path", "tokenizer_cache_dir", "network_weights", "output_dir",
-             "sample_prompts", "dataset_config", "vae", "logging_dir", "resume")
-"""Training keys holding paths: sd-scripts runs with cwd = its own root, so relative ones resolve there."""
-
-
-def check_absolute_paths(stage: StageConfig) -> None:
-    """A relative path in a training TOML points inside sd-scripts at run time, not where the user meant."""
-    for key in PATH_KEYS:
-        value = stage.flat.get(key)
-        if not isinstance(value, str) or not value or Path(value).is_absolute():
-            continue
-        if key in ("pretrained_model_name_or_path", "vae") and not Path(value).exists():
-            continue  # may be a Hugging Face model id such as "org/model"
-        raise UsageError(
-            f"{stage.train_toml}: {key} = {value!r} is a relative path; sd-scripts runs inside its own folder "
-            "and would look for it there",
-            hint=f"write an absolute path, e.g. {key} = {json.dumps(str(Path(value).resolve()))}",
-        )
-
-
-def check_stage_chain(stage1: StageConfig, stage2: StageConfig) -> None:
-    """Stage 2 must continue from stage 1's final file with the same network (check's rules: configs.lint)."""
-    from kohya_1to2.configs.lint import lint_stage_chain
-
-    problems = lint_stage_chain(stage1.flat, stage2.flat, str(stage1.train_toml), str(stage2.train_toml))
-    if problems:
-        raise UsageError(f"{problems[0].file}: {problems[0].key}: {problems[0].problem}", hint=problems[0].fix)
-
-
 def strict_error(stage: StageConfig) -> SetupError:
     listed = "; ".join(sub.describe() for sub in stage.substitutions)
     return SetupError(
