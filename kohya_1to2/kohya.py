@@ -345,6 +345,12 @@ SAMPLE_IMAGE = re.compile(r"^(?:(?P<name>.+)_)?e(?P<epoch>\d{6})_(?P<index>\d{2}
 """Training samples: `<output_name>_e<epoch:06d>_<i:02d>_<YYYYmmddHHMMSS>[_<seed>].png` in <output_dir>/sample
 (train_util.py:6576)."""
 
+GEN_IMG_LYCORIS_MERGE = True
+"""gen_img.py applies a network with `network.apply_to(text_encoders, unet)` (gen_img.py:1923), which lycoris-lora
+3.4.0's kohya network refuses (`AssertionError: internal error: flag not set`: it wants both flags); with
+`--network_merge` it calls `merge_to(...)` instead, which works, but merges at multiplier 1.0 whatever
+`--network_mul` says (LycorisNetworkKohya.merge_to calls `super().merge_to(1)`)."""
+
 TENSORBOARD_SUBFOLDER = "network_train"
 """TensorBoard events of a launch land in <logging_dir>/<timestamp>/network_train/ (train_network's tracker)."""
 

@@ -20,6 +20,8 @@ def test_not_a_run_directory_and_bad_counts_are_exit_2(tmp_path: Path, capsys: p
     (tmp_path / "run" / "job.json").write_text("{}")
     assert main(["evaluate", str(tmp_path / "run"), "--seeds", "0"]) == 2
     assert "--seeds" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "run"), "--multiplier", "0.5"]) == 2
+    assert "only at 1.0" in capsys.readouterr().err
 
 
 def test_rows_from_the_stage_configs_and_saved_networks(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ def test_loha_row_loads_the_network_through_lycoris() -> None:
     assert option(argv, "--network_module") == "lycoris.kohya"
     assert option(argv, "--network_weights") == "/r/out/a_stage1.safetensors"
     assert option(argv, "--network_mul") == "0.8"
+    assert "--network_merge" in argv  # lycoris' apply_to refuses gen_img's call; merge_to works
     assert option(argv, "--ckpt") == "/m/model.safetensors" and "--v1" in argv
     assert option(argv, "--clip_skip") == "2" and option(argv, "--max_embeddings_multiples") == "3"
     assert option(argv, "--sampler") == "k_euler_a" and option(argv, "--tokenizer_cache_dir") == "/m/tok"

@@ -44,6 +44,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
                          hint="run `python -m kohya_1to2 prepare ... --out <run dir>` and `launch` first")
     if args.seeds < 1 or (args.steps is not None and args.steps < 1):
         raise UsageError("--seeds and --steps must be at least 1", hint="e.g. --seeds 4 --steps 28")
+    if args.multiplier != 1.0:
+        # kohya.GEN_IMG_LYCORIS_MERGE: gen_img can only merge a LyCORIS network, and the merge ignores network_mul
+        raise UsageError(f"--multiplier {args.multiplier:g}: gen_img.py applies LyCORIS 3.4 networks only at 1.0",
+                         hint="leave --multiplier at 1")
     with writer_lock(RunDir(run_dir), "evaluate"):
         evaluate(args, console, run_dir)
     from kohya_1to2.evaluate.report import write_report

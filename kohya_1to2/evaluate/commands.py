@@ -73,6 +73,8 @@ def build_generate_command(
     if weights is not None:
         argv += ["--network_module", network_module, "--network_weights", str(weights),
                  "--network_mul", f"{multiplier:g}"]
+        if network_module.startswith("lycoris"):
+            argv.append("--network_merge")  # kohya.GEN_IMG_LYCORIS_MERGE
     env = {"PYTHONUNBUFFERED": "1"}
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
