@@ -95,3 +95,18 @@ def test_many_long_composites_are_summarised() -> None:
 
 def test_limit_comes_from_the_preset() -> None:
     assert job_max_tokens(Job(out=Path("/r"), sources=SourceSettings(roots=[Path("/s")]))) == 225
+
+
+def test_without_the_tokenizer_prepare_says_caption_lengths_were_not_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from kohya_1to2.dataset import tokens
+    from kohya_1to2.models import Job, SourceSettings
+
+    monkeypatch.setattr(tokens, "clip_token_counter", lambda: None)
+    out = io.StringIO()
+    job = Job(out=Path("run"), sources=SourceSettings(roots=[Path("src")]))
+    tokens.print_caption_length_warnings(Console(file=out, width=200), [], [], job)
+    assert "caption lengths not checked" in out.getvalue()

@@ -32,9 +32,12 @@ TokenCounter = Callable[[str], int]
 
 @lru_cache(maxsize=1)
 def clip_token_counter() -> TokenCounter | None:
-    """Tokens of a text without BOS/EOS, as sd-scripts' CLIP tokenizer splits it; None without open-clip-torch."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-
+    """Tokens of a text without BOS/EOS, as sd-scripts' CLIP tokenizer splits it; None without the training
+    stack (`tokenizers` and open-clip-torch's vocabulary come with it, not with the wrapper)."""
+    try:
+        from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    except ImportError:
+        return None
     from kohya_1to2.errors import SetupError
     from kohya_1to2.launch.tiny_model import clip_vocab_and_merges, find_open_clip_vocab
 
@@ -133,5 +136,9 @@ def print_caption_length_warnings(console: Console, characters: Sequence[Charact
     """prepare's shell: the warnings of `caption_length_problems` for this job, one line each."""
     from rich.text import Text
 
+    if clip_token_counter() is None:
+        console.print(Text("caption lengths not checked: the CLIP tokenizer comes with the training stack "
+                           "(run ./bootstrap.sh)", style="dim"), soft_wrap=True)
+        return
     for problem in caption_length_problems(characters, plans, job.composites.captions, job_max_tokens(job)):
         console.print(Text(problem.line, style="yellow"), soft_wrap=True)
