@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,9 @@ def test_the_pool_path_builds_every_item(tmp_path: Path, image: Path) -> None:
                     lambda results: recorded.extend(r[0] for r in results))
     assert sorted(recorded) == list(range(30))
     assert len(list(subset.glob("*.png"))) == 30
+    # The guard arms PDEATHSIG on import: first in the forkserver's preload, never in this process.
+    assert pool.FORKSERVER_PRELOAD[0] == "kohya_1to2.dataset.forkserver_guard"
+    assert "kohya_1to2.dataset.forkserver_guard" not in sys.modules
 
 
 @pytest.mark.parametrize("error", [UsageError("u", hint="h1"), DatasetError("d"), SetupError("s", hint="h3"),
