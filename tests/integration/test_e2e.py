@@ -282,3 +282,99 @@ def test_the_pinned_lycoris_builds_a_loha_on_sdxl() -> None:
     line = next(line for line in proc.stdout.splitlines() if line.startswith("SDXL"))
     _, te_modules, unet_modules, kinds = line.split(" ", 3)
     assert int(te_modules) > 0 and int(unet_modules) > 0 and kinds == "{'LohaModule'}"
+
+
+# ---------------------------------------------------------------- evaluate and report (issue 10) on the trained run
+
+EVAL_SMOKE = ("--seeds", "1", "--steps", "2", "--singles", "1", "--pairs", "1", "--epochs", "all")
+"""demo's evaluation on the tiny model (1 seed, 2 steps, one single and one pair per row), every stage-2 epoch."""
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(trained_run: dict[str, Any]) -> dict[str, Any]:
+    run = trained_run["run"]
+    started = time.monotonic()
+    done = cli("evaluate", str(run), *EVAL_SMOKE)
+    seconds = time.monotonic() - started
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-3000:]
+    summary = json.loads((run / "eval" / "evaluation.json").read_text(encoding="utf-8"))
+    return {"run": run, "evaluate": done, "seconds": seconds, "summary": summary}
+
+
+def _pixels(path: Path) -> bytes:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB").tobytes()
+
+
+def test_evaluate_grids_have_a_row_per_weights_and_a_column_per_seed(evaluated_run: dict[str, Any]) -> None:
+    from PIL import Image
+
+    from kohya_1to2.evaluate.grid import HEADER_HEIGHT, LABEL_WIDTH, PAD
+
+    run, summary = evaluated_run["run"], evaluated_run["summary"]
+    rows = [row["id"] for row in summary["rows"]]
+    assert rows[:2] == ["base", "stage1"] and len(rows) >= 3 and all(r.startswith("stage2-e") for r in rows[2:])
+    assert [p["kind"] for p in summary["prompts"]] == ["single", "pair"] and summary["seeds"] == [1000]
+    for prompt in summary["prompts"]:
+        with Image.open(run / summary["grids"][prompt["id"]]) as grid:
+            assert grid.size == (LABEL_WIDTH + prompt["width"] + 2 * PAD,
+                                 HEADER_HEIGHT + len(rows) * (prompt["height"] + PAD) + PAD)
+        # rows differ only by weights, and the weights change the image: base, stage 1, stage 2 all differ
+        cells = [_pixels(run / summary["images"][row][f"{prompt['id']}_s1000.png"]) for row in rows]
+        assert len(set(cells[:3])) == 3, f"{prompt['id']}: base / stage 1 / stage 2 images are not all different"
+
+
+def test_evaluate_metrics_and_the_calibrated_seam_detector(evaluated_run: dict[str, Any]) -> None:
+    run, summary = evaluated_run["run"], evaluated_run["summary"]
+    records = [json.loads(line) for line in (run / "eval" / "metrics.jsonl").read_text().splitlines()]
+    [calibration] = [r for r in records if r["metric"] == "calibration"]
+    assert calibration["accuracy"] >= 0.95 and calibration["positives"] > 0 and calibration["negatives"] > 0
+    rates = [r for r in records if r["metric"] == "composite_rate"]
+    assert {(r["row"], r["kind"]) for r in rates} == {(row["id"], k) for row in summary["rows"]
+                                                      for k in ("single", "pair")}
+    assert all(r["images"] == 1 and r["detector_accuracy"] == calibration["accuracy"] for r in rates)
+    [best] = [r for r in records if r["metric"] == "best_epoch"]
+    assert best["epoch"] is not None and best["rule"]
+    [identity] = [r for r in records if r["metric"] == "identity"]
+    assert identity["available"] is False and "unavailable" in identity["status"]
+
+
+def test_evaluate_reuses_unchanged_images_and_the_same_seed_gives_the_same_base_image(
+        evaluated_run: dict[str, Any]) -> None:
+    run, summary = evaluated_run["run"], evaluated_run["summary"]
+    base = {name: run / rel for name, rel in summary["images"]["base"].items()}
+    before = {name: _pixels(path) for name, path in base.items()}
+    again = cli("evaluate", str(run), *EVAL_SMOKE)
+    assert again.returncode == 0 and "0 image(s) generated" in again.stdout, again.stdout[-3000:]
+    for path in base.values():
+        path.unlink()
+    regenerated = cli("evaluate", str(run), *EVAL_SMOKE)
+    assert regenerated.returncode == 0, regenerated.stdout[-3000:] + regenerated.stderr[-3000:]
+    assert f"{len(base)} image(s) generated" in regenerated.stdout
+    assert {name: _pixels(path) for name, path in base.items()} == before
+
+
+def test_the_report_of_the_evaluated_run_opens_in_a_browser(evaluated_run: dict[str, Any], tmp_path: Path) -> None:
+    from tests.browser import check_page, chromium
+
+    run = evaluated_run["run"]
+    assert cli("report", str(run), timeout=300).returncode == 0
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert "eval/grids/" in page and "Best stage-2 epoch" in page
+    assert "from the TensorBoard events" in page or "from the log" in page  # loss curves of both stages
+    if chromium() is None and os.environ.get("KOHYA_1TO2_REQUIRE_BROWSER") != "1":
+        pytest.skip("headless Chromium not installed (Debian package `chromium`; .ci/run installs it)")
+    result = check_page(run / "report.html", tmp_path / "report.png", tmp_path)
+    assert result["images"] > 0 and result["broken"] == [] and result["errors"] == [] and result["console"] == []
+
+
+def test_record_evaluate_timings_for_bench(evaluated_run: dict[str, Any]) -> None:
+    """Leave evaluate's figures where bench/bench_evaluate.py reads them (a no-op outside the bench)."""
+    out = os.environ.get("KOHYA_1TO2_BENCH_EVAL_OUT")
+    images = sum(len(cells) for cells in evaluated_run["summary"]["images"].values())
+    if out:
+        Path(out).write_text(json.dumps({"evaluate_seconds": evaluated_run["seconds"], "images": images,
+                                         "run": str(evaluated_run["run"])}))
+    assert images > 0
