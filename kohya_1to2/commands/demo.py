@@ -18,7 +18,6 @@ from kohya_1to2.launch.substitutions import probe_capabilities
 from kohya_1to2.launch.tiny_model import is_complete
 from kohya_1to2.launch.vendor import repo_root
 
-
 SMOKE_EVALUATION = ["--seeds", "1", "--steps", "2", "--singles", "1", "--pairs", "1"]
 """On the tiny CPU model: one seed, 2 sampling steps, one character alone and one pair per row."""
 
