@@ -267,8 +267,10 @@ def test_raise_for_errors_is_one_line_with_count(tmp_path: Path, put: Maker, two
 
 
 def test_warnings_alone_do_not_raise(tmp_path: Path, put: Maker, two_good: None) -> None:
-    put("1_alice/bare.png", caption=None)
-    raise_for_errors(run(tmp_path)[1])
+    bare = put("1_alice/bare.png", caption=None)
+    problems = run(tmp_path)[1]
+    assert [(p.severity, p.code, p.path) for p in problems] == [("warning", "missing-caption", bare)]
+    raise_for_errors(problems)  # a warning alone does not raise
 
 
 def test_problems_table_names_files(tmp_path: Path, put: Maker, two_good: None) -> None:
