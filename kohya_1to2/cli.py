@@ -9,84 +9,21 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import types
-import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel
 from rich.console import Console
 from rich.text import Text
 
 from kohya_1to2 import __version__
-from kohya_1to2.errors import INTERNAL_ERROR_EXIT, Interrupted, OneToTwoError, UsageError
+from kohya_1to2.commands.launch import LaunchOptions
+from kohya_1to2.commands.prepare import PrepareOptions
+from kohya_1to2.errors import EXIT_CODES, INTERNAL_ERROR_EXIT, Interrupted, OneToTwoError, UsageError
+from kohya_1to2.flags import add_model_flags, model_overrides
+from kohya_1to2.launch.commands import AccelerateOptions
 from kohya_1to2.models import CaptionRules, CompositeSettings, SourceSettings, TrainingSettings
 
-EXIT_CODES_HELP = (
-    "exit codes: 0 ok, 2 usage/settings, 3 bad input data, 4 check found problems, "
-    "5 environment, 6 training failed, 130 interrupted"
-)
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _scalar_type(annotation: Any) -> tuple[Any, tuple[Any, ...] | None]:
-    """The argparse `type` and `choices` for a model field's annotation."""
-    origin = get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in get_args(annotation) if a is not type(None)]
-        return _scalar_type(inner[0])
-    if origin is Literal:
-        return str, get_args(annotation)
-    if annotation in (int, float, str):
-        return annotation, None
-    if annotation is Path:
-        return Path, None
-    return str, None
-
-
-def add_model_flags(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
-    model: type[BaseModel],
-    *,
-    dest_prefix: str,
-    exclude: Sequence[str] = (),
-) -> None:
-    """Expose a model's scalar fields as flags whose help and default come from the model itself.
-
-    Every flag defaults to None ("not given"), so the model, not argparse, supplies defaults.
-    """
-    for name, field in model.model_fields.items():
-        if name in exclude or (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            continue
-        default = field.get_default(call_default_factory=True)
-        help_text = field.description or name
-        if default is not None:
-            help_text += f" (default: {default})"
-        dest = f"{dest_prefix}__{name}"
-        if field.annotation is bool:
-            parser.add_argument(
-                _flag(name), dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text
-            )
-            continue
-        arg_type, choices = _scalar_type(field.annotation)
-        metavar = None if choices else name.upper()
-        parser.add_argument(
-            _flag(name), dest=dest, type=arg_type, choices=choices, default=None, help=help_text, metavar=metavar
-        )
-
-
-def model_overrides(args: argparse.Namespace, dest_prefix: str) -> dict[str, Any]:
-    """The flags of one model that the user actually gave."""
-    prefix = dest_prefix + "__"
-    return {
-        key[len(prefix) :]: value
-        for key, value in vars(args).items()
-        if key.startswith(prefix) and value is not None
-    }
+EXIT_CODES_HELP = "exit codes: " + ", ".join(f"{code} {meaning}" for code, meaning, _ in EXIT_CODES)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,13 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prepare.add_argument("roots", nargs="+", type=Path, metavar="SOURCE", help="kohya dataset root(s)")
     prepare.add_argument("--out", type=Path, required=True, help="run directory to create or update")
-    prepare.add_argument("--force", action="store_true", help="rebuild every composite")
-    prepare.add_argument(
-        "--overwrite-edits", action="store_true", help="discard hand edits in generated TOMLs (a backup is kept)"
-    )
-    prepare.add_argument(
-        "--dry-run", action="store_true", help="scan, check and print the plan; write nothing"
-    )
+    add_model_flags(prepare, PrepareOptions, dest_prefix="prepare")
     add_model_flags(prepare.add_argument_group("sources"), SourceSettings, dest_prefix="sources", exclude=["roots"])
     add_model_flags(prepare.add_argument_group("composites"), CompositeSettings, dest_prefix="composites")
     add_model_flags(prepare.add_argument_group("captions"), CaptionRules, dest_prefix="captions")
@@ -126,25 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     launch = sub.add_parser("launch", help="train stage 1 then stage 2 through accelerate + sd-scripts")
     launch.add_argument("run_dir", type=Path)
-    launch.add_argument("--dry-run", action="store_true", help="print the exact commands and environment")
-    launch.add_argument("--force", action="store_true", help="re-run stages that are already complete")
-    launch.add_argument("--stage", type=int, choices=(1, 2), help="run only this stage")
-    launch.add_argument("--from-stage", type=int, choices=(1, 2), help="start at this stage")
-    launch.add_argument("--strict", action="store_true", help="refuse to substitute GPU-only options")
-    launch.add_argument("--smoke", action="store_true", help="CPU smoke profile: tiny model, a few steps")
-    launch.add_argument("--sd-scripts", type=Path, default=None, help="sd-scripts checkout (default: vendor/)")
-    launch.add_argument("--resume", action="store_true", help="resume an interrupted stage from its saved state")
-    acc = launch.add_argument_group("accelerate (passed through to `accelerate launch`)")
-    acc.add_argument("--num-processes", type=int)
-    acc.add_argument("--multi-gpu", action="store_true")
-    acc.add_argument("--num-machines", type=int)
-    acc.add_argument("--machine-rank", type=int)
-    acc.add_argument("--main-process-ip")
-    acc.add_argument("--main-process-port", type=int)
-    acc.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"))
-    acc.add_argument("--num-cpu-threads-per-process", type=int)
-    acc.add_argument("--gpu-ids")
-    acc.add_argument("--accelerate-config", type=Path, help="an accelerate config file (--config_file)")
+    add_model_flags(launch, LaunchOptions, dest_prefix="launch", exclude=["run_dir"])
+    add_model_flags(launch.add_argument_group("accelerate (passed through to `accelerate launch`)"),
+                    AccelerateOptions, dest_prefix="accelerate")
 
     evaluate = sub.add_parser("evaluate", help="fixed-seed image grids of base vs stage 1 vs stage 2, metrics, report")
     evaluate.add_argument("run_dir", type=Path)

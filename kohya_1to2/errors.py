@@ -1,15 +1,22 @@
-"""One exception family; the CLI edge maps each class to a documented exit code.
-
-Exit codes (also in README.md):
-  0 success · 1 unexpected internal error · 2 usage / job settings · 3 bad input data
-  4 `check` found problems · 5 environment (sd-scripts, packages, model) · 6 training failed
-  130 interrupted
-"""
+"""One exception family; the CLI edge maps each class to a documented exit code (EXIT_CODES below is the one
+table: `--help` and README's table are checked against it)."""
 
 from __future__ import annotations
 
 INTERNAL_ERROR_EXIT = 1
 """Any exception outside this family: a bug, reported as one `internal error:` line."""
+
+EXIT_CODES: tuple[tuple[int, str, str], ...] = (
+    (0, "ok", "success"),
+    (INTERNAL_ERROR_EXIT, "internal error", "unexpected internal error (please report; `--debug` shows the traceback)"),
+    (2, "usage/settings", "bad command-line options or job settings, or the run directory is in use"),
+    (3, "bad input data", "bad input data (corrupt image, empty or non-UTF-8 caption, one character, ...)"),
+    (4, "check found problems", "`check` found problems in a TOML"),
+    (5, "environment", "environment: sd-scripts missing or at the wrong version, packages, base model"),
+    (6, "training failed", "a training stage failed or trained nothing"),
+    (130, "interrupted", "interrupted (Ctrl-C / SIGTERM)"),
+)
+"""(code, short name for --help, README wording); the classes below carry their code."""
 
 
 class OneToTwoError(Exception):

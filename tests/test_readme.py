@@ -27,3 +27,16 @@ def test_ci_extracts_exactly_the_readme_test_command():
     extracted = subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert extracted.strip() == first_code_block()[1]
     assert script in (REPO / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def test_readme_exit_code_table_and_help_come_from_the_one_table():
+    from kohya_1to2.cli import build_parser
+    from kohya_1to2.errors import EXIT_CODES, OneToTwoError
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    rows = text[text.index("## Exit codes"):].split("\n\n")[1].splitlines()[2:]
+    assert rows == [f"| {code} | {meaning} |" for code, _, meaning in EXIT_CODES]
+    epilog = build_parser().epilog or ""
+    assert all(f"{code} {short}" in epilog for code, short, _ in EXIT_CODES)
+    classes = {cls.exit_code for cls in OneToTwoError.__subclasses__()}
+    assert classes <= {code for code, _, _ in EXIT_CODES}

@@ -10,12 +10,15 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from kohya_1to2.errors import CheckError, SetupError, UsageError
+from kohya_1to2.flags import model_overrides
 from kohya_1to2.kohya import installed_lycoris_version, lycoris_sd1_problem
 from kohya_1to2.launch.commands import AccelerateOptions, StageCommand, build_stage_command
 from kohya_1to2.launch.pipeline import (
@@ -43,22 +46,32 @@ def lint_problems(run_dir: Path) -> list[str]:
     return [p.line() for p in lint_run(run_dir) if p.severity == "error"]
 
 
-def accelerate_options(args: argparse.Namespace) -> AccelerateOptions:
-    return AccelerateOptions(
-        num_processes=args.num_processes,
-        multi_gpu=args.multi_gpu,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        main_process_ip=args.main_process_ip,
-        main_process_port=args.main_process_port,
-        mixed_precision=args.mixed_precision,
-        num_cpu_threads_per_process=args.num_cpu_threads_per_process,
-        gpu_ids=args.gpu_ids,
-        config_file=args.accelerate_config.expanduser().resolve() if args.accelerate_config else None,
-    )
+class LaunchOptions(BaseModel):
+    """What `launch` was asked to do; its command-line flags are derived from these fields."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_dir: Path
+    dry_run: bool = Field(False, description="print the decision and the exact commands; run nothing")
+    force: bool = Field(False, description="re-run stages even when nothing they train from changed")
+    stage: Literal[1, 2] | None = Field(None, description="run only this stage")
+    from_stage: Literal[1, 2] | None = Field(None, description="start at this stage")
+    strict: bool = Field(False, description="refuse to substitute GPU-only options")
+    smoke: bool = Field(False, description="CPU smoke profile: tiny model, a few steps")
+    sd_scripts: Path | None = Field(None, description="sd-scripts checkout (default: vendor/sd-scripts)")
+    resume: bool = Field(False, description="resume an interrupted stage from its saved state")
+    accelerate: AccelerateOptions = AccelerateOptions()
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> LaunchOptions:
+        accelerate = model_overrides(args, "accelerate")
+        if accelerate.get("config_file"):
+            accelerate["config_file"] = Path(accelerate["config_file"]).expanduser().resolve()
+        return cls(run_dir=args.run_dir, accelerate=AccelerateOptions(**accelerate),
+                   **model_overrides(args, "launch"))
 
 
-def stage_command(args: argparse.Namespace, run_dir: Path, sd_scripts: Path, family: Family,
+def stage_command(args: LaunchOptions, run_dir: Path, sd_scripts: Path, family: Family,
                   stage: StageConfig, caps: Capabilities) -> StageCommand:
     effective_mixed = str(stage.flat.get("mixed_precision") or "no")
     for sub in stage.substitutions:
@@ -70,7 +83,7 @@ def stage_command(args: argparse.Namespace, run_dir: Path, sd_scripts: Path, fam
         sd_scripts=sd_scripts,
         python=sys.executable,
         family=family,
-        accelerate=accelerate_options(args),
+        accelerate=args.accelerate,
         cuda=caps.cuda,
         mixed_precision=effective_mixed,
         cpu_threads=(os.cpu_count() or 1) if not caps.cuda else 1,
@@ -95,6 +108,11 @@ def summary_table(results: list[StageResult]) -> Table:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
+    return launch(LaunchOptions.from_args(args), console)
+
+
+def launch(args: LaunchOptions, console: Console) -> int:
+    """`launch` for callers that hold options, not a command line (`demo`)."""
     run_dir = args.run_dir.expanduser().resolve()
     if not run_dir.is_dir():
         raise UsageError(f"run directory {run_dir} not found", hint="create it with `python -m kohya_1to2 prepare`")
@@ -105,7 +123,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         return launch_stages(args, console, run_dir, selected)
 
 
-def launch_stages(args: argparse.Namespace, console: Console, run_dir: Path, selected: tuple[int, ...]) -> int:
+def launch_stages(args: LaunchOptions, console: Console, run_dir: Path, selected: tuple[int, ...]) -> int:
     """Check, decide which stages run (the same decision for --dry-run), then run them in order."""
     problems = lint_problems(run_dir)
     if problems:

@@ -12,16 +12,16 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
-from kohya_1to2.cli import model_overrides
 from kohya_1to2.dataset.pairing import plan_pairs
 from kohya_1to2.errors import UsageError
+from kohya_1to2.flags import model_overrides
 from kohya_1to2.fsutil import atomic_write_text
 from kohya_1to2.kohya import base_model_problem
 from kohya_1to2.models import (
@@ -83,8 +83,23 @@ def _summary_table(rows: list[tuple[str, str]]) -> Table:
     return table
 
 
+class PrepareOptions(BaseModel):
+    """How `prepare` treats what is already in the run directory (the job itself is a `Job`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    force: bool = Field(False, description="rebuild every composite")
+    overwrite_edits: bool = Field(False, description="discard hand edits in generated TOMLs (a backup is kept)")
+    dry_run: bool = Field(False, description="scan, check and print the plan; write nothing")
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
-    job = with_absolute_paths(job_from_args(args))
+    return prepare(job_from_args(args), PrepareOptions(**model_overrides(args, "prepare")), console)
+
+
+def prepare(job: Job, args: PrepareOptions, console: Console) -> int:
+    """`prepare` for callers that hold a job, not a command line (`demo`)."""
+    job = with_absolute_paths(job)
     run_dir = job.out
     layout = RunDir(run_dir)
     require_inputs(job)
@@ -116,7 +131,7 @@ def require_inputs(job: Job) -> None:
                              hint="pass an existing .safetensors/.ckpt file, a diffusers folder or a Hub id")
 
 
-def prepare_run(args: argparse.Namespace, console: Console, job: Job, take_run_dir: Callable[[], None]) -> int:
+def prepare_run(args: PrepareOptions, console: Console, job: Job, take_run_dir: Callable[[], None]) -> int:
     """Scan, pre-flight, then (not on a dry run) take the run directory and build and write into it."""
     from kohya_1to2.configs.generate import check_plan, render_plan, write_run_configs
     from kohya_1to2.dataset.build import build_composites

@@ -9,8 +9,9 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from kohya_1to2 import kohya
 from kohya_1to2.models import Family
@@ -18,20 +19,22 @@ from kohya_1to2.rundir import RunDir
 
 
 class AccelerateOptions(BaseModel):
-    """`accelerate launch` options as the user gave them (None = not given)."""
+    """`accelerate launch` options as the user gave them (None = not given); `launch` derives its flags from it."""
 
     model_config = ConfigDict(frozen=True)
 
-    num_processes: int | None = None
-    multi_gpu: bool = False
-    num_machines: int | None = None
-    machine_rank: int | None = None
-    main_process_ip: str | None = None
-    main_process_port: int | None = None
-    mixed_precision: str | None = None
-    num_cpu_threads_per_process: int | None = None
-    gpu_ids: str | None = None
-    config_file: Path | None = None
+    num_processes: int | None = Field(None, description="processes (GPUs) in all")
+    multi_gpu: bool = Field(False, description="distributed training on several GPUs")
+    num_machines: int | None = Field(None, description="machines taking part")
+    machine_rank: int | None = Field(None, description="this machine's rank")
+    main_process_ip: str | None = Field(None, description="IP address of the rank-0 machine")
+    main_process_port: int | None = Field(None, description="port of the rank-0 machine")
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = Field(
+        None, description="accelerate's mixed precision (default: the training TOML's)")
+    num_cpu_threads_per_process: int | None = Field(None, description="CPU threads per process")
+    gpu_ids: str | None = Field(None, description="GPUs to use, e.g. 0,1")
+    config_file: Path | None = Field(None, description="an accelerate config file (--config_file)",
+                                     json_schema_extra={"flag": "accelerate-config"})
 
 
 class StageCommand(BaseModel):
