@@ -1,7 +1,8 @@
 """Command line: parse arguments, run one command, map errors to exit codes.
 
-Each command lives in `kohya_1to2/commands/<name>.py` with a `run(args, console) -> int`; commands are
-imported lazily so `--help` and `launch` stay fast (the wrapper never imports torch).
+Each command lives in `kohya_1to2/commands/<name>.py` with a `run(args, console) -> int` that turns the
+arguments into models and calls the command's function; flags come from those models (kohya_1to2.flags).
+Command bodies import their heavy modules lazily, so `--help` stays fast and the wrapper never imports torch.
 """
 
 from __future__ import annotations
