@@ -21,7 +21,7 @@ from kohya_1to2.commands.launch import LaunchOptions
 from kohya_1to2.commands.prepare import PrepareOptions
 from kohya_1to2.errors import EXIT_CODES, INTERNAL_ERROR_EXIT, Interrupted, OneToTwoError, UsageError
 from kohya_1to2.flags import add_model_flags, model_overrides
-from kohya_1to2.launch.commands import AccelerateOptions
+from kohya_1to2.launch.argv import AccelerateOptions
 from kohya_1to2.models import CaptionRules, CompositeSettings, SourceSettings, TrainingSettings
 
 EXIT_CODES_HELP = "exit codes: " + ", ".join(f"{code} {meaning}" for code, meaning, _ in EXIT_CODES)

@@ -252,8 +252,7 @@ def run_family(root: Path) -> Family:
     """The model family of a prepared run (job.json's family, else its preset's); without job.json, SD1."""
     if not RunDir(root).job_file.is_file():
         return "sd1"
-    from kohya_1to2.configs.presets import load_preset
-    from kohya_1to2.configs.render import resolved_family
+    from kohya_1to2.configs.presets import load_preset, resolved_family
 
     job = load_job(root)
     return resolved_family(job, load_preset(job.training.preset))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kohya_1to2.launch.commands import (
+from kohya_1to2.launch.argv import (
     AccelerateOptions,
     accelerate_arguments,
     build_stage_command,

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kohya_1to2.configs.generate import render_run_files, write_generated_file, write_run_configs
-from kohya_1to2.rundir import RunDir
 from kohya_1to2.configs.merge import MISSING, canonical, leaves, merge_toml, path_name
 from kohya_1to2.models import Character, Job, SourceImage, SourceSettings, TrainingSettings
+from kohya_1to2.rundir import RunDir
 
 RUN = Path("/runs/example")
 

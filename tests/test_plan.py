@@ -10,7 +10,7 @@ from rich.console import Console
 
 from kohya_1to2.configs.buckets import BucketSettings
 from kohya_1to2.configs.generate import check_plan, plans_from_run_dir, render_plan, write_run_configs
-from kohya_1to2.configs.plan import (
+from kohya_1to2.configs.stage_plans import (
     CPU_SMOKE,
     GPU_SD1,
     GPU_SDXL,

@@ -175,7 +175,7 @@ def test_two_concurrent_prepares_one_refused_and_the_run_dir_equals_a_clean_runs
     while not (lock.is_file() and lock.read_text()) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     second = subprocess.run([*argv, "--seed", "1", "--format", "jpg"], capture_output=True, text=True)
-    first_out, first_err = first.communicate(timeout=300)
+    _, first_err = first.communicate(timeout=300)
     assert first.returncode == 0, first_err
     assert second.returncode == 2, second.stderr
     assert f"run dir in use by prepare (pid {first.pid}, since" in second.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kohya_1to2.launch.tiny_model import clip_vocab_and_merges, find_open_clip_vocab, is_complete
+from kohya_1to2.environment.tiny_model import clip_vocab_and_merges, find_open_clip_vocab, is_complete
 
 
 def require(module: str) -> None:
@@ -32,7 +32,7 @@ def test_saved_tokenizer_encodes_like_clip(tmp_path: Path) -> None:
     require("transformers")
     from transformers import CLIPTokenizer
 
-    from kohya_1to2.launch.tiny_model import save_clip_tokenizer
+    from kohya_1to2.environment.tiny_model import save_clip_tokenizer
 
     save_clip_tokenizer(tmp_path / "tok")
     tokenizer = CLIPTokenizer.from_pretrained(str(tmp_path / "tok"))

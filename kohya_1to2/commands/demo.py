@@ -13,10 +13,10 @@ from pathlib import Path
 
 from rich.console import Console
 
+from kohya_1to2.environment.tiny_model import is_complete
+from kohya_1to2.environment.vendor import repo_root
 from kohya_1to2.errors import SetupError, UsageError
 from kohya_1to2.launch.substitutions import probe_capabilities
-from kohya_1to2.launch.tiny_model import is_complete
-from kohya_1to2.launch.vendor import repo_root
 
 SMOKE_EVALUATION = ["--seeds", "1", "--steps", "2", "--singles", "1", "--pairs", "1"]
 """On the tiny CPU model: one seed, 2 sampling steps, one character alone and one pair per row."""

@@ -9,9 +9,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from kohya_1to2.environment.probe import Finding, base_model_finding, findings, planned_substitutions, probe_environment
+from kohya_1to2.environment.vendor import default_sd_scripts, pin_mismatches
 from kohya_1to2.errors import SetupError, UsageError
-from kohya_1to2.launch.doctor import Finding, base_model_finding, findings, planned_substitutions, probe_environment
-from kohya_1to2.launch.vendor import default_sd_scripts, pin_mismatches
 
 
 def base_model_lines(args: argparse.Namespace) -> list[Finding]:

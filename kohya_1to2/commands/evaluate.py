@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kohya_1to2 import kohya
+from kohya_1to2.environment.vendor import require_sd_scripts
 from kohya_1to2.errors import DatasetError, UsageError
 from kohya_1to2.evaluate import metrics as metric
 from kohya_1to2.evaluate.commands import build_generate_command
@@ -30,7 +31,6 @@ from kohya_1to2.evaluate.seams import SeamScores, calibrate, even_sample, scores
 from kohya_1to2.fsutil import atomic_path, atomic_write_text
 from kohya_1to2.launch.pipeline import read_stage
 from kohya_1to2.launch.substitutions import probe_capabilities
-from kohya_1to2.launch.vendor import require_sd_scripts
 from kohya_1to2.rundir import RunDir, load_job, run_family, writer_lock
 
 EVALUATION_FILE = "evaluation.json"

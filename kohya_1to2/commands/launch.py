@@ -17,10 +17,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from kohya_1to2.environment.vendor import require_sd_scripts
 from kohya_1to2.errors import CheckError, SetupError, UsageError
 from kohya_1to2.flags import model_overrides
 from kohya_1to2.kohya import installed_lycoris_version, lycoris_sd1_problem
-from kohya_1to2.launch.commands import AccelerateOptions, StageCommand, build_stage_command
+from kohya_1to2.launch.argv import AccelerateOptions, StageCommand, build_stage_command
 from kohya_1to2.launch.pipeline import (
     StageConfig,
     StageResult,
@@ -34,7 +35,6 @@ from kohya_1to2.launch.pipeline import (
     write_effective_toml,
 )
 from kohya_1to2.launch.substitutions import Capabilities, probe_capabilities
-from kohya_1to2.launch.vendor import require_sd_scripts
 from kohya_1to2.models import Family
 from kohya_1to2.rundir import RunDir, run_family, writer_lock
 

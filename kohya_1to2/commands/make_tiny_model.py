@@ -7,7 +7,7 @@ import time
 
 from rich.console import Console
 
-from kohya_1to2.launch.tiny_model import build_tiny_model, tokenizer_cache_dir
+from kohya_1to2.environment.tiny_model import build_tiny_model, tokenizer_cache_dir
 
 
 def run(args: argparse.Namespace, console: Console) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from kohya_1to2.configs.generate import plans_from_run_dir
-from kohya_1to2.configs.plan import check_stage_plans, render_stage_plans
+from kohya_1to2.configs.stage_plans import check_stage_plans, render_stage_plans
 from kohya_1to2.kohya import measured_seconds_per_step
 from kohya_1to2.rundir import RunDir, run_family
 

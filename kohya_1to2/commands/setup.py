@@ -15,8 +15,7 @@ from pathlib import Path
 from rich.console import Console
 
 from kohya_1to2 import kohya
-from kohya_1to2.launch.substitutions import probe_capabilities
-from kohya_1to2.launch.vendor import (
+from kohya_1to2.environment.vendor import (
     default_sd_scripts,
     extract_archive,
     install_plan,
@@ -28,6 +27,7 @@ from kohya_1to2.launch.vendor import (
     run_install,
     submodule_update,
 )
+from kohya_1to2.launch.substitutions import probe_capabilities
 
 
 def ensure_sd_scripts(archive: Path | None, console: Console) -> Path:

@@ -22,7 +22,6 @@ from rich.text import Text
 
 from kohya_1to2.configs.buckets import BucketSettings
 from kohya_1to2.configs.merge import Conflict, merge_toml
-from kohya_1to2.configs.plan import StagePlan, SubsetPlan, check_stage_plans, plan_stage, render_stage_plans
 from kohya_1to2.configs.presets import PresetSettings, load_preset
 from kohya_1to2.configs.prompts import parse_size, sample_prompts_text
 from kohya_1to2.configs.render import (
@@ -34,6 +33,7 @@ from kohya_1to2.configs.render import (
     resolved_family,
     training_document,
 )
+from kohya_1to2.configs.stage_plans import StagePlan, SubsetPlan, check_stage_plans, plan_stage, render_stage_plans
 from kohya_1to2.fsutil import atomic_write_text
 from kohya_1to2.imagefiles import image_sizes, list_images
 from kohya_1to2.kohya import flatten_training_config

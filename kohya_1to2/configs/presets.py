@@ -16,7 +16,7 @@ import tomlkit.exceptions
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kohya_1to2.errors import UsageError
-from kohya_1to2.models import Family, validation_message
+from kohya_1to2.models import Family, Job, validation_message
 
 PRESET_SECTION = "preset"
 TEMPLATES_ENV = "KOHYA_1TO2_TEMPLATES"
@@ -128,3 +128,15 @@ def key_comments(table: Any) -> dict[str, str]:
             comments[key.key] = "\n".join(pending)
         pending = []
     return comments
+
+
+def resolved_family(job: Job, preset: Preset) -> Family:
+    """The job's family, defaulting to the preset's; SDXL and SD1/2 presets are not interchangeable."""
+    family = job.training.family or preset.settings.family
+    if (family == "sdxl") != (preset.settings.family == "sdxl"):
+        wanted = "sdxl" if family == "sdxl" else "seed"
+        raise UsageError(
+            f"--family {family} does not fit preset {preset.name!r} (written for {preset.settings.family})",
+            hint=f"use --preset {wanted}",
+        )
+    return family

@@ -23,10 +23,10 @@ from kohya_1to2.configs.buckets import (
     Stage2Buckets,
     choose_stage2_buckets,
 )
-from kohya_1to2.configs.presets import PRESET_SECTION, Preset, key_comments
+from kohya_1to2.configs.presets import PRESET_SECTION, Preset, key_comments, resolved_family
 from kohya_1to2.errors import UsageError
 from kohya_1to2.kohya import final_weights_path
-from kohya_1to2.models import Family, Job
+from kohya_1to2.models import Job
 from kohya_1to2.rundir import RunDir
 
 Stage = Literal[1, 2]
@@ -72,18 +72,6 @@ def file_names(stage: Stage) -> tuple[str, str]:
 
 
 SAMPLE_PROMPTS_FILE = RunDir(Path()).sample_prompts.name
-
-
-def resolved_family(job: Job, preset: Preset) -> Family:
-    """The job's family, defaulting to the preset's; SDXL and SD1/2 presets are not interchangeable."""
-    family = job.training.family or preset.settings.family
-    if (family == "sdxl") != (preset.settings.family == "sdxl"):
-        wanted = "sdxl" if family == "sdxl" else "seed"
-        raise UsageError(
-            f"--family {family} does not fit preset {preset.name!r} (written for {preset.settings.family})",
-            hint=f"use --preset {wanted}",
-        )
-    return family
 
 
 def stage_output_dir(run_dir: Path, stage: Stage) -> Path:

@@ -38,8 +38,8 @@ def clip_token_counter() -> TokenCounter | None:
         from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     except ImportError:
         return None
+    from kohya_1to2.environment.tiny_model import clip_vocab_and_merges, find_open_clip_vocab
     from kohya_1to2.errors import SetupError
-    from kohya_1to2.launch.tiny_model import clip_vocab_and_merges, find_open_clip_vocab
 
     try:
         vocab, merges = clip_vocab_and_merges(find_open_clip_vocab())

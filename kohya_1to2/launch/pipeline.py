@@ -21,7 +21,7 @@ from kohya_1to2 import kohya
 from kohya_1to2.configs.prompts import rotating_sample_prompts
 from kohya_1to2.errors import SetupError, TrainingError, UsageError
 from kohya_1to2.fsutil import atomic_write_text
-from kohya_1to2.launch.commands import StageCommand
+from kohya_1to2.launch.argv import StageCommand
 from kohya_1to2.launch.inputs import Attempt, Decision, Record, StageInputs, collect_inputs, decide
 from kohya_1to2.launch.run import run_child
 from kohya_1to2.launch.substitutions import Capabilities, Substitution, apply_substitutions, plan_substitutions

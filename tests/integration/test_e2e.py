@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
+from kohya_1to2.environment.tiny_model import is_complete
+from kohya_1to2.environment.vendor import default_sd_scripts, pin_mismatches, repo_root
 from kohya_1to2.kohya import parse_weights_report
-from kohya_1to2.launch.tiny_model import is_complete
-from kohya_1to2.launch.vendor import default_sd_scripts, pin_mismatches, repo_root
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -133,7 +133,7 @@ def test_plan_estimates_the_measured_stage_2_to_stage_1_step_ratio(trained_run: 
     """The cost model's stage-2/stage-1 time per step is within 15% of the smoke run's measured ratio, and
     `plan` shows the measured s/step of both stages."""
     from kohya_1to2.configs.generate import plans_from_run_dir
-    from kohya_1to2.configs.plan import step_cost_for, step_cost_ratio
+    from kohya_1to2.configs.stage_plans import step_cost_for, step_cost_ratio
     from kohya_1to2.kohya import measured_seconds_per_step
 
     run = trained_run["run"]

@@ -17,7 +17,7 @@ import toml
 
 from kohya_1to2.configs.buckets import MAX_CROP, BucketSettings
 from kohya_1to2.configs.generate import render_run_files
-from kohya_1to2.configs.plan import SubsetPlan, plan_stage
+from kohya_1to2.configs.stage_plans import SubsetPlan, plan_stage
 from kohya_1to2.models import Character, Job, SourceImage, SourceSettings, TrainingSettings
 
 REPO = Path(__file__).resolve().parents[2]
