@@ -19,6 +19,7 @@ from fake_launch import DRIVER, make_fake_sd_scripts, q
 
 from kohya_1to2.cli import main
 from kohya_1to2.launch.run import run_child
+from kohya_1to2.rundir import RunDir
 
 FAKE_TRAIN = """\
 import os, subprocess, sys, time, toml
@@ -259,6 +260,7 @@ ESCALATE = """\
 import signal, sys
 from pathlib import Path
 from kohya_1to2.launch.run import run_child
+from kohya_1to2.rundir import RunDir
 from kohya_1to2.errors import Interrupted
 child = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
          "signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(300)"]
@@ -301,16 +303,20 @@ def test_resume_continues_from_the_newest_saved_state(fake_env: Path, tmp_path: 
     run = make_run(tmp_path / "run")
     assert launch(run, fake_env, "--resume") == 2
     assert "no saved state of stage 1" in capsys.readouterr().err
-    old, new = (run / "output" / "stage1" / n for n in ("net_stage1-000001-state", "net_stage1-000002-state"))
-    for i, state in enumerate((old, new)):
+    names = ("net_stage1-000001-state", "net_stage1-000002-state", "net_stage1-000003-state")
+    old, new, cut_off = (run / "output" / "stage1" / n for n in names)
+    for i, state in enumerate((old, new, cut_off)):
         state.mkdir(parents=True)
         (state / "train_state.json").write_text("{}")
+        if state != cut_off:  # accelerate writes the random states last: cut_off was interrupted mid-save
+            (state / "random_states_0.pkl").write_bytes(b"x")
         os.utime(state, (1_000_000 + i, 1_000_000 + i))
     assert launch(run, fake_env, "--resume", "--stage", "1") == 0
     import toml
 
-    effective = toml.load(run / ".1to2" / "launch" / "stage1.train.toml")
+    effective = toml.load(RunDir(run).effective_toml(1))
     assert [t["resume"] for t in effective.values() if "resume" in t] == [str(new)]
+    assert [t["skip_until_initial_step"] for t in effective.values() if "resume" in t] == [True]
 
 
 def test_relative_paths_are_refused_but_hub_ids_pass(fake_env: Path, tmp_path: Path,
@@ -329,3 +335,17 @@ def test_relative_paths_are_refused_but_hub_ids_pass(fake_env: Path, tmp_path: P
     assert "pretrained_model_name_or_path" in err and str(tmp_path / "models" / "base") in err
     toml1.write_text(original.replace(base_line, 'pretrained_model_name_or_path = "some-org/some-model"'))
     assert launch(run, fake_env, "--dry-run") == 0
+
+
+def test_strict_accepts_the_loader_worker_cap_sd_scripts_applies_anyway(
+    fake_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kohya_1to2.launch.substitutions import Capabilities
+
+    monkeypatch.setattr("kohya_1to2.commands.launch.probe_capabilities",
+                        lambda: Capabilities(cuda=True, xformers=True, bitsandbytes=True, cpu_count=2))
+    run = make_run(tmp_path / "run")
+    toml1 = run / "stage1.train.toml"
+    toml1.write_text(toml1.read_text() + "max_data_loader_n_workers = 8\n")
+    assert launch(run, fake_env, "--strict", "--dry-run", "--stage", "1") == 0
+    assert "max_data_loader_n_workers = 2" in RunDir(run).effective_toml(1).read_text()

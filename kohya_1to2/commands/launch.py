@@ -153,7 +153,7 @@ def launch_stages(args: LaunchOptions, console: Console, run_dir: Path, selected
     running = [n for n in selected if decisions[n].runs]
     for number in running:
         stage = stages[number]
-        if stage.substitutions and args.strict:
+        if args.strict and any(sub.gpu_only for sub in stage.substitutions):
             raise strict_error(stage)
         for sub in stage.substitutions:
             console.print(Text(f"stage {number}: substitution: {sub.describe()}", style="yellow"), soft_wrap=True)

@@ -65,10 +65,13 @@ class StageConfig:
 
 
 def with_resume(text: str, state_dir: Path) -> str:
-    """Add sd-scripts' `resume = <state dir>` (in the first table: sd-scripts flattens them anyway)."""
+    """Add sd-scripts' `resume = <state dir>` and continue at the saved step (in the first table: sd-scripts
+    flattens them anyway)."""
     doc = tomlkit.parse(text)
     table: Any = next((v for v in doc.values() if isinstance(v, dict)), doc)
     table["resume"] = str(state_dir)
+    # without it sd-scripts restarts the step count (and the schedule's data) from 0 with the loaded state
+    table["skip_until_initial_step"] = True
     return tomlkit.dumps(doc)
 
 
@@ -76,7 +79,9 @@ def saved_states(stage: StageConfig) -> list[Path]:
     """The `<output_name>*-state` folders sd-scripts' save_state wrote for this stage."""
     folder = stage.final_weights.parent
     name = str(stage.flat.get("output_name") or "last")
-    return [p for p in folder.glob(f"{name}*-state") if p.is_dir() and (p / "train_state.json").is_file()]
+    # accelerate writes the random states last: a state folder without them was cut off mid-save
+    return [p for p in folder.glob(f"{name}*-state") if p.is_dir() and (p / "train_state.json").is_file()
+            and any(p.glob("random_states_*.pkl"))]
 
 
 def latest_state_dir(stage: StageConfig) -> Path:
@@ -115,7 +120,7 @@ def read_stage(run_dir: Path, stage: int, caps: Capabilities) -> StageConfig:
 
 
 def strict_error(stage: StageConfig) -> SetupError:
-    listed = "; ".join(sub.describe() for sub in stage.substitutions)
+    listed = "; ".join(sub.describe() for sub in stage.substitutions if sub.gpu_only)
     return SetupError(
         f"{stage.train_toml}: this machine needs substitutions: {listed}",
         hint="run without --strict to accept them, or edit the TOML (see `python -m kohya_1to2 doctor`)",

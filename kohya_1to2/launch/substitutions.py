@@ -48,6 +48,7 @@ class Substitution(BaseModel):
     old: Any
     new: Any
     reason: str
+    gpu_only: bool = True  # a GPU-only option replaced (refused under --strict), not a cap sd-scripts applies anyway
 
     def describe(self) -> str:
         new = "(removed)" if self.new is None else repr(self.new)
@@ -97,7 +98,7 @@ def plan_substitutions(flat: Mapping[str, Any], caps: Capabilities) -> list[Subs
     if caps.cpu_count and isinstance(workers, int) and not isinstance(workers, bool) and workers > caps.cpu_count:
         # sd-scripts itself starts min(workers, os.cpu_count()); the substitution makes that cap visible
         subs.append(Substitution(key="max_data_loader_n_workers", old=workers, new=caps.cpu_count,
-                                 reason=f"this machine has {caps.cpu_count} CPU cores"))
+                                 reason=f"this machine has {caps.cpu_count} CPU cores", gpu_only=False))
     return subs
 
 
