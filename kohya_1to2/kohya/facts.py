@@ -1,15 +1,10 @@
-"""The one module that knows sd-scripts internals: the pin, script names, output naming, log lines.
-
-Everything here was read from the pinned tree (v0.10.1); when the pin moves, this file is what to re-check.
-Pure data and pure functions only: no torch, no subprocess.
-"""
+"""The pinned release, its scripts, the packages it needs, and what its start-up accepts (optimizers, schedulers,
+base models): facts `check`, `doctor` and `setup` judge a run by."""
 
 from __future__ import annotations
 
-import ast
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,94 +38,10 @@ LYCORIS_PIN = "lycoris-lora==3.4.0"
 TORCH_PAIR = ("torch==2.14.1", "torchvision==0.29.1")
 """A matching pair; a mismatch fails at the first model import with `operator torchvision::nms does not exist`."""
 
-NO_DATA_MARKER = "No data found"
-"""train_network logs this and returns: exit code 0 with nothing trained."""
-
-_WEIGHTS_REPORT = re.compile(
-    r"load network weights from (?P<file>.+?): (?P<info>\{.*\}|_IncompatibleKeys\(.*\)|<.*>)\s*$"
-)
-
 
 def training_script(family: Family) -> str:
     """The sd-scripts entry point for a model family."""
     return TRAINING_SCRIPTS[family]
-
-
-def flatten_training_config(document: Mapping[str, Any]) -> dict[str, Any]:
-    """Flatten a training TOML exactly as `read_config_from_file` does: one level of tables merged, last wins."""
-    flat: dict[str, Any] = {}
-    for key, value in document.items():
-        if isinstance(value, Mapping):
-            flat.update(value)
-        else:
-            flat[key] = value
-    return flat
-
-
-def final_weights_path(output_dir: str | Path, output_name: str | None, save_model_as: str | None) -> Path:
-    """Where sd-scripts writes a stage's final network (`<output_dir>/<output_name>.<ext>`, default "last")."""
-    return Path(output_dir) / f"{output_name or 'last'}.{save_model_as or 'safetensors'}"
-
-
-def final_weights_of(flat: Mapping[str, Any]) -> Path | None:
-    """The final weights file named by a flattened training config, or None without an output_dir."""
-    output_dir = flat.get("output_dir")
-    if not output_dir:
-        return None
-    return final_weights_path(str(output_dir), flat.get("output_name"), flat.get("save_model_as"))
-
-
-@dataclass(frozen=True)
-class WeightsReport:
-    """Stage 2's `load network weights from <file>: <info>` line, parsed."""
-
-    file: str
-    missing: tuple[str, ...]
-    unexpected: tuple[str, ...]
-
-    @property
-    def clean(self) -> bool:
-        return not self.missing and not self.unexpected
-
-
-def _literal(text: str) -> Any:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return None
-
-
-def _string_list(value: Any) -> list[str]:
-    return [str(item) for item in value] if isinstance(value, list | tuple) else []
-
-
-def parse_weights_report(log_text: str) -> WeightsReport | None:
-    """Find the weight-loading report in a log (LyCORIS prints `{}` or `{'missing keys': [...]}`; the
-    built-in LoRA prints torch's `_IncompatibleKeys(missing_keys=[...], unexpected_keys=[...])`)."""
-    for line in reversed(log_text.splitlines()):
-        match = _WEIGHTS_REPORT.search(line)
-        if not match:
-            continue
-        info = match.group("info")
-        missing: list[str] = []
-        unexpected: list[str] = []
-        if info.startswith("{"):
-            value = _literal(info)
-            if not isinstance(value, dict):
-                # Unparseable but non-empty: report it rather than pass it silently.
-                return WeightsReport(match.group("file"), (info,), ())
-            missing = _string_list(value.get("missing keys", value.get("missing_keys")))
-            unexpected = _string_list(value.get("unexpected keys", value.get("unexpected_keys")))
-            other = {k: v for k, v in value.items() if k not in {"missing keys", "missing_keys",
-                                                               "unexpected keys", "unexpected_keys"}}
-            missing += [f"{k}: {v}" for k, v in other.items()]
-        elif info.startswith("_IncompatibleKeys"):
-            parts = re.match(r"_IncompatibleKeys\(missing_keys=(\[.*?\]), unexpected_keys=(\[.*?\])\)", info)
-            if parts:
-                missing = _string_list(_literal(parts.group(1)))
-                unexpected = _string_list(_literal(parts.group(2)))
-        return WeightsReport(match.group("file"), tuple(missing), tuple(unexpected))
-    return None
 
 
 def installed_lycoris_version() -> str | None:
@@ -193,11 +104,6 @@ INTERCEPTED_OPTIMIZER_SUFFIXES = ("8bit", "schedulefree")
 
 SCHEDULEFREE_SUFFIX = "schedulefree"
 """With a schedule-free optimizer sd-scripts uses a dummy scheduler: lr_scheduler is then ignored."""
-
-TRAINING_TO_DATASET_KEYS: Mapping[str, str] = {"train_batch_size": "batch_size", "dataset_repeats": "num_repeats",
-                                               "caption_extention": "caption_extension"}
-"""Training options that reach the dataset blueprint under another name (config_util's
-ARGPARSE_OPTNAME_TO_CONFIG_OPTNAME, and prepare_dataset_args' old spelling caption_extention)."""
 
 MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt")
 """A single-file base model sd-scripts loads (anything else is read as a diffusers folder or a Hub id)."""
@@ -279,82 +185,6 @@ def base_model_problem(path: Path | str) -> str | None:
         return None
     return f"base model folder {text} is not a diffusers model (no model_index.json or unet/)"
 
-
-SUBSET_DEFAULTS: Mapping[str, Any] = {"caption_extension": ".caption", "num_repeats": 1}
-"""config_util's BaseSubsetParams defaults that matter to us (a generated TOML sets both explicitly)."""
-
-
-def resolved_subsets(dataset_document: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Each subset's values as config_util resolves them: defaults, then [general], [[datasets]], the subset."""
-    general = dataset_document.get("general") or {}
-    resolved: list[dict[str, Any]] = []
-    for dataset in dataset_document.get("datasets") or []:
-        scope = {**SUBSET_DEFAULTS, **general, **{k: v for k, v in dataset.items() if k != "subsets"}}
-        resolved += [{**scope, **subset} for subset in dataset.get("subsets") or []]
-    return resolved
-
-
 TRAINING_PATH_KEYS = ("pretrained_model_name_or_path", "tokenizer_cache_dir", "network_weights", "output_dir",
                       "sample_prompts", "dataset_config", "vae", "logging_dir", "resume")
 """Training keys holding paths: sd-scripts runs with cwd = its own root, so relative ones resolve there."""
-
-
-_STEP_PROGRESS = re.compile(
-    r"steps:\s+\d+%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)\s*\[(?P<elapsed>[\d:]+)<[^,\]]*,\s*"
-    r"(?P<rate>[\d.]+)(?P<unit>s/it|it/s)"
-)
-"""train_network's progress bar: `tqdm(..., smoothing=0, desc="steps")` (train_network.py:1357), so the rate it
-prints is the mean over every step so far: `steps:  50%|█▌ | 1/2 [00:03<00:03,  3.05s/it, avr_loss=0.1]`."""
-
-
-def measured_seconds_per_step(log_text: str) -> tuple[float, int] | None:
-    """(mean seconds per step, steps done) from the last training progress line of a stage log, or None."""
-    last = None
-    for match in _STEP_PROGRESS.finditer(log_text):
-        if int(match.group("n")) > 0:
-            last = match
-    if last is None:
-        return None
-    rate = float(last.group("rate"))
-    if rate <= 0:
-        return None
-    seconds = rate if last.group("unit") == "s/it" else 1.0 / rate
-    return seconds, int(last.group("n"))
-
-
-# ---------------------------------------------------------------- generation (gen_img.py) and outputs, for `evaluate`
-
-GEN_IMG_SCRIPT = "gen_img.py"
-"""The generation script for every family: in v0.10.1 gen_img.py loads SDXL too (`--sdxl`, gen_img.py:1636),
-and unlike sdxl_gen_img.py it takes a per-prompt output file name (`--f NAME`, gen_img.py:2974), which
-`evaluate` needs to know which file is which prompt and seed."""
-
-GEN_IMG_PROMPT_OPTIONS = ("n", "w", "h", "d", "s", "l", "f")
-"""Per-line options of a `--from_file` prompt file that `evaluate` writes: negative prompt, width, height, seed
-(`" --d N"`, read before the line is split, gen_img.py:2740), steps, guidance scale, output file name. Lines
-are split at every " --" (gen_img.py:2787); empty lines and lines starting with "#" are skipped."""
-
-EPOCH_FILE_NAME = "{name}-{epoch:06d}.{ext}"
-"""A network saved at the end of an epoch (train_util.EPOCH_FILE_NAME); the last epoch is saved only under the
-final name, `<output_name>.<ext>` (train_network.py:1694 saves epochs < num_train_epochs)."""
-
-EPOCH_METADATA_KEY = "ss_epoch"
-"""safetensors metadata of every saved network: the epoch it was saved in (train_network.py:1303, 1405)."""
-
-SAMPLE_IMAGE = re.compile(r"^(?:(?P<name>.+)_)?e(?P<epoch>\d{6})_(?P<index>\d{2})_\d{14}(?:_\d+)?\.png$")
-"""Training samples: `<output_name>_e<epoch:06d>_<i:02d>_<YYYYmmddHHMMSS>[_<seed>].png` in <output_dir>/sample
-(train_util.py:6576)."""
-
-GEN_IMG_LYCORIS_MERGE = True
-"""gen_img.py applies a network with `network.apply_to(text_encoders, unet)` (gen_img.py:1923), which lycoris-lora
-3.4.0's kohya network refuses (`AssertionError: internal error: flag not set`: it wants both flags); with
-`--network_merge` it calls `merge_to(...)` instead, which works, but merges at multiplier 1.0 whatever
-`--network_mul` says (LycorisNetworkKohya.merge_to calls `super().merge_to(1)`)."""
-
-TENSORBOARD_SUBFOLDER = "network_train"
-"""TensorBoard events of a launch land in <logging_dir>/<timestamp>/network_train/ (train_network's tracker)."""
-
-
-def gen_img_max_embeddings_multiples(max_token_length: int | None) -> int | None:
-    """gen_img's `--max_embeddings_multiples` for a training `max_token_length` (75 tokens per multiple)."""
-    return None if not max_token_length else max(1, int(max_token_length) // 75)

@@ -1,0 +1,23 @@
+"""Everything we know about sd-scripts, for the pinned release (facts.SD_SCRIPTS_TAG); other modules ask here.
+
+Read from the pinned tree (vendor/sd-scripts); no torch, no subprocess. On a version bump, re-check:
+- facts.py: the tag, commit and file hashes; script names; the lycoris/torch pins; optimizer and scheduler names
+  (train_util.get_optimizer / get_scheduler_fix); base-model forms; path-valued training keys;
+  the default max_train_steps; requirements.txt handling.
+- options.py: every option name we write or read (argparse in train_util / train_network / config_util), and
+  which network_args are structural.
+- dataset_scope.py: read_config_from_file's flattening; config_util's [general] -> [[datasets]] -> subset merge
+  and its subset defaults; caption reading (UTF-8, first line, glob case).
+- buckets.py: the port of BucketManager / make_bucket_resolutions and its defaults.
+- logs.py: the lines we parse (weights report, "No data found", the progress bar).
+- outputs.py: output naming (final, per-epoch, state folders, samples, TensorBoard).
+- gen_img.py: gen_img.py's options and prompt-line grammar.
+- the parser snapshot (data/kohya_<tag>.json): regenerate with tools/snapshot_kohya_parser.py.
+Tests: tests/test_kohya.py; tests/integration/test_check_corpus.py checks these against the real code.
+"""
+
+from kohya_1to2.kohya.dataset_scope import *  # noqa: F403
+from kohya_1to2.kohya.facts import *  # noqa: F403
+from kohya_1to2.kohya.gen_img import *  # noqa: F403
+from kohya_1to2.kohya.logs import *  # noqa: F403
+from kohya_1to2.kohya.outputs import *  # noqa: F403
