@@ -7,6 +7,7 @@ regeneration) work from exactly what `prepare` used.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -159,8 +160,19 @@ class CompositeSettings(Strict):
         hex6 = self.background[1:]
         return (int(hex6[0:2], 16), int(hex6[2:4], 16), int(hex6[4:6], 16))
 
+    @property
+    def worker_count(self) -> int:
+        """The one default for pre-flight and build workers: --workers, else every core this process may use."""
+        if self.workers:
+            return self.workers
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not Linux
+            return max(1, os.cpu_count() or 1)
+
 
 Family = Literal["sd1", "sd2", "sdxl"]
+
 Stage2Scale = Literal["area", "character"]
 
 

@@ -187,3 +187,13 @@ def test_sample_pair_size_is_width_x_height() -> None:
     assert TrainingSettings(sample_pair_size="768X512").sample_pair_size == "768x512"
     with pytest.raises(ValidationError, match="WIDTHxHEIGHT"):
         TrainingSettings(sample_pair_size="wide")
+
+
+def test_one_worker_default_for_preflight_and_build(monkeypatch):
+    import os
+
+    from kohya_1to2.models import CompositeSettings
+
+    assert CompositeSettings(workers=3).worker_count == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, raising=False)
+    assert CompositeSettings().worker_count == 10, "all cores this process may use, not capped elsewhere"

@@ -150,7 +150,8 @@ def prepare_run(args: PrepareOptions, console: Console, job: Job, take_run_dir: 
 
     with _progress(console) as bar:
         task = bar.add_task("pre-flight", total=scan.image_count)
-        checked = preflight(scan, job.sources, progress=lambda n: bar.advance(task, n), workers=job.composites.workers)
+        checked = preflight(scan, job.sources, progress=lambda n: bar.advance(task, n),
+                            workers=job.composites.worker_count)
     problems = sort_problems([*scan.problems, *checked])
     for problem in problems:
         style = "red" if problem.severity == "error" else "yellow"

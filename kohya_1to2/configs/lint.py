@@ -233,9 +233,9 @@ def startup_value_problem(key: str, value: Any, flat: Mapping[str, Any]) -> tupl
             return None  # sd-scripts uses a dummy scheduler then
         problem = kohya.scheduler_problem(value, optimizer if isinstance(optimizer, str) else None, flat)
         if problem and value in kohya.SCHEDULER_NEEDS:
-            example = {"cosine_with_min_lr": "lr_scheduler_min_lr_ratio = 0.1",
-                       "piecewise_constant": 'lr_scheduler_args = ["step_rules=\'100:1.0,0.1\'"]'}[value]
-            return (f"{problem}; sd-scripts stops after loading the model", f"write {example}")
+            needed = {"cosine_with_min_lr": "lr_scheduler_min_lr_ratio = 0.1",
+                      "piecewise_constant": 'lr_scheduler_args = ["step_rules=\'100:1.0,0.1\'"]'}[value]
+            return (f"{problem}; sd-scripts stops after loading the model", f"write {needed}")
         if problem:
             plain = [n for n in kohya.LR_SCHEDULERS if n not in kohya.SCHEDULER_NEEDS]
             guess = _suggest(value, plain) or "cosine"

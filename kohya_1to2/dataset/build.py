@@ -260,7 +260,7 @@ def build_composites(
     if to_build:
         try:
             _build(to_build, layout, subset, settings, manifest, preview, console,
-                   workers or _default_workers(settings), cache_bytes)
+                   workers or settings.worker_count, cache_bytes)
         except BaseException:
             preview.abandon()
             raise
@@ -476,15 +476,6 @@ def _read_lines(path: Path) -> dict[int, ManifestEntry]:
                 continue
             found[entry.index] = entry
     return found
-
-
-def _default_workers(settings: CompositeSettings) -> int:
-    if settings.workers:
-        return settings.workers
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _tidy_subset_folders(layout: RunDir, subset: Path, pattern: re.Pattern[str]) -> tuple[list[Path], int]:

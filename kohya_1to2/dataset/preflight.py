@@ -133,11 +133,10 @@ def _inspect_batch(paths: Sequence[Path]) -> list[list[Problem]]:
 
 
 def inspect_images(
-    paths: Sequence[Path], progress: Callable[[int], None] | None = None, workers: int | None = None
+    paths: Sequence[Path], progress: Callable[[int], None] | None = None, workers: int = 1
 ) -> list[list[Problem]]:
     """Problems per image, in input order; a spawn process pool when there are many images."""
     results: list[list[Problem]] = [[] for _ in paths]
-    workers = workers or min(os.cpu_count() or 1, 8)
     if len(paths) <= POOL_THRESHOLD or workers < 2:
         for index, path in enumerate(paths):
             results[index] = inspect_image(path)
@@ -234,7 +233,7 @@ def preflight(
     result: ScanResult,
     settings: SourceSettings,
     progress: Callable[[int], None] | None = None,
-    workers: int | None = None,
+    workers: int = 1,
 ) -> list[Problem]:
     """Every problem of every image and caption, and of the dataset as a whole, errors first.
 
