@@ -20,4 +20,5 @@ from kohya_1to2.kohya.dataset_scope import *  # noqa: F403
 from kohya_1to2.kohya.facts import *  # noqa: F403
 from kohya_1to2.kohya.gen_img import *  # noqa: F403
 from kohya_1to2.kohya.logs import *  # noqa: F403
+from kohya_1to2.kohya.options import *  # noqa: F403
 from kohya_1to2.kohya.outputs import *  # noqa: F403

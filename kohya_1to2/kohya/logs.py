@@ -10,8 +10,11 @@ from typing import Any
 NO_DATA_MARKER = "No data found"
 """train_network logs this and returns: exit code 0 with nothing trained."""
 
+WEIGHTS_REPORT_PREFIX = "load network weights from"
+"""How train_network starts its weight-loading report (train_network.py, `--network_weights`)."""
+
 _WEIGHTS_REPORT = re.compile(
-    r"load network weights from (?P<file>.+?): (?P<info>\{.*\}|_IncompatibleKeys\(.*\)|<.*>)\s*$"
+    re.escape(WEIGHTS_REPORT_PREFIX) + r" (?P<file>.+?): (?P<info>\{.*\}|_IncompatibleKeys\(.*\)|<.*>)\s*$"
 )
 
 

@@ -34,3 +34,18 @@ SAMPLE_IMAGE = re.compile(r"^(?:(?P<name>.+)_)?e(?P<epoch>\d{6})_(?P<index>\d{2}
 
 TENSORBOARD_SUBFOLDER = "network_train"
 """TensorBoard events of a launch land in <logging_dir>/<timestamp>/network_train/ (train_network's tracker)."""
+
+
+STATE_FOLDER_SUFFIX = "-state"
+"""save_state writes `<output_name>[-<epoch or step>]-state/` beside the network (train_util.get_*_state_name)."""
+
+TRAIN_STATE_FILE = "train_state.json"
+"""Written into every state folder (train_util.save_and_remove_state_*); accelerate writes random_states_*.pkl
+last, so a folder without them was cut off mid-save."""
+
+
+def saved_state_dirs(folder: Path, output_name: str | None) -> list[Path]:
+    """The complete state folders sd-scripts' save_state wrote for `output_name` in `folder`."""
+    name = output_name or "last"
+    return [p for p in folder.glob(f"{name}*{STATE_FOLDER_SUFFIX}") if p.is_dir() and (p / TRAIN_STATE_FILE).is_file()
+            and any(p.glob("random_states_*.pkl"))]

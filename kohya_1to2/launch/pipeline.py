@@ -21,6 +21,7 @@ from kohya_1to2 import kohya
 from kohya_1to2.configs.prompts import rotating_sample_prompts
 from kohya_1to2.errors import SetupError, TrainingError, UsageError
 from kohya_1to2.fsutil import atomic_write_text
+from kohya_1to2.kohya import options
 from kohya_1to2.launch.argv import StageCommand
 from kohya_1to2.launch.inputs import Attempt, Decision, Record, StageInputs, collect_inputs, decide
 from kohya_1to2.launch.run import run_child
@@ -49,13 +50,14 @@ class StageConfig:
         path = kohya.final_weights_of(self.flat)
         if path is None:
             raise UsageError(
-                f"{self.train_toml}: output_dir is not set", hint="set output_dir in the [saving] section"
+                f"{self.train_toml}: {options.OUTPUT_DIR} is not set",
+                hint=f"set {options.OUTPUT_DIR} in the [saving] section"
             )
         return path
 
     @property
     def network_weights(self) -> Path | None:
-        value = self.flat.get("network_weights")
+        value = self.flat.get(options.NETWORK_WEIGHTS)
         return Path(value) if value else None
 
     @property
@@ -69,19 +71,15 @@ def with_resume(text: str, state_dir: Path) -> str:
     flattens them anyway)."""
     doc = tomlkit.parse(text)
     table: Any = next((v for v in doc.values() if isinstance(v, dict)), doc)
-    table["resume"] = str(state_dir)
+    table[options.RESUME] = str(state_dir)
     # without it sd-scripts restarts the step count (and the schedule's data) from 0 with the loaded state
-    table["skip_until_initial_step"] = True
+    table[options.SKIP_UNTIL_INITIAL_STEP] = True
     return tomlkit.dumps(doc)
 
 
 def saved_states(stage: StageConfig) -> list[Path]:
     """The `<output_name>*-state` folders sd-scripts' save_state wrote for this stage."""
-    folder = stage.final_weights.parent
-    name = str(stage.flat.get("output_name") or "last")
-    # accelerate writes the random states last: a state folder without them was cut off mid-save
-    return [p for p in folder.glob(f"{name}*-state") if p.is_dir() and (p / "train_state.json").is_file()
-            and any(p.glob("random_states_*.pkl"))]
+    return kohya.saved_state_dirs(stage.final_weights.parent, str(stage.flat.get(options.OUTPUT_NAME) or ""))
 
 
 def latest_state_dir(stage: StageConfig) -> Path:
@@ -215,7 +213,7 @@ def weights_line_check(stage: StageConfig) -> Callable[[str], str | None]:
     """Stop stage 2 as soon as its weight-loading report lists missing or unexpected keys."""
 
     def check(line: str) -> str | None:
-        if "load network weights from" not in line:
+        if kohya.WEIGHTS_REPORT_PREFIX not in line:
             return None
         report = kohya.parse_weights_report(line)
         if report is None or report.clean:
@@ -253,13 +251,13 @@ def judge_outcome(stage: StageConfig, returncode: int, stopped: str | None, log_
         if report is None:
             raise TrainingError(
                 f"stage {stage.stage} never reported loading {stage.network_weights} ({log_path})",
-                hint="check network_weights in the stage's TOML",
+                hint=f"check {options.NETWORK_WEIGHTS} in the stage's TOML",
             )
     if not stage.final_weights.is_file():
         raise TrainingError(
             f"stage {stage.stage} exited 0 but wrote no final network {stage.final_weights}; "
             f"last lines:\n{shown}",
-            hint=f"check output_dir/output_name in {stage.train_toml}; full output in {log_path}",
+            hint=f"check {options.OUTPUT_DIR}/{options.OUTPUT_NAME} in {stage.train_toml}; full output in {log_path}",
         )
 
 
@@ -294,7 +292,7 @@ def execute_stage(run_dir: Path, stage: StageConfig, command: StageCommand) -> S
     started_wall = time.time()
     started = time.monotonic()
     check = weights_line_check(stage) if stage.network_weights is not None else None
-    with rotating_sample_prompts(stage.flat.get("sample_prompts"), check) as check:  # pair rounds per epoch
+    with rotating_sample_prompts(stage.flat.get(options.SAMPLE_PROMPTS), check) as check:  # pair rounds per epoch
         result = run_child(command.argv, cwd=command.cwd, env=command.env, log_path=log_path, check=check,
                            header="\n".join(header_lines) + "\n")
     seconds = time.monotonic() - started

@@ -1,0 +1,46 @@
+"""The sd-scripts option names we write into a TOML, read back from one, or pass on a command line.
+
+Training options are train_util / train_network argparse dests (read_config_from_file flattens the TOML onto
+them); dataset options are config_util's schema keys. Written as constants so that a rename on a version bump is
+one edit here, and `tests/test_architecture.py` keeps every other module from spelling them.
+"""
+
+from __future__ import annotations
+
+# training TOML / argparse
+PRETRAINED_MODEL = "pretrained_model_name_or_path"
+OUTPUT_DIR = "output_dir"
+OUTPUT_NAME = "output_name"
+SAVE_MODEL_AS = "save_model_as"
+NETWORK_MODULE = "network_module"
+NETWORK_WEIGHTS = "network_weights"
+NETWORK_ARGS = "network_args"
+DATASET_CONFIG = "dataset_config"
+SAMPLE_PROMPTS = "sample_prompts"
+LOGGING_DIR = "logging_dir"
+MAX_TOKEN_LENGTH = "max_token_length"
+MAX_TRAIN_STEPS = "max_train_steps"
+TRAIN_BATCH_SIZE = "train_batch_size"
+RESUME = "resume"
+SKIP_UNTIL_INITIAL_STEP = "skip_until_initial_step"
+
+# dataset TOML (config_util)
+CAPTION_EXTENSION = "caption_extension"
+CAPTION_PREFIX = "caption_prefix"
+CAPTION_SEPARATOR = "caption_separator"
+KEEP_TOKENS = "keep_tokens"
+SHUFFLE_CAPTION = "shuffle_caption"
+ENABLE_BUCKET = "enable_bucket"
+BUCKET_RESO_STEPS = "bucket_reso_steps"
+MIN_BUCKET_RESO = "min_bucket_reso"
+MAX_BUCKET_RESO = "max_bucket_reso"
+BUCKET_NO_UPSCALE = "bucket_no_upscale"
+IMAGE_DIR = "image_dir"
+NUM_REPEATS = "num_repeats"
+RESOLUTION = "resolution"
+BATCH_SIZE = "batch_size"
+
+
+def flag(option: str) -> str:
+    """The command-line spelling of an option (`--output_dir`)."""
+    return f"--{option}"
