@@ -25,6 +25,10 @@ class BucketSettings(BaseModel):
     bucket_reso_steps: int = 64
 
 
+SD_BUCKET_DEFAULTS = BucketSettings(resolution=(512, 512))
+"""sd-scripts' bucket defaults (config_util), the one place other modules read them from."""
+
+
 class BucketCount(BaseModel):
     """How many images land in one bucket and the mean fraction of their pixels cropped away."""
 
@@ -37,7 +41,7 @@ class BucketCount(BaseModel):
 
 
 def make_bucket_resolutions(
-    max_reso: tuple[int, int], min_size: int = 256, max_size: int = 1024, divisible: int = 64
+    max_reso: tuple[int, int], min_size: int, max_size: int, divisible: int
 ) -> list[tuple[int, int]]:
     """Every bucket (w, h) sd-scripts predefines for this area (model_util.make_bucket_resolutions)."""
     max_area = max_reso[0] * max_reso[1]
@@ -152,7 +156,9 @@ def _round_down(value: float, step: int) -> int:
 
 def choose_stage2_buckets(
     resolution: int, scale: Stage2Scale, aspects: Sequence[float] = COMMON_COMPOSITE_ASPECTS, *,
-    steps: Sequence[int] = (64,), min_bucket_reso: int = 256, max_bucket_reso: int = 1024,
+    steps: Sequence[int] = (SD_BUCKET_DEFAULTS.bucket_reso_steps,),
+    min_bucket_reso: int = SD_BUCKET_DEFAULTS.min_bucket_reso,
+    max_bucket_reso: int = SD_BUCKET_DEFAULTS.max_bucket_reso,
 ) -> Stage2Buckets:
     """Stage 2's resolution and bucket range/step so composites land in buckets of their own aspect
     (crop <= MAX_CROP) at about the target pixels.

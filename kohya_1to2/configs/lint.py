@@ -19,7 +19,7 @@ from typing import Any, Literal
 import toml
 from pydantic import BaseModel, ConfigDict
 
-from kohya_1to2.configs.buckets import BucketSettings, assign_buckets
+from kohya_1to2.configs.buckets import SD_BUCKET_DEFAULTS, BucketSettings, assign_buckets
 from kohya_1to2.errors import CheckError
 from kohya_1to2.kohya import TRAINING_SCRIPTS
 from kohya_1to2.models import Family
@@ -633,8 +633,9 @@ def lint_buckets(dataset_doc: Mapping[str, Any], file: str, family: str, composi
         where = f"datasets[{i}]" if datasets else "general"
         res = scope.get("resolution")
         reso = (res, res) if isinstance(res, int) else tuple(res) if isinstance(res, list) and len(res) == 2 else None
-        low, high = scope.get("min_bucket_reso", 256), scope.get("max_bucket_reso", 1024)
-        steps = scope.get("bucket_reso_steps", 64)
+        low = scope.get("min_bucket_reso", SD_BUCKET_DEFAULTS.min_bucket_reso)
+        high = scope.get("max_bucket_reso", SD_BUCKET_DEFAULTS.max_bucket_reso)
+        steps = scope.get("bucket_reso_steps", SD_BUCKET_DEFAULTS.bucket_reso_steps)
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high, steps)):
             continue  # reported by the schema check
         step_unit = 32 if family == "sdxl" else 64

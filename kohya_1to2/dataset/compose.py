@@ -159,7 +159,7 @@ class PairLayout:
         return (self.left[0] + self.gap + self.right[0], self.left[1])
 
 
-def pair_layout(left: Size, right: Size, gap: int = 0, max_side: int | None = None) -> PairLayout:
+def pair_layout(left: Size, right: Size, gap: int, max_side: int | None) -> PairLayout:
     """Common height = the smaller height (never upscale); then everything shrinks to fit `max_side`."""
     height = min(left[1], right[1])
     widths = [max(1, round(w * height / h)) for w, h in (left, right)]
