@@ -120,3 +120,72 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 def test_no_import_cycles() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+# ------------------------------------------------------------------ sd-scripts facts live in kohya_1to2/kohya/
+
+KOHYA_PACKAGE = ROOT / "kohya"
+
+SD_SCRIPTS_STRINGS = (
+    # scripts and files of the pinned tree, its version, what it writes
+    "train_network.py", "gen_img.py", "requirements.txt", "v0.10.1", "train_state.json", "-state",
+    # log lines
+    "No data found", "load network weights",
+    # option names
+    "network_weights", "output_dir", "output_name", "sample_prompts",
+)
+"""Strings only the kohya package may spell in code (docstrings and comments may explain them; templates/*.toml
+are data). A module needing one asks kohya (kohya.options for option names)."""
+
+
+def _docstring_ids(tree: ast.AST) -> set[int]:
+    """Module, class and function docstrings, and the string right after an assignment (an attribute docstring)."""
+    found: set[int] = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if not isinstance(body, list):
+            continue
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and body and \
+                isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            found.add(id(body[0].value))
+        for before, after in zip(body, body[1:]):
+            if isinstance(before, ast.Assign | ast.AnnAssign) and isinstance(after, ast.Expr) and \
+                    isinstance(after.value, ast.Constant):
+                found.add(id(after.value))
+    return found
+
+
+def code_strings(source: str) -> Iterator[tuple[int, str]]:
+    """(line, text) of every string constant in code, f-string parts included, docstrings left out."""
+    tree = ast.parse(source)
+    docstrings = _docstring_ids(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            yield node.lineno, node.value
+
+
+def sd_scripts_strings_outside_kohya() -> list[str]:
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if path.is_relative_to(KOHYA_PACKAGE):
+            continue
+        for line, text in code_strings(path.read_text(encoding="utf-8")):
+            found += [f"{path.relative_to(ROOT.parent)}:{line}: {word!r}" for word in SD_SCRIPTS_STRINGS
+                      if word in text]
+    return found
+
+
+def test_the_string_scan_sees_code_and_skips_docstrings() -> None:
+    source = '"""Module: train_network.py."""\nX = 1\n"""X: output_dir."""\ndef f():\n    """output_name"""\n' \
+             '    return f"--{a}output_dir" + "No data found"\n'
+    assert sorted(text for _, text in code_strings(source)) == ["--", "No data found", "output_dir"]
+
+
+def test_every_listed_string_is_a_fact_kohya_holds() -> None:
+    text = "\n".join(path.read_text(encoding="utf-8") for path in KOHYA_PACKAGE.glob("*.py"))
+    assert [word for word in SD_SCRIPTS_STRINGS if word not in text] == []
+
+
+def test_no_module_outside_kohya_spells_an_sd_scripts_string() -> None:
+    found = sd_scripts_strings_outside_kohya()
+    assert found == [], "ask kohya_1to2.kohya instead:\n" + "\n".join(found)

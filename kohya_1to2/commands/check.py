@@ -7,6 +7,7 @@ import argparse
 from rich.console import Console
 from rich.text import Text
 
+from kohya_1to2 import kohya
 from kohya_1to2.configs.lint import lint_file, lint_run, raise_for_problems
 from kohya_1to2.errors import UsageError
 from kohya_1to2.rundir import RunDir, current_writer
@@ -28,5 +29,5 @@ def run(args: argparse.Namespace, console: Console) -> int:
         style = "red" if problem.severity == "error" else "yellow"
         console.print(Text.assemble((f"{problem.severity}: ", style), problem.line()), soft_wrap=True)
     raise_for_problems(problems, target)
-    console.print(Text(f"ok: {target} passes the checks against sd-scripts v0.10.1"))
+    console.print(Text(f"ok: {target} passes the checks against sd-scripts {kohya.SD_SCRIPTS_TAG}"))
     return 0

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from kohya_1to2 import kohya
 from kohya_1to2.environment.probe import Finding, base_model_finding, findings, planned_substitutions, probe_environment
 from kohya_1to2.environment.vendor import default_sd_scripts, pin_mismatches
 from kohya_1to2.errors import SetupError, UsageError
@@ -36,7 +37,7 @@ def base_model_lines(args: argparse.Namespace) -> list[Finding]:
 
 def run(args: argparse.Namespace, console: Console) -> int:
     sd_scripts = (args.sd_scripts or default_sd_scripts()).expanduser().resolve()
-    pin = pin_mismatches(sd_scripts) if (sd_scripts / "train_network.py").is_file() else None
+    pin = pin_mismatches(sd_scripts) if kohya.is_sd_scripts_tree(sd_scripts) else None
     facts = probe_environment()
     lines = findings(facts, sd_scripts, pin, dict(os.environ)) + base_model_lines(args)
     table = Table(title="kohya-1to2 doctor", show_header=False)

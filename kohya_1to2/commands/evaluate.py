@@ -46,7 +46,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         raise UsageError("--seeds and --steps must be at least 1", hint="e.g. --seeds 4 --steps 28")
     if args.multiplier != 1.0:
         # kohya.GEN_IMG_LYCORIS_MERGE: gen_img can only merge a LyCORIS network, and the merge ignores network_mul
-        raise UsageError(f"--multiplier {args.multiplier:g}: gen_img.py applies LyCORIS 3.4 networks only at 1.0",
+        raise UsageError(f"--multiplier {args.multiplier:g}: {kohya.GEN_IMG_SCRIPT} applies LyCORIS 3.4 networks "
+                         "only at 1.0",
                          hint="leave --multiplier at 1")
     with writer_lock(RunDir(run_dir), "evaluate"):
         evaluate(args, console, run_dir)
@@ -79,8 +80,7 @@ def evaluation_prompts(args: argparse.Namespace, run_dir: Path) -> tuple[list[Ev
 
 def evaluation_rows(args: argparse.Namespace, flat1: dict[str, Any], flat2: dict[str, Any]) -> list[Row]:
     stage1 = kohya.final_weights_of(flat1)
-    ext = str(flat2.get("save_model_as") or "safetensors")
-    available = stage2_epochs(Path(str(flat2.get("output_dir", ""))), str(flat2.get("output_name") or "last"), ext)
+    available = stage2_epochs(*kohya.network_output(flat2))
     chosen = select_epochs(available, parse_epochs(args.epochs))
     return build_rows(stage1 if stage1 is not None and stage1.is_file() else None, chosen,
                       available[-1][0] if available else None)

@@ -32,7 +32,7 @@ from kohya_1to2.launch.substitutions import probe_capabilities
 
 def ensure_sd_scripts(archive: Path | None, console: Console) -> Path:
     dest = default_sd_scripts()
-    if (dest / "train_network.py").is_file() and not pin_mismatches(dest):
+    if kohya.is_sd_scripts_tree(dest) and not pin_mismatches(dest):
         console.print(f"sd-scripts {kohya.SD_SCRIPTS_TAG}: verified at {dest}")
         return dest
     if archive is not None:

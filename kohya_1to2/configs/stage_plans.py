@@ -18,10 +18,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from kohya_1to2 import kohya
 from kohya_1to2.configs.buckets import BucketCount, BucketSettings, assign_buckets
 from kohya_1to2.errors import DatasetError
-
-SD_SCRIPTS_DEFAULT_MAX_TRAIN_STEPS = 1600
 
 CPU_STAGE1_S = 36.7
 CPU_STAGE2_S = 28.8
@@ -94,7 +93,7 @@ def plan_stage(
         epochs, total = epochs_value, epochs_value * steps
     else:
         max_steps = training.get("max_train_steps")
-        total = max_steps if isinstance(max_steps, int) and max_steps > 0 else SD_SCRIPTS_DEFAULT_MAX_TRAIN_STEPS
+        total = max_steps if isinstance(max_steps, int) and max_steps > 0 else kohya.DEFAULT_MAX_TRAIN_STEPS
         epochs = math.ceil(total / steps) if steps else 0
     return StagePlan(stage=stage, batch_size=batch_size, subsets=tuple(subsets), buckets=buckets,
                      steps_per_epoch=steps, epochs=epochs, total_steps=total if steps else 0,
@@ -106,7 +105,7 @@ def _sampling(training: Mapping[str, Any]) -> dict[str, Any]:
     """What the stage samples per epoch, from its sample_prompts file (nothing when sampling is off)."""
     from kohya_1to2.configs.prompts import sampling_load
 
-    path, every = training.get("sample_prompts"), training.get("sample_every_n_epochs")
+    path, every = training.get(kohya.SAMPLE_PROMPTS), training.get("sample_every_n_epochs")
     if not isinstance(path, str) or not isinstance(every, int) or every < 1 or not Path(path).is_file():
         return {}
     images, steps = sampling_load(Path(path).read_text(encoding="utf-8", errors="replace"))

@@ -32,6 +32,24 @@ TRAINING_SCRIPTS: Mapping[str, str] = {
     "sdxl": "sdxl_train_network.py",
 }
 
+REQUIREMENTS_FILE = "requirements.txt"
+"""The pinned tree's pip requirements (its last line, `-e .`, installs sd-scripts' own `library` package)."""
+
+ARCHIVE_NAME = f"sd-scripts-{SD_SCRIPTS_TAG}.tar.gz"
+"""The file name we suggest for an offline copy of the pinned tree."""
+
+PARSER_SNAPSHOT = Path(__file__).resolve().parents[1] / "data" / f"kohya_{SD_SCRIPTS_TAG}.json"
+"""The argparse snapshot of the pinned scripts (tools/snapshot_kohya_parser.py), so lint never imports torch."""
+
+DEFAULT_MAX_TRAIN_STEPS = 1600
+"""train_util's `--max_train_steps` default: used when neither it nor max_train_epochs is set."""
+
+
+def is_sd_scripts_tree(path: Path) -> bool:
+    """Whether `path` holds an sd-scripts tree (its SD1 training script), pinned or not."""
+    return (path / TRAINING_SCRIPTS["sd1"]).is_file()
+
+
 LYCORIS_PIN = "lycoris-lora==3.4.0"
 """4.0.0-4.1.3 crash SD1 under sd-scripts (`duplicated lora name: lora_unet_time_embedding_linear_1`)."""
 

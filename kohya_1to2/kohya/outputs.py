@@ -21,6 +21,12 @@ def final_weights_of(flat: Mapping[str, Any]) -> Path | None:
     return final_weights_path(str(output_dir), flat.get("output_name"), flat.get("save_model_as"))
 
 
+def network_output(flat: Mapping[str, Any]) -> tuple[Path, str, str]:
+    """(output_dir, output_name, extension) of a flattened training config, with sd-scripts' defaults."""
+    return (Path(str(flat.get("output_dir", ""))), str(flat.get("output_name") or "last"),
+            str(flat.get("save_model_as") or "safetensors"))
+
+
 EPOCH_FILE_NAME = "{name}-{epoch:06d}.{ext}"
 """A network saved at the end of an epoch (train_util.EPOCH_FILE_NAME); the last epoch is saved only under the
 final name, `<output_name>.<ext>` (train_network.py:1694 saves epochs < num_train_epochs)."""
