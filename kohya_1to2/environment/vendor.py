@@ -48,10 +48,10 @@ def pin_mismatches(sd_scripts: Path) -> list[str]:
 def require_sd_scripts(sd_scripts: Path | None) -> Path:
     """The sd-scripts tree to run, verified against the pin; a SetupError says how to get it."""
     path = (sd_scripts or default_sd_scripts()).expanduser().resolve()
-    if not (path / "train_network.py").is_file():
+    if not kohya.is_sd_scripts_tree(path):
         raise SetupError(
             f"sd-scripts not found at {path}",
-            hint="run ./bootstrap.sh (or `python -m kohya_1to2 setup [--archive sd-scripts-v0.10.1.tar.gz]`)",
+            hint=f"run ./bootstrap.sh (or `python -m kohya_1to2 setup [--archive {kohya.ARCHIVE_NAME}]`)",
         )
     problems = pin_mismatches(path)
     if problems:
@@ -137,27 +137,14 @@ def submodule_update(root: Path) -> None:
         last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
         raise SetupError(
             f"git submodule update --init failed: {last[0]}",
-            hint="offline? pass --archive path/to/sd-scripts-v0.10.1.tar.gz (or set SD_SCRIPTS_ARCHIVE)",
+            hint=f"offline? pass --archive path/to/{kohya.ARCHIVE_NAME} (or set SD_SCRIPTS_ARCHIVE)",
         )
-
-
-def requirement_lines(requirements_text: str) -> list[str]:
-    """sd-scripts' requirements.txt without comments and without its `-e .` (installed --no-deps instead)."""
-    lines = []
-    for raw in requirements_text.splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line or line.startswith("-e"):
-            continue
-        lines.append(line)
-    return lines
 
 
 def install_plan(python: str, sd_scripts: Path, *, cuda: bool) -> list[list[str]]:
     """The pip commands that install the training stack (pure, so it can be shown and tested)."""
     pip = [python, "-m", "pip", "install", "--disable-pip-version-check"]
-    requirements = requirement_lines((sd_scripts / "requirements.txt").read_text(encoding="utf-8"))
-    if not cuda:
-        requirements = [r for r in requirements if not r.lower().startswith("bitsandbytes")]
+    requirements = kohya.install_requirements(sd_scripts, cuda=cuda)
     plan = [
         [*pip, *kohya.TORCH_PAIR],
         [*pip, *requirements, kohya.LYCORIS_PIN, *kohya.TORCH_PAIR],

@@ -45,6 +45,29 @@ DEFAULT_MAX_TRAIN_STEPS = 1600
 """train_util's `--max_train_steps` default: used when neither it nor max_train_epochs is set."""
 
 
+CUDA_ONLY_REQUIREMENTS = ("bitsandbytes",)
+"""Requirements that only install (and work) with CUDA: left out on a CPU machine."""
+
+
+def requirement_lines(requirements_text: str) -> list[str]:
+    """sd-scripts' requirements.txt without comments and without its `-e .` (installed --no-deps instead)."""
+    lines = []
+    for raw in requirements_text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line or line.startswith("-e"):
+            continue
+        lines.append(line)
+    return lines
+
+
+def install_requirements(tree: Path, *, cuda: bool) -> list[str]:
+    """The pinned tree's requirements as pip arguments, CUDA-only ones left out without CUDA."""
+    requirements = requirement_lines((tree / REQUIREMENTS_FILE).read_text(encoding="utf-8"))
+    if not cuda:
+        requirements = [r for r in requirements if not r.lower().startswith(CUDA_ONLY_REQUIREMENTS)]
+    return requirements
+
+
 def is_sd_scripts_tree(path: Path) -> bool:
     """Whether `path` holds an sd-scripts tree (its SD1 training script), pinned or not."""
     return (path / TRAINING_SCRIPTS["sd1"]).is_file()
