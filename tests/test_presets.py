@@ -64,3 +64,20 @@ def test_template_path_can_be_given_directly(tmp_path: Path) -> None:
     mine = tmp_path / "mine.toml"
     mine.write_text(load_preset("seed").text.replace("network_dim = 8", "network_dim = 16"))
     assert "network_dim = 16" in load_preset(str(mine)).text
+
+
+def test_command_line_choices_override_the_preset_in_one_place():
+    from pathlib import Path
+
+    from kohya_1to2.configs.presets import effective_settings, load_preset
+    from kohya_1to2.models import Job, SourceSettings, TrainingSettings
+
+    preset = load_preset("seed")
+    job = Job(out=Path("run"), sources=SourceSettings(roots=[Path("src")]),
+              training=TrainingSettings(resolution=768, stage1_batch_size=3, family="sd2"))
+    settings = effective_settings(job, preset)
+    assert (settings.resolution, settings.stage1_batch_size, settings.family) == (768, 3, "sd2")
+    assert (settings.sample_width, settings.sample_height) == (768, 768), "samples follow --resolution"
+    assert settings.stage2_batch_size == preset.settings.stage2_batch_size
+    plain = effective_settings(Job(out=Path("run"), sources=SourceSettings(roots=[Path("src")])), preset)
+    assert plain == preset.settings.model_copy(update={"family": preset.settings.family})

@@ -22,7 +22,7 @@ from rich.text import Text
 
 from kohya_1to2.configs.buckets import BucketSettings
 from kohya_1to2.configs.merge import Conflict, merge_toml
-from kohya_1to2.configs.presets import PresetSettings, load_preset
+from kohya_1to2.configs.presets import effective_settings, load_preset
 from kohya_1to2.configs.prompts import parse_size, sample_prompts_text
 from kohya_1to2.configs.render import (
     SAMPLE_PROMPTS_FILE,
@@ -123,19 +123,11 @@ def render_run_files(
         files[dataset_name] = tomlkit.dumps(dataset_document(job, preset, stage, subsets[stage], composite_aspects))
         files[train_name] = tomlkit.dumps(training_document(job, preset, stage, run_dir))
     triggers = [(c.name, c.trigger) for c in characters]
-    files[SAMPLE_PROMPTS_FILE] = sample_prompts_text(triggers, sample_settings(job, preset.settings),
+    files[SAMPLE_PROMPTS_FILE] = sample_prompts_text(triggers, effective_settings(job, preset),
                                                      job.composites.captions, pairs=job.training.sample_pairs,
                                                      pair_size=parse_size(job.training.sample_pair_size)
                                                      if job.training.sample_pair_size else None)
     return files
-
-
-def sample_settings(job: Job, settings: PresetSettings) -> PresetSettings:
-    """Samples follow --resolution when the preset samples at its own training resolution."""
-    wanted = job.training.resolution
-    if wanted and (settings.sample_width, settings.sample_height) == (settings.resolution, settings.resolution):
-        return settings.model_copy(update={"sample_width": wanted, "sample_height": wanted})
-    return settings
 
 
 # ------------------------------------------------------------------------------------------- writing

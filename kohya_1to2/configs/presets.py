@@ -140,3 +140,19 @@ def resolved_family(job: Job, preset: Preset) -> Family:
             hint=f"use --preset {wanted}",
         )
     return family
+
+
+def effective_settings(job: Job, preset: Preset) -> PresetSettings:
+    """The preset's settings with the job's command-line choices applied: the one place of that precedence
+    (command line > preset > model default; hand edits win later, in the three-way merge)."""
+    settings = preset.settings
+    update: dict[str, Any] = {"family": resolved_family(job, preset)}
+    if job.training.stage1_batch_size:
+        update["stage1_batch_size"] = job.training.stage1_batch_size
+    wanted = job.training.resolution
+    if wanted:
+        update["resolution"] = wanted
+        if (settings.sample_width, settings.sample_height) == (settings.resolution, settings.resolution):
+            # samples follow --resolution when the preset samples at its own training resolution
+            update.update(sample_width=wanted, sample_height=wanted)
+    return settings.model_copy(update=update)

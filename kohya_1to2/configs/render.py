@@ -23,7 +23,7 @@ from kohya_1to2.configs.buckets import (
     Stage2Buckets,
     choose_stage2_buckets,
 )
-from kohya_1to2.configs.presets import PRESET_SECTION, Preset, key_comments, resolved_family
+from kohya_1to2.configs.presets import PRESET_SECTION, Preset, effective_settings, key_comments, resolved_family
 from kohya_1to2.errors import UsageError
 from kohya_1to2.kohya import final_weights_path
 from kohya_1to2.models import Job
@@ -90,17 +90,15 @@ def stage1_weights(job: Job, run_dir: Path, save_model_as: str | None = None) ->
 
 def training_context(job: Job, preset: Preset, stage: Stage, run_dir: Path) -> dict[str, Any]:
     """Values for the template's `"{name}"` placeholders in one stage."""
-    family = resolved_family(job, preset)
-    settings = preset.settings
+    settings = effective_settings(job, preset)
+    family = settings.family
     save_as = _template_value(preset, "save_model_as")
     dataset_name, _ = file_names(stage)
     return {
         "base_model": job.training.base_model or "",
         "v2": family == "sd2",
         "v_parameterization": job.training.v_parameterization,
-        "batch_size": (job.training.stage1_batch_size or settings.stage1_batch_size)
-        if stage == 1
-        else settings.stage2_batch_size,
+        "batch_size": settings.stage1_batch_size if stage == 1 else settings.stage2_batch_size,
         "output_dir": str(stage_output_dir(run_dir, stage)),
         "output_name": stage_output_name(job, stage),
         "dataset_config": str(run_dir / dataset_name),
@@ -187,7 +185,7 @@ def dataset_document(
     """The stage's dataset TOML: [general] from the preset, one subset per character (or the composites)."""
     template = preset.document()
     comments = key_comments(template[PRESET_SECTION]["dataset"])
-    resolution = job.training.resolution or preset.settings.resolution
+    resolution = effective_settings(job, preset).resolution
     doc = tomlkit.document()
     what = "single-character folders" if stage == 1 else "side-by-side composites"
     doc.add(tomlkit.comment(f"kohya-1to2 stage {stage} dataset config ({what}), for sd-scripts --dataset_config."))
