@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from kohya_1to2.cli import main
-from kohya_1to2.kohya import lycoris_sd1_problem
 from kohya_1to2.environment import probe as doctor
+from kohya_1to2.kohya import lycoris_sd1_problem
 
 CPU_FACTS: dict[str, Any] = {
     "python": "3.11.7", "executable": "/venv/bin/python", "torch": "2.14.1", "torchvision": "0.29.1",

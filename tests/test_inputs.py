@@ -53,7 +53,7 @@ def test_decision_order_force_upstream_attempt_record_weights_changes() -> None:
     assert not decide(1, BASE, record, **common).runs
     assert "unchanged since" in decide(1, BASE, record, **common).reason
     assert decide(1, BASE, record, **{**common, "force": True}).reason == "--force"
-    assert decide(2, BASE, record, **{**common, "upstream_runs": True}).line().startswith("stage 2: runs (stage 1")
+    assert decide(2, BASE, record, **{**common, "upstream_runs": True}).line.startswith("stage 2: runs (stage 1")
     assert decide(1, BASE, None, **common).reason == "never trained"
     assert decide(1, BASE, record, **{**common, "weights_exist": False}).reason == "its final weights are missing"
     interrupted = decide(1, BASE, record, **{**common, "attempt": Attempt(started=0.0, state_saved=True)})
@@ -61,7 +61,7 @@ def test_decision_order_force_upstream_attempt_record_weights_changes() -> None:
     resumed = decide(1, BASE, record, **{**common, "attempt": Attempt(0.0, True), "resuming": True})
     assert "resuming from its saved state" in resumed.reason
     edited = decide(1, changed(**{"/data/1_bob": {"c.png": "image 3:3", "c.txt": "caption q"}}), record, **common)
-    assert edited.line() == "stage 1: runs (1 caption changed in 1_bob since it was trained)"
+    assert edited.line == "stage 1: runs (1 caption changed in 1_bob since it was trained)"
 
 
 def test_collect_reads_images_by_stat_and_captions_by_content(tmp_path: Path) -> None:

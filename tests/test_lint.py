@@ -13,7 +13,7 @@ from PIL import Image
 
 from kohya_1to2.cli import main
 from kohya_1to2.configs.generate import render_run_files, write_run_configs
-from kohya_1to2.configs.lint import Problem, lint_dataset, lint_file, lint_run, lint_training, value_fits
+from kohya_1to2.configs.lint import ConfigProblem, lint_dataset, lint_file, lint_run, lint_training, value_fits
 from kohya_1to2.models import Character, Job, SourceImage, SourceSettings, TrainingSettings
 
 RUN = Path("/runs/example")
@@ -69,9 +69,9 @@ TRAINING_CORPUS: list[tuple[str, str, str, str]] = [
 ]
 
 
-def _single(problems: list[Problem], key: str) -> Problem:
+def _single(problems: list[ConfigProblem], key: str) -> ConfigProblem:
     matching = [p for p in problems if p.key == key]
-    assert matching, f"nothing reported for {key}: {[p.line() for p in problems]}"
+    assert matching, f"nothing reported for {key}: {[p.line for p in problems]}"
     return matching[0]
 
 
@@ -91,8 +91,8 @@ def test_training_corpus_is_reported_with_file_key_and_fix(section: str, line: s
     text = training_variant(section, line)
     problems = lint_training(toml.loads(text), "train_network.py", "stage1.train.toml")
     problem = _single(problems, key)
-    assert fix in problem.fix, problem.line()
-    assert problem.line().startswith(f"stage1.train.toml: {key}: ")
+    assert fix in problem.fix, problem.line
+    assert problem.line.startswith(f"stage1.train.toml: {key}: ")
 
 
 DATASET_CORPUS: list[tuple[str, str, str, str]] = [
@@ -128,7 +128,7 @@ def dataset_variant(section: str, line: str) -> str:
 def test_dataset_corpus_is_reported_with_file_key_and_fix(section: str, line: str, key: str, fix: str) -> None:
     text = dataset_variant(section, line)
     problem = _single(lint_dataset(toml.loads(text), "stage1.dataset.toml"), key)
-    assert fix in problem.fix, problem.line()
+    assert fix in problem.fix, problem.line
 
 
 def test_dataset_structure_problems() -> None:
@@ -193,7 +193,7 @@ def _rewrite(path: Path, old: str, new: str) -> None:
 
 
 def test_prepared_run_has_no_errors(run_dir: Path) -> None:
-    assert [p.line() for p in lint_run(run_dir) if p.severity == "error"] == []
+    assert [p.line for p in lint_run(run_dir) if p.severity == "error"] == []
 
 
 SEMANTIC_CASES: list[tuple[str, str, str, str, str]] = [
@@ -221,7 +221,7 @@ def test_semantic_checks_of_a_run(run_dir: Path, name: str, old: str, new: str, 
         _rewrite(run_dir / name, old, new)
     problems = [p for p in lint_run(run_dir) if p.file == str(run_dir / name)]
     problem = _single(problems, key)
-    assert fix in problem.fix, problem.line()
+    assert fix in problem.fix, problem.line
 
 
 def test_buckets_too_narrow_for_composites_are_reported(run_dir: Path) -> None:
@@ -374,10 +374,10 @@ def test_startup_corpus_is_an_error_with_file_key_and_fix(run_dir: Path, file: s
     edit_run(run_dir, file, section, line)
     problems = [p for p in lint_run(run_dir) if p.severity == "error"]
     matching = [p for p in problems if p.key == key]
-    assert matching, f"nothing reported for {key}: {[p.line() for p in problems]}"
+    assert matching, f"nothing reported for {key}: {[p.line for p in problems]}"
     problem = matching[0]
-    assert fix in problem.fix, problem.line()
-    assert problem.file.startswith(str(run_dir)), problem.line()
+    assert fix in problem.fix, problem.line
+    assert problem.file.startswith(str(run_dir)), problem.line
 
 
 def _fix_assignment(fix: str) -> str | None:
@@ -401,7 +401,7 @@ def test_the_suggested_fix_itself_passes_check(run_dir: Path, file: str, section
         assignment = f"{name} = {json.dumps(str(run_dir.parent / 'models' / 'base.safetensors'))}"
     fixed_file = Path(problem.file).name
     if assignment is None:  # "remove it here ..."
-        assert problem.fix.startswith("remove it"), problem.line()
+        assert problem.fix.startswith("remove it"), problem.line
         path = run_dir / file
         path.write_text("\n".join(x for x in path.read_text().split("\n") if not x.startswith(f"{name} = ")))
     else:
@@ -409,7 +409,7 @@ def test_the_suggested_fix_itself_passes_check(run_dir: Path, file: str, section
             path = run_dir / file  # a fix in another file also needs the offending line gone (e.g. flip_aug)
             path.write_text("\n".join(x for x in path.read_text().split("\n") if not x.startswith(f"{name} = ")))
         edit_run(run_dir, fixed_file, section if fixed_file == file else "general", assignment)
-    left = [p.line() for p in lint_run(run_dir) if p.severity == "error" and p.key == key]
+    left = [p.line for p in lint_run(run_dir) if p.severity == "error" and p.key == key]
     assert left == []
 
 
@@ -419,12 +419,12 @@ def test_the_stage2_network_rule_ignores_order_and_dropout_in_check_and_launch(r
 
     _rewrite(run_dir / "stage2.train.toml", '["conv_dim=0", "conv_alpha=16", "algo=loha"]',
              '["algo=loha", "dropout=0.1", "conv_alpha=16", "conv_dim=0"]')
-    assert [p.line() for p in lint_run(run_dir) if p.key == "network_args"] == []
+    assert [p.line for p in lint_run(run_dir) if p.key == "network_args"] == []
     assert [line for line in lint_problems(run_dir) if "network_args" in line] == []
     _rewrite(run_dir / "stage2.train.toml", '"conv_alpha=16"', '"conv_alpha=8"')
     [problem] = [p for p in lint_run(run_dir) if p.key == "network_args"]
     assert "conv_alpha" in problem.problem
-    assert [line for line in lint_problems(run_dir) if "network_args" in line] == [problem.line()]
+    assert [line for line in lint_problems(run_dir) if "network_args" in line] == [problem.line]
 
 
 def test_launch_refuses_what_check_refuses_in_the_stage_chain(run_dir: Path) -> None:

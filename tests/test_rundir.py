@@ -91,9 +91,9 @@ def test_a_second_writer_is_refused_naming_the_first_and_a_killed_holder_frees_t
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        with pytest.raises(UsageError, match=rf"run dir in use by prepare \(pid {holder.pid}, since \d\d:\d\d\)"):
-            with writer_lock(run, "launch"):
-                pass
+        in_use = rf"run dir in use by prepare \(pid {holder.pid}, since \d\d:\d\d\)"
+        with pytest.raises(UsageError, match=in_use), writer_lock(run, "launch"):
+            pass
         assert current_writer(run) is not None and f"pid {holder.pid}" in str(current_writer(run))
     finally:
         holder.kill()  # SIGKILL: no clean-up code runs, the kernel drops the lock

@@ -43,7 +43,8 @@ def test_counts_match_the_clip_tokenizer_sd_scripts_loads(tmp_path: Path) -> Non
     texts = ["1girl, solo, long hair", "akari (genshin impact), café latte, crème brûlée", ", ".join(LONG_TAGS),
              "looking_at_viewer, :d, ^_^, 2girls, 東方, it's", "Hello   WORLD\tnew"]
     script = (
-        "import json, sys\nfrom pathlib import Path\nfrom kohya_1to2.environment.tiny_model import save_clip_tokenizer\n"
+        "import json, sys\nfrom pathlib import Path\n"
+        "from kohya_1to2.environment.tiny_model import save_clip_tokenizer\n"
         "from transformers import CLIPTokenizer\nout = Path(sys.argv[1])\nsave_clip_tokenizer(out)\n"
         "t = CLIPTokenizer.from_pretrained(str(out))\ntexts = json.loads(sys.stdin.read())\n"
         "print(json.dumps([[len(t(x, add_special_tokens=False).input_ids), len(t(x).input_ids)] for x in texts]))\n"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from kohya_1to2 import kohya
-from kohya_1to2.errors import SetupError
 from kohya_1to2.environment import vendor
+from kohya_1to2.errors import SetupError
 
 REQUIREMENTS = "accelerate==1.6.0\n# a comment\nbitsandbytes\ntoml==0.10.2  # inline\n\n-e .\n"
 

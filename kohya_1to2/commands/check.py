@@ -27,7 +27,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         raise UsageError(f"{target}: no such run directory or TOML file", hint="pass a run directory or a .toml")
     for problem in problems:
         style = "red" if problem.severity == "error" else "yellow"
-        console.print(Text.assemble((f"{problem.severity}: ", style), problem.line()), soft_wrap=True)
+        console.print(Text.assemble((f"{problem.severity}: ", style), problem.line), soft_wrap=True)
     raise_for_problems(problems, target)
     console.print(Text(f"ok: {target} passes the checks against sd-scripts {kohya.SD_SCRIPTS_TAG}"))
     return 0

@@ -43,7 +43,7 @@ def lint_problems(run_dir: Path) -> list[str]:
     """`check` on the run directory (kohya_1to2.configs.lint), one line per error: launch's only rule book."""
     from kohya_1to2.configs.lint import lint_run
 
-    return [p.line() for p in lint_run(run_dir) if p.severity == "error"]
+    return [p.line for p in lint_run(run_dir) if p.severity == "error"]
 
 
 class LaunchOptions(BaseModel):
@@ -158,7 +158,7 @@ def launch_stages(args: LaunchOptions, console: Console, run_dir: Path, selected
         for sub in stage.substitutions:
             console.print(Text(f"stage {number}: substitution: {sub.describe()}", style="yellow"), soft_wrap=True)
     for number in selected:
-        console.print(Text(decisions[number].line(), style="bold" if decisions[number].runs else "dim"),
+        console.print(Text(decisions[number].line, style="bold" if decisions[number].runs else "dim"),
                       soft_wrap=True)
     for number in running:
         write_effective_toml(stages[number])  # what the printed command reads, also after --dry-run

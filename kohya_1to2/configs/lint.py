@@ -19,21 +19,22 @@ from typing import Any, Literal
 import toml
 from pydantic import BaseModel, ConfigDict
 
+from kohya_1to2 import kohya
 from kohya_1to2.configs.buckets import SD_BUCKET_DEFAULTS, BucketSettings, assign_buckets
 from kohya_1to2.errors import CheckError
 from kohya_1to2.kohya import TRAINING_SCRIPTS
+from kohya_1to2.kohya import options as opt
 from kohya_1to2.models import Family
 from kohya_1to2.rundir import RunDir
 
-SNAPSHOT = Path(__file__).resolve().parents[1] / "data" / "kohya_v0.10.1.json"
-SD_SCRIPTS_CAPTION_DEFAULT = ".caption"
-NON_STRUCTURAL_NETWORK_ARGS = frozenset({"dropout", "rank_dropout", "module_dropout", "train_norm"})
-"""network_args that do not change which modules/weights exist (everything else must match across stages)."""
+SNAPSHOT = kohya.PARSER_SNAPSHOT
+SD_SCRIPTS_CAPTION_DEFAULT = kohya.SUBSET_DEFAULTS[opt.CAPTION_EXTENSION]
+NON_STRUCTURAL_NETWORK_ARGS = kohya.NON_STRUCTURAL_NETWORK_ARGS
 MAX_COMPOSITE_CROP = 0.2
 
 
-class Problem(BaseModel):
-    """One finding; errors fail `check` (exit 4), warnings are printed only."""
+class ConfigProblem(BaseModel):
+    """One finding in a TOML; errors fail `check` (exit 4), warnings are printed only."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -43,6 +44,7 @@ class Problem(BaseModel):
     fix: str
     severity: Literal["error", "warning"] = "error"
 
+    @property
     def line(self) -> str:
         return f"{self.file}: {self.key}: {self.problem} ({self.fix})"
 
@@ -160,13 +162,13 @@ def check_training_value(action: Mapping[str, Any], value: Any) -> tuple[str, st
 
 
 def lint_training(document: Mapping[str, Any], script: str, file: str,
-                  snapshot: Mapping[str, Any] | None = None) -> list[Problem]:
+                  snapshot: Mapping[str, Any] | None = None) -> list[ConfigProblem]:
     """Keys, types, choices and duplicates of a training TOML, checked as sd-scripts flattens it."""
     snap = snapshot or load_snapshot()
     actions = parser_actions(script, snap)
     other_scripts = {s: parser_actions(s, snap) for s in snap["parsers"] if s != script}
     dataset_keys = {k for level in snap["dataset_schema"].values() for k in level}
-    problems: list[Problem] = []
+    problems: list[ConfigProblem] = []
     seen: dict[str, str] = {}
     flat = _flatten(document)
     items: list[tuple[str, str, Any]] = []
@@ -177,7 +179,7 @@ def lint_training(document: Mapping[str, Any], script: str, file: str,
             items.append((section, section, value))
     for where, key, value in items:
         if key in seen:
-            problems.append(Problem(file=file, key=where, problem=f"also set as {seen[key]}; sd-scripts silently "
+            problems.append(ConfigProblem(file=file, key=where, problem=f"also set as {seen[key]}; sd-scripts silently "
                                     "uses the last one", fix="keep the key in one section only"))
         seen[key] = where
         action = actions.get(key)
@@ -193,11 +195,11 @@ def lint_training(document: Mapping[str, Any], script: str, file: str,
                 suggestion = _suggest(key, actions)
                 problem = "unknown option; sd-scripts silently ignores it"
                 fix = f"did you mean {suggestion!r}?" if suggestion else "check the spelling in sd-scripts' docs"
-            problems.append(Problem(file=file, key=where, problem=problem, fix=fix))
+            problems.append(ConfigProblem(file=file, key=where, problem=problem, fix=fix))
             continue
         found = check_training_value(action, value) or startup_value_problem(key, value, flat)
         if found:
-            problems.append(Problem(file=file, key=where, problem=found[0], fix=found[1]))
+            problems.append(ConfigProblem(file=file, key=where, problem=found[0], fix=found[1]))
     return problems
 
 
@@ -324,12 +326,12 @@ def _dataset_key_problem(key: str, level: str, schema: Mapping[str, Mapping[str,
 
 
 def lint_dataset(document: Mapping[str, Any], file: str, snapshot: Mapping[str, Any] | None = None,
-                 script: str = "train_network.py") -> list[Problem]:
+                 script: str = TRAINING_SCRIPTS["sd1"]) -> list[ConfigProblem]:
     """The dataset TOML against sd-scripts' own (strict) schema, as readable problems."""
     snap = snapshot or load_snapshot()
     schema = snap["dataset_schema"]
     training_keys = parser_actions(script, snap)
-    problems: list[Problem] = []
+    problems: list[ConfigProblem] = []
 
     def check_table(table: Mapping[str, Any], level: str, where: str) -> None:
         level_schema = schema[level]
@@ -340,21 +342,21 @@ def lint_dataset(document: Mapping[str, Any], file: str, snapshot: Mapping[str, 
                 continue
             if key not in level_schema:
                 problem, fix = _dataset_key_problem(key, level, schema, training_keys)
-                problems.append(Problem(file=file, key=f"{where}.{key}", problem=problem, fix=fix))
+                problems.append(ConfigProblem(file=file, key=f"{where}.{key}", problem=problem, fix=fix))
                 continue
             descriptor = level_schema[key]["type"]
             if not value_fits(value, descriptor):
-                problems.append(Problem(
+                problems.append(ConfigProblem(
                     file=file, key=f"{where}.{key}",
                     problem=f"must be {_describe(descriptor)}, got {_type_name(value)} {_literal(value)}",
                     fix=f"write {key} = {_example(value, descriptor)}"))
             elif key in POSITIVE_DATASET_KEYS and isinstance(value, int) and value <= 0:
-                problems.append(Problem(file=file, key=f"{where}.{key}",
+                problems.append(ConfigProblem(file=file, key=f"{where}.{key}",
                                         problem=f"{value} must be positive (sd-scripts crashes or trains nothing)",
                                         fix=f"write {key} = 1"))
         for key, spec in level_schema.items():
             if spec.get("required") and key not in table:
-                problems.append(Problem(file=file, key=f"{where}.{key}", problem="required key missing",
+                problems.append(ConfigProblem(file=file, key=f"{where}.{key}", problem="required key missing",
                                         fix=f'add {key} = "/absolute/path/to/images"'))
 
     for key, value in document.items():
@@ -362,18 +364,18 @@ def lint_dataset(document: Mapping[str, Any], file: str, snapshot: Mapping[str, 
             if isinstance(value, dict):
                 check_table(value, "general", "general")
             else:
-                problems.append(Problem(file=file, key="general", problem="must be a table",
+                problems.append(ConfigProblem(file=file, key="general", problem="must be a table",
                                         fix="write it as a [general] section"))
         elif key == "datasets":
             if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-                problems.append(Problem(file=file, key="datasets", problem="must be an array of tables",
+                problems.append(ConfigProblem(file=file, key="datasets", problem="must be an array of tables",
                                         fix="write each dataset as [[datasets]]"))
                 continue
             for i, dataset in enumerate(value):
                 check_table(dataset, "dataset", f"datasets[{i}]")
                 subsets = dataset.get("subsets", [])
                 if not isinstance(subsets, list) or not all(isinstance(s, dict) for s in subsets):
-                    problems.append(Problem(file=file, key=f"datasets[{i}].subsets",
+                    problems.append(ConfigProblem(file=file, key=f"datasets[{i}].subsets",
                                             problem="must be an array of tables",
                                             fix="write each subset as [[datasets.subsets]]"))
                     continue
@@ -383,7 +385,7 @@ def lint_dataset(document: Mapping[str, Any], file: str, snapshot: Mapping[str, 
             problem, fix = _dataset_key_problem(key, "general", schema, training_keys)
             if "not allowed" in problem:
                 fix = "move it into [general]"
-            problems.append(Problem(file=file, key=key, problem=f"top-level key: {problem}", fix=fix))
+            problems.append(ConfigProblem(file=file, key=key, problem=f"top-level key: {problem}", fix=fix))
     return problems
 
 
@@ -428,19 +430,10 @@ def _network_arg_map(args: Any) -> dict[str, str]:
 
 
 def _subset_values(dataset_doc: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    general = dataset_doc.get("general", {}) if isinstance(dataset_doc.get("general"), dict) else {}
-    out = []
-    for i, dataset in enumerate(dataset_doc.get("datasets", []) or []):
-        if not isinstance(dataset, dict):
-            continue
-        scope = {**general, **{k: v for k, v in dataset.items() if k != "subsets"}}
-        for j, subset in enumerate(dataset.get("subsets", []) or []):
-            if isinstance(subset, dict):
-                out.append((f"datasets[{i}].subsets[{j}]", {**scope, **subset}))
-    return out
+    return [(f"datasets[{i}].subsets[{j}]", values) for i, j, values in kohya.subset_scopes(dataset_doc)]
 
 
-def lint_network(flat: Mapping[str, Any], file: str, family: str | None = None) -> list[Problem]:
+def lint_network(flat: Mapping[str, Any], file: str, family: str | None = None) -> list[ConfigProblem]:
     from kohya_1to2.kohya import LYCORIS_PIN, installed_lycoris_version, lycoris_sd1_problem
 
     problems = []
@@ -448,21 +441,21 @@ def lint_network(flat: Mapping[str, Any], file: str, family: str | None = None) 
     if isinstance(module, str) and not module.startswith("networks."):
         top = module.split(".", 1)[0]
         if importlib.util.find_spec(top) is None:
-            problems.append(Problem(file=file, key="network_module", problem=f"{module!r} is not importable",
+            problems.append(ConfigProblem(file=file, key="network_module", problem=f"{module!r} is not importable",
                                     fix=f"pip install '{LYCORIS_PIN}' (or run `python -m kohya_1to2 setup`)"))
     if module == "lycoris.kohya":
         algo = _network_arg_map(flat.get("network_args")).get("algo", "lora")
         if algo != "loha":
-            problems.append(Problem(file=file, key="network_args", severity="warning",
+            problems.append(ConfigProblem(file=file, key="network_args", severity="warning",
                                     problem=f"algo={algo}: the 1to2 method trains a LoHa",
                                     fix='put "algo=loha" in network_args'))
         args = flat.get("network_args")
         broken = lycoris_sd1_problem(installed_lycoris_version(), family, args if isinstance(args, list) else None)
         if broken:
             message, _, fix = broken.partition("; fix: ")
-            problems.append(Problem(file=file, key="network_module", problem=message, fix=fix))
+            problems.append(ConfigProblem(file=file, key="network_module", problem=message, fix=fix))
     if not flat.get("pretrained_model_name_or_path"):
-        problems.append(Problem(file=file, key="pretrained_model_name_or_path", problem="no base model set",
+        problems.append(ConfigProblem(file=file, key="pretrained_model_name_or_path", problem="no base model set",
                                 fix="re-run prepare with --base-model PATH, or set it here"))
     return problems
 
@@ -471,14 +464,14 @@ def _same_path(a: Any, b: Path) -> bool:
     return bool(a) and Path(str(a)).expanduser().resolve() == b.expanduser().resolve()
 
 
-def lint_stage_consistency(flat1: Mapping[str, Any], flat2: Mapping[str, Any], file2: str) -> list[Problem]:
+def lint_stage_consistency(flat1: Mapping[str, Any], flat2: Mapping[str, Any], file2: str) -> list[ConfigProblem]:
     """Stage 2 must build the same network as stage 1: sd-scripts loads weights non-strictly and silently
     restarts modules whose keys do not match. network_args are compared as a mapping (order does not
     matter) without NON_STRUCTURAL_NETWORK_ARGS; this is the one rule `check` and `launch` both apply."""
     problems = []
     for key in ("network_module", "network_dim", "network_alpha"):
         if flat1.get(key) != flat2.get(key):
-            problems.append(Problem(file=file2, key=key,
+            problems.append(ConfigProblem(file=file2, key=key,
                                     problem=f"{_literal(flat2.get(key))} differs from stage 1's "
                                             f"{_literal(flat1.get(key))}; stage-1 weights would not load",
                                     fix=f"set the same {key} in both stages"))
@@ -488,31 +481,31 @@ def lint_stage_consistency(flat1: Mapping[str, Any], flat2: Mapping[str, Any], f
              if k not in NON_STRUCTURAL_NETWORK_ARGS}
     if args1 != args2:
         diff = sorted(k for k in {*args1, *args2} if args1.get(k) != args2.get(k))
-        problems.append(Problem(file=file2, key="network_args",
+        problems.append(ConfigProblem(file=file2, key="network_args",
                                 problem=f"structure-changing args differ from stage 1's ({', '.join(diff)})",
                                 fix="use the same network_args in both stages"))
     return problems
 
 
-def lint_stage_chain(flat1: Mapping[str, Any], flat2: Mapping[str, Any], file1: str, file2: str) -> list[Problem]:
+def lint_stage_chain(flat1: Mapping[str, Any], flat2: Mapping[str, Any], file1: str, file2: str) -> list[ConfigProblem]:
     """Stage 2 continues from stage 1's final file with the same network (used by `check` and `launch`)."""
     from kohya_1to2.kohya import final_weights_of
 
     stage1_final = final_weights_of(flat1)
     if stage1_final is None:
-        return [Problem(file=file1, key="output_dir", problem="not set; stage 2 cannot find stage 1's network",
-                        fix='set output_dir = "/absolute/path/output/stage1" in [saving]')]
+        return [ConfigProblem(file=file1, key=opt.OUTPUT_DIR, problem="not set; stage 2 cannot find stage 1's network",
+                        fix=f'set {opt.OUTPUT_DIR} = "/absolute/path/output/stage1" in [saving]')]
     problems = lint_stage_consistency(flat1, flat2, file2)
-    weights = flat2.get("network_weights")
+    weights = flat2.get(opt.NETWORK_WEIGHTS)
     if not _same_path(weights, stage1_final):
-        problems.append(Problem(file=file2, key="network_weights",
+        problems.append(ConfigProblem(file=file2, key=opt.NETWORK_WEIGHTS,
                                 problem=f"{_literal(weights) if weights else 'not set'}: is not stage 1's final "
                                         f"network {stage1_final}",
-                                fix=f"set network_weights = {_literal(str(stage1_final))}"))
+                                fix=f"set {opt.NETWORK_WEIGHTS} = {_literal(str(stage1_final))}"))
     return problems
 
 
-def lint_paths(flat: Mapping[str, Any], file: str) -> list[Problem]:
+def lint_paths(flat: Mapping[str, Any], file: str) -> list[ConfigProblem]:
     """Relative paths resolve inside sd-scripts' folder at run time, and the base model must be loadable."""
     from kohya_1to2.kohya import TRAINING_PATH_KEYS, base_model_problem
 
@@ -524,7 +517,7 @@ def lint_paths(flat: Mapping[str, Any], file: str) -> list[Problem]:
         if key == "pretrained_model_name_or_path":
             found = base_model_problem(value)
             if found:
-                problems.append(Problem(file=file, key=key, problem=found,
+                problems.append(ConfigProblem(file=file, key=key, problem=found,
                                         fix="point it at a .safetensors/.ckpt file or a diffusers folder "
                                             "(absolute path), or re-run prepare with --base-model PATH"))
                 continue
@@ -532,7 +525,7 @@ def lint_paths(flat: Mapping[str, Any], file: str) -> list[Problem]:
             continue
         if key in ("pretrained_model_name_or_path", "vae") and not Path(value).exists():
             continue  # a Hugging Face model id such as "org/model"
-        problems.append(Problem(file=file, key=key,
+        problems.append(ConfigProblem(file=file, key=key,
                                 problem=f"{_literal(value)} is a relative path; sd-scripts runs inside its own "
                                         "folder and would look for it there",
                                 fix=f"write an absolute path, e.g. {key} = {_literal(str(Path(value).resolve()))}"))
@@ -541,20 +534,15 @@ def lint_paths(flat: Mapping[str, Any], file: str) -> list[Problem]:
 
 def _dataset_sets_everywhere(dataset_doc: Mapping[str, Any], name: str, subset_level: bool) -> bool | None:
     """Does the dataset TOML set `name` for every subset (or dataset)? None when it has no datasets."""
-    general = dataset_doc.get("general", {}) if isinstance(dataset_doc.get("general"), dict) else {}
-    datasets = [d for d in dataset_doc.get("datasets", []) or [] if isinstance(d, dict)]
-    if not datasets:
+    if not kohya.dataset_scopes(dataset_doc):
         return None
-    if subset_level:
-        scopes = [{**general, **{k: v for k, v in d.items() if k != "subsets"}, **s} for d in datasets
-                  for s in d.get("subsets", []) or [] if isinstance(s, dict)]
-    else:
-        scopes = [{**general, **{k: v for k, v in d.items() if k != "subsets"}} for d in datasets]
+    scopes = [values for _, _, values in kohya.subset_scopes(dataset_doc)] if subset_level \
+        else [values for _, values in kohya.dataset_scopes(dataset_doc)]
     return bool(scopes) and all(scope.get(name) is not None for scope in scopes)
 
 
 def lint_dataset_keys_in_training(train_doc: Mapping[str, Any], dataset_doc: Mapping[str, Any], train_file: str,
-                                  dataset_file: str, script: str) -> list[Problem]:
+                                  dataset_file: str, script: str) -> list[ConfigProblem]:
     """A dataset option in the training TOML is only a fallback for subsets that do not set it: where the
     dataset TOML sets it everywhere, sd-scripts ignores it (config_util's BlueprintGenerator fallbacks)."""
     from kohya_1to2.kohya import TRAINING_TO_DATASET_KEYS
@@ -572,12 +560,12 @@ def lint_dataset_keys_in_training(train_doc: Mapping[str, Any], dataset_doc: Map
             if everywhere is None:
                 continue
             if everywhere:
-                problems.append(Problem(file=train_file, key=where,
+                problems.append(ConfigProblem(file=train_file, key=where,
                                         problem=f"is a dataset option and {dataset_file} sets {name} for every "
                                                 "subset, so sd-scripts ignores it here",
                                         fix=f"remove it here; change {name} in {dataset_file}"))
             else:
-                problems.append(Problem(file=train_file, key=where, severity="warning",
+                problems.append(ConfigProblem(file=train_file, key=where, severity="warning",
                                         problem=f"is a dataset option: sd-scripts uses it only where {dataset_file} "
                                                 f"does not set {name}",
                                         fix=f"move it to {dataset_file}"))
@@ -585,30 +573,30 @@ def lint_dataset_keys_in_training(train_doc: Mapping[str, Any], dataset_doc: Map
 
 
 def lint_composite_subsets(dataset_doc: Mapping[str, Any], train_flat: Mapping[str, Any],
-                           file: str) -> list[Problem]:
+                           file: str) -> list[ConfigProblem]:
     """flip_aug on the composites mirrors which character stands left, contradicting the CharLeft/CharRight
     caption (a training-TOML flip_aug applies where the dataset TOML does not set it)."""
     problems = []
     for where, values in _subset_values(dataset_doc):
         flip = values.get("flip_aug")
         if flip is True or (flip is None and train_flat.get("flip_aug") is True):
-            problems.append(Problem(file=file, key=f"{where}.flip_aug",
+            problems.append(ConfigProblem(file=file, key=f"{where}.flip_aug",
                                     problem="mirrors composites: the left character would be trained as right",
                                     fix="set flip_aug = false (and remove flip_aug from the training TOML)"))
     return problems
 
 
-def lint_captions(dataset_doc: Mapping[str, Any], file: str, image_suffixes: Sequence[str]) -> list[Problem]:
+def lint_captions(dataset_doc: Mapping[str, Any], file: str, image_suffixes: Sequence[str]) -> list[ConfigProblem]:
     problems = []
     for where, values in _subset_values(dataset_doc):
         image_dir = Path(str(values.get("image_dir", "")))
         if not image_dir.is_dir():
-            problems.append(Problem(file=file, key=f"{where}.image_dir", problem=f"folder {image_dir} not found",
+            problems.append(ConfigProblem(file=file, key=f"{where}.image_dir", problem=f"folder {image_dir} not found",
                                     fix="fix the path (absolute) or re-run prepare"))
             continue
         images = [p for p in image_dir.iterdir() if p.suffix.lower() in image_suffixes]
         if not images:
-            problems.append(Problem(file=file, key=f"{where}.image_dir", problem=f"{image_dir} has no images",
+            problems.append(ConfigProblem(file=file, key=f"{where}.image_dir", problem=f"{image_dir} has no images",
                                     fix="add images or remove the subset (sd-scripts would train on nothing)"))
             continue
         ext = values.get("caption_extension", SD_SCRIPTS_CAPTION_DEFAULT)
@@ -618,19 +606,17 @@ def lint_captions(dataset_doc: Mapping[str, Any], file: str, image_suffixes: Seq
             others = sorted({q.suffix for p in images for q in image_dir.glob(p.stem + ".*")
                              if q.suffix.lower() not in image_suffixes})
             fix = f"set caption_extension = {_literal(others[0])}" if others else "add caption files"
-            problems.append(Problem(file=file, key=f"{where}.caption_extension",
+            problems.append(ConfigProblem(file=file, key=f"{where}.caption_extension",
                                     problem=f"no image in {image_dir} has a {ext} caption", fix=fix))
     return problems
 
 
 def lint_buckets(dataset_doc: Mapping[str, Any], file: str, family: str, composites: bool,
-                 image_sizes: Sequence[tuple[int, int]]) -> list[Problem]:
+                 image_sizes: Sequence[tuple[int, int]]) -> list[ConfigProblem]:
     problems = []
-    general = dataset_doc.get("general", {}) if isinstance(dataset_doc.get("general"), dict) else {}
-    datasets = [d for d in dataset_doc.get("datasets", []) or [] if isinstance(d, dict)]
-    for i, dataset in enumerate(datasets or [{}]):
-        scope = {**general, **{k: v for k, v in dataset.items() if k != "subsets"}}
-        where = f"datasets[{i}]" if datasets else "general"
+    scopes = kohya.dataset_scopes(dataset_doc)
+    for i, scope in scopes or [(0, kohya.general_scope(dataset_doc))]:
+        where = f"datasets[{i}]" if scopes else "general"
         res = scope.get("resolution")
         reso = (res, res) if isinstance(res, int) else tuple(res) if isinstance(res, list) and len(res) == 2 else None
         low = scope.get("min_bucket_reso", SD_BUCKET_DEFAULTS.min_bucket_reso)
@@ -638,13 +624,13 @@ def lint_buckets(dataset_doc: Mapping[str, Any], file: str, family: str, composi
         steps = scope.get("bucket_reso_steps", SD_BUCKET_DEFAULTS.bucket_reso_steps)
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high, steps)):
             continue  # reported by the schema check
-        step_unit = 32 if family == "sdxl" else 64
+        step_unit = kohya.BUCKET_STEP_UNIT[family]
         if steps % step_unit:
-            problems.append(Problem(file=file, key=f"{where}.bucket_reso_steps",
+            problems.append(ConfigProblem(file=file, key=f"{where}.bucket_reso_steps",
                                     problem=f"{steps} is not a multiple of {step_unit}, which {family} requires",
                                     fix=f"use {step_unit}"))
         if reso and all(isinstance(v, int) for v in reso) and (min(reso) < low or max(reso) > high):
-            problems.append(Problem(file=file, key=f"{where}.min_bucket_reso",
+            problems.append(ConfigProblem(file=file, key=f"{where}.min_bucket_reso",
                                     problem=f"resolution {reso[0]}x{reso[1]} is outside the bucket range "
                                             f"{low}..{high}; sd-scripts stops with an assertion",
                                     fix="make min_bucket_reso <= resolution <= max_bucket_reso"))
@@ -652,7 +638,7 @@ def lint_buckets(dataset_doc: Mapping[str, Any], file: str, family: str, composi
         if not composites:
             continue
         if scope.get("enable_bucket") is not True:
-            problems.append(Problem(file=file, key=f"{where}.enable_bucket",
+            problems.append(ConfigProblem(file=file, key=f"{where}.enable_bucket",
                                     problem="bucketing is off: 2:1 composites are centre-cropped to a square, "
                                             "losing half of each character",
                                     fix="set enable_bucket = true"))
@@ -663,7 +649,7 @@ def lint_buckets(dataset_doc: Mapping[str, Any], file: str, family: str, composi
             buckets = assign_buckets(image_sizes, settings)
             crop = sum(b.mean_crop * b.images for b in buckets) / max(1, sum(b.images for b in buckets))
             if crop > MAX_COMPOSITE_CROP:
-                problems.append(Problem(file=file, key=f"{where}.max_bucket_reso",
+                problems.append(ConfigProblem(file=file, key=f"{where}.max_bucket_reso",
                                         problem=f"composites lose {crop:.0%} of their pixels to cropping: no bucket "
                                                 "is wide enough", fix="raise max_bucket_reso (e.g. 1536 for SDXL)"))
     return problems
@@ -673,11 +659,12 @@ def script_for(document: Mapping[str, Any], family: str | None = None) -> str:
     """The sd-scripts entry point whose parser a training TOML is checked against."""
     if family:
         return TRAINING_SCRIPTS[family]
-    sdxl_only = set(parser_actions("sdxl_train_network.py")) - set(parser_actions("train_network.py"))
-    return "sdxl_train_network.py" if sdxl_only & set(_flatten(document)) else "train_network.py"
+    sd1, sdxl = TRAINING_SCRIPTS["sd1"], TRAINING_SCRIPTS["sdxl"]
+    sdxl_only = set(parser_actions(sdxl)) - set(parser_actions(sd1))
+    return sdxl if sdxl_only & set(_flatten(document)) else sd1
 
 
-def lint_file(path: Path, family: str | None = None) -> list[Problem]:
+def lint_file(path: Path, family: str | None = None) -> list[ConfigProblem]:
     """Syntax, keys, types and choices of one TOML (dataset or training, told apart by its content)."""
     document = read_toml(path)
     if family is None and RunDir(path.parent).job_file.is_file():
@@ -695,7 +682,7 @@ def run_family(run_dir: Path) -> Family:
     return prepared_run_family(run_dir)
 
 
-def lint_run(run_dir: Path) -> list[Problem]:
+def lint_run(run_dir: Path) -> list[ConfigProblem]:
     """Every generated file of a run directory, plus the cross-file 1to2 checks."""
     from kohya_1to2.configs.render import STAGES, file_names
     from kohya_1to2.imagefiles import image_sizes, list_images
@@ -703,7 +690,7 @@ def lint_run(run_dir: Path) -> list[Problem]:
 
     family = run_family(run_dir)
     script = TRAINING_SCRIPTS[family]
-    problems: list[Problem] = []
+    problems: list[ConfigProblem] = []
     flats: dict[int, dict[str, Any]] = {}
     for stage in STAGES:
         dataset_name, train_name = file_names(stage)
@@ -726,7 +713,7 @@ def lint_run(run_dir: Path) -> list[Problem]:
             problems += lint_composite_subsets(dataset_doc, flat, str(dataset_path))
         configured = flat.get("dataset_config")
         if configured and not _same_path(configured, dataset_path):
-            problems.append(Problem(file=str(train_path), key="dataset_config",
+            problems.append(ConfigProblem(file=str(train_path), key="dataset_config",
                                     problem=f"points at {configured}, not this stage's {dataset_path}; "
                                             "launch passes the stage's own file, so the two disagree",
                                     fix=f"set dataset_config = {_literal(str(dataset_path))}"))
@@ -735,19 +722,19 @@ def lint_run(run_dir: Path) -> list[Problem]:
     return problems
 
 
-def lint_ownership(run_dir: Path) -> list[Problem]:
+def lint_ownership(run_dir: Path) -> list[ConfigProblem]:
     """A file in the composite subset that prepare did not write would be trained as a composite."""
     from kohya_1to2.rundir import load_job, unowned_subset_files
 
     layout = RunDir(run_dir)
     caption_extension = load_job(run_dir).sources.caption_extension if layout.job_file.is_file() else ".txt"
-    return [Problem(file=str(path), key="(file)", problem="not written by prepare, yet in the stage-2 subset: "
+    return [ConfigProblem(file=str(path), key="(file)", problem="not written by prepare, yet in the stage-2 subset: "
                     "sd-scripts would train it as a composite",
                     fix=f"re-run prepare (it moves such files to {layout.strays}) or move it away")
             for path in unowned_subset_files(layout, caption_extension)]
 
 
-def raise_for_problems(problems: Sequence[Problem], target: Path) -> None:
+def raise_for_problems(problems: Sequence[ConfigProblem], target: Path) -> None:
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise CheckError(f"{len(errors)} problem(s) in {target}",

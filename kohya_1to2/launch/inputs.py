@@ -121,6 +121,7 @@ class Decision:
     runs: bool
     reason: str
 
+    @property
     def line(self) -> str:
         return f"stage {self.stage}: {'runs' if self.runs else 'skipped'} ({self.reason})"
 

@@ -207,7 +207,7 @@ def test_generated_files_of_every_preset_pass_check_and_start_in_sd_scripts(
         tmp_path: Path, kohya_dataset: Callable[..., Path]) -> None:
     runs = [_make_run(tmp_path, kohya_dataset, preset) for preset in ("seed", "sdxl", "smoke")]
     for run in runs:
-        assert [p.line() for p in lint_run(run) if p.severity == "error"] == []
+        assert [p.line for p in lint_run(run) if p.severity == "error"] == []
     records = _start_with_sd_scripts([_job(run, stage) for run in runs for stage in (1, 2)])
     for run, record in zip([r for r in runs for _ in (1, 2)], records, strict=True):
         assert "error" not in record and record["at"] == "started", (run.name, record)
