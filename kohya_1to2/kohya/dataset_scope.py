@@ -27,11 +27,27 @@ SUBSET_DEFAULTS: Mapping[str, Any] = {"caption_extension": ".caption", "num_repe
 """config_util's BaseSubsetParams defaults that matter to us (a generated TOML sets both explicitly)."""
 
 
+def general_scope(dataset_document: Mapping[str, Any]) -> dict[str, Any]:
+    """The [general] table (empty when missing or not a table)."""
+    general = dataset_document.get("general")
+    return dict(general) if isinstance(general, Mapping) else {}
+
+
+def dataset_scopes(dataset_document: Mapping[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """(index, values) of each [[datasets]] table as config_util merges it: [general], then the dataset's own
+    keys (its subsets left out). Entries that are not tables are skipped: the schema check reports them."""
+    general = general_scope(dataset_document)
+    return [(i, {**general, **{k: v for k, v in dataset.items() if k != "subsets"}})
+            for i, dataset in enumerate(dataset_document.get("datasets") or []) if isinstance(dataset, Mapping)]
+
+
+def subset_scopes(dataset_document: Mapping[str, Any]) -> list[tuple[int, int, dict[str, Any]]]:
+    """(dataset index, subset index, values) of each subset: [general], then [[datasets]], then the subset."""
+    datasets = dataset_document.get("datasets") or []
+    return [(i, j, {**scope, **subset}) for i, scope in dataset_scopes(dataset_document)
+            for j, subset in enumerate(datasets[i].get("subsets") or []) if isinstance(subset, Mapping)]
+
+
 def resolved_subsets(dataset_document: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Each subset's values as config_util resolves them: defaults, then [general], [[datasets]], the subset."""
-    general = dataset_document.get("general") or {}
-    resolved: list[dict[str, Any]] = []
-    for dataset in dataset_document.get("datasets") or []:
-        scope = {**SUBSET_DEFAULTS, **general, **{k: v for k, v in dataset.items() if k != "subsets"}}
-        resolved += [{**scope, **subset} for subset in dataset.get("subsets") or []]
-    return resolved
+    return [{**SUBSET_DEFAULTS, **values} for _, _, values in subset_scopes(dataset_document)]

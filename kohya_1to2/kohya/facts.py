@@ -68,6 +68,14 @@ def install_requirements(tree: Path, *, cuda: bool) -> list[str]:
     return requirements
 
 
+BUCKET_STEP_UNIT: Mapping[str, int] = {"sd1": 64, "sd2": 64, "sdxl": 32}
+"""bucket_reso_steps must be a multiple of this: train_network.py calls verify_bucket_reso_steps(64),
+sdxl_train_network.py verify_bucket_reso_steps(32)."""
+
+NON_STRUCTURAL_NETWORK_ARGS = frozenset({"dropout", "rank_dropout", "module_dropout", "train_norm"})
+"""network_args that do not change which modules/weights exist (everything else must match across stages)."""
+
+
 def is_sd_scripts_tree(path: Path) -> bool:
     """Whether `path` holds an sd-scripts tree (its SD1 training script), pinned or not."""
     return (path / TRAINING_SCRIPTS["sd1"]).is_file()
