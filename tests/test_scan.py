@@ -15,10 +15,10 @@ from kohya_1to2.dataset.scan import (
     ScanResult,
     caption_path_for,
     choose_trigger,
-    image_tags,
     parse_folder_name,
     render_scan_table,
     scan_sources,
+    trigger_first_tags,
 )
 from kohya_1to2.models import SourceSettings
 
@@ -68,10 +68,10 @@ def test_choose_trigger_tie_prefers_folder_name_then_alphabetical() -> None:
     assert choose_trigger([("a", "zed"), ("b", "amy")], "other")[0] == "amy"
 
 
-def test_image_tags_put_trigger_first() -> None:
-    assert image_tags(("alicia", "1girl"), "alice", "caption") == ("alice", "1girl")
-    assert image_tags(("1girl", "alice", "solo"), "alice", "folder") == ("alice", "1girl", "solo")
-    assert image_tags((), "alice", "caption") == ("alice",)
+def test_trigger_first_tags_put_the_trigger_first() -> None:
+    assert trigger_first_tags(("alicia", "1girl"), "alice", "caption") == ("alice", "1girl")
+    assert trigger_first_tags(("1girl", "alice", "solo"), "alice", "folder") == ("alice", "1girl", "solo")
+    assert trigger_first_tags((), "alice", "caption") == ("alice",)
 
 
 def test_caption_path_keeps_dots_in_stem() -> None:

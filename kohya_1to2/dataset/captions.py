@@ -71,7 +71,7 @@ def stage1_caption_prefix(trigger: str, separator: str = ",") -> str:
     return f"{trigger}{separator.strip()}"
 
 
-def image_tags(image: SourceImage, trigger: str) -> list[str]:
+def descriptive_tags(image: SourceImage, trigger: str) -> list[str]:
     """An image's descriptive tags: its caption tags without the character's trigger."""
     return [tag for tag in image.tags if tag != trigger]
 
@@ -81,7 +81,7 @@ def composite_caption(
 ) -> str:
     """`CharLeft/CharRight/COMPOSITE, TagsLeft, TagsRight` by default; the character group stays the first
     comma-separated token so sd-scripts' `keep_tokens = 1` keeps all of it in place."""
-    left_tags, right_tags = image_tags(left_image, left.trigger), image_tags(right_image, right.trigger)
+    left_tags, right_tags = descriptive_tags(left_image, left.trigger), descriptive_tags(right_image, right.trigger)
     if rules.drop_solo:
         left_tags = [t for t in left_tags if t != "solo"]
         right_tags = [t for t in right_tags if t != "solo"]

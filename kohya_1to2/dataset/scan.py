@@ -2,7 +2,7 @@
 
 The scan only reads directory listings and caption text; image contents are checked by `preflight`.
 Everything it cannot use is reported (`ignored`, `problems`), never silently dropped. Parsing is pure
-(`parse_folder_name`, `choose_trigger`, `image_tags`); `scan_sources` is the thin shell that lists files.
+(`parse_folder_name`, `choose_trigger`, `trigger_first_tags`); `scan_sources` is the thin shell that lists files.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def choose_trigger(first_tags: Sequence[tuple[str, str]], fallback: str) -> tupl
     return trigger, sorted(name for name, tag in first_tags if tag != trigger)
 
 
-def image_tags(caption_tags: tuple[str, ...], trigger: str, trigger_from: str) -> tuple[str, ...]:
+def trigger_first_tags(caption_tags: tuple[str, ...], trigger: str, trigger_from: str) -> tuple[str, ...]:
     """SourceImage.tags: the character's trigger first, then the caption's descriptive tags.
 
     With triggers from captions the first caption tag is the trigger slot (keep_tokens = 1) and is
@@ -224,7 +224,7 @@ def _scan_character(
         (SourceImage(
             path=image,
             character=name,
-            tags=image_tags(captions.get(image) or (), trigger, settings.trigger_from),
+            tags=trigger_first_tags(captions.get(image) or (), trigger, settings.trigger_from),
             caption_path=caption_path_for(image, settings.caption_extension) if image in captions else None,
         ) for image in images),
         key=lambda image: image.rel_key,
