@@ -265,7 +265,7 @@ class Character(Strict):
 
 
 class CompositePlan(Strict):
-    """One composite to build: index, the two sources (left, right) and the output stem."""
+    """One composite to build: its index and the two sources (left, right); the file name follows from them."""
 
     index: int
     left: SourceImage

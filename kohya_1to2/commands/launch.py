@@ -57,7 +57,7 @@ class LaunchOptions(BaseModel):
     stage: Literal[1, 2] | None = Field(None, description="run only this stage")
     from_stage: Literal[1, 2] | None = Field(None, description="start at this stage")
     strict: bool = Field(False, description="refuse to substitute GPU-only options")
-    smoke: bool = Field(False, description="CPU smoke profile: tiny model, a few steps")
+    smoke: bool = Field(False, description="offline run (HF_HUB_OFFLINE=1), as the tiny smoke model needs")
     sd_scripts: Path | None = Field(None, description="sd-scripts checkout (default: vendor/sd-scripts)")
     resume: bool = Field(False, description="resume an interrupted stage from its saved state")
     accelerate: AccelerateOptions = AccelerateOptions()

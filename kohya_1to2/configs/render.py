@@ -1,7 +1,8 @@
 """Job + preset -> the dataset and training TOML documents of both stages (pure: no disk access).
 
-Stage 2 differs from stage 1 only in the keys listed in `STAGE_SPECIFIC_KEYS`; everything else comes from the
-same template, so "all else identical" holds by construction.
+Stage 2's training TOML differs from stage 1's only in the keys listed in `STAGE_SPECIFIC_KEYS`; everything
+else comes from the same template, so "all else identical" holds by construction. Its dataset TOML differs in
+the subsets and in the resolution and bucket keys chosen for the composites (`--stage2-scale`).
 """
 
 from __future__ import annotations

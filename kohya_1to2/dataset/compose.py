@@ -221,8 +221,8 @@ def _opencv() -> Any | None:
 
 @functools.cache
 def opencv_version() -> str | None:
-    """The installed OpenCV's version, found without importing it (the import costs 0.15 s and 38 MB,
-    which the main process of a build does not need)."""
+    """The installed OpenCV's version, found without importing it (the import is slow and heavy, and the main
+    process of a build does not need it)."""
     if importlib.util.find_spec("cv2") is None:
         return None
     for dist in ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless"):

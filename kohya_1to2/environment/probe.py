@@ -145,7 +145,7 @@ def findings(facts: dict[str, Any], sd_scripts: Path, pin_problems: list[str] | 
 
 
 def base_model_finding(model: str, where: str) -> Finding:
-    """The base model a run (or --base-model) names: sd-scripts fails only after ~20 s on one it cannot load."""
+    """The base model a run (or --base-model) names: sd-scripts fails only after loading much else."""
     problem = kohya.base_model_problem(model)
     return Finding("base model", f"{model} ({where})" + (f": {problem}" if problem else ""), bool(problem),
                    "point it at a .safetensors/.ckpt file or a diffusers folder (model_index.json or unet/)"

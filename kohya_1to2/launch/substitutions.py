@@ -141,7 +141,7 @@ def _gpu_visible(environ: Mapping[str, str]) -> bool:
 
 
 def probe_capabilities(environ: Mapping[str, str] | None = None) -> Capabilities:
-    """A fast probe (< 50 ms, no torch import): `doctor` reports the slow, exact view."""
+    """A fast probe (no torch import): `doctor` reports the slow, exact view."""
     env = os.environ if environ is None else environ
     cuda = _torch_cuda_build() and _gpu_visible(env)
     return Capabilities(
