@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return [*path[path.index(nxt):], nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         path.pop()
@@ -148,7 +149,7 @@ def _docstring_ids(tree: ast.AST) -> set[int]:
         if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and body and \
                 isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
             found.add(id(body[0].value))
-        for before, after in zip(body, body[1:]):
+        for before, after in itertools.pairwise(body):
             if isinstance(before, ast.Assign | ast.AnnAssign) and isinstance(after, ast.Expr) and \
                     isinstance(after.value, ast.Constant):
                 found.add(id(after.value))
@@ -164,13 +165,21 @@ def code_strings(source: str) -> Iterator[tuple[int, str]]:
             yield node.lineno, node.value
 
 
-def sd_scripts_strings_outside_kohya() -> list[str]:
+OUR_NAMES = {
+    ("kohya_1to2/models.py", "output_name"): "the Job field (--output-name) that sets the option",
+    ("kohya_1to2/rundir.py", "sample_prompts"): "our file name in a run folder, sample_prompts.txt",
+}
+"""Our own names that happen to contain a listed string; each must still occur (else remove it here)."""
+
+
+def sd_scripts_strings_outside_kohya() -> list[tuple[str, str, int]]:
+    """(file, listed string, line) of every listed string in code outside the kohya package."""
     found = []
     for path in sorted(ROOT.rglob("*.py")):
         if path.is_relative_to(KOHYA_PACKAGE):
             continue
         for line, text in code_strings(path.read_text(encoding="utf-8")):
-            found += [f"{path.relative_to(ROOT.parent)}:{line}: {word!r}" for word in SD_SCRIPTS_STRINGS
+            found += [(path.relative_to(ROOT.parent).as_posix(), word, line) for word in SD_SCRIPTS_STRINGS
                       if word in text]
     return found
 
@@ -187,5 +196,10 @@ def test_every_listed_string_is_a_fact_kohya_holds() -> None:
 
 
 def test_no_module_outside_kohya_spells_an_sd_scripts_string() -> None:
-    found = sd_scripts_strings_outside_kohya()
+    found = [f"{file}:{line}: {word!r}" for file, word, line in sd_scripts_strings_outside_kohya()
+             if (file, word) not in OUR_NAMES]
     assert found == [], "ask kohya_1to2.kohya instead:\n" + "\n".join(found)
+
+
+def test_our_names_that_look_like_sd_scripts_ones_are_still_there() -> None:
+    assert set(OUR_NAMES) <= {(file, word) for file, word, _ in sd_scripts_strings_outside_kohya()}

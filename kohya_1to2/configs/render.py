@@ -27,6 +27,7 @@ from kohya_1to2.configs.buckets import (
 from kohya_1to2.configs.presets import PRESET_SECTION, Preset, effective_settings, key_comments, resolved_family
 from kohya_1to2.errors import UsageError
 from kohya_1to2.kohya import final_weights_path
+from kohya_1to2.kohya import options as opt
 from kohya_1to2.models import Job
 from kohya_1to2.rundir import RunDir
 
@@ -34,12 +35,12 @@ Stage = Literal[1, 2]
 STAGES: tuple[Stage, Stage] = (1, 2)
 
 STAGE_SPECIFIC_KEYS = frozenset(
-    {"train_batch_size", "network_weights", "output_dir", "output_name", "dataset_config", "logging_dir"}
+    {opt.TRAIN_BATCH_SIZE, opt.NETWORK_WEIGHTS, opt.OUTPUT_DIR, opt.OUTPUT_NAME, opt.DATASET_CONFIG, opt.LOGGING_DIR}
 )
 """The only keys whose flattened values differ between stage1.train.toml and stage2.train.toml."""
 
 SAMPLING_KEYS = frozenset(
-    {"sample_prompts", "sample_every_n_epochs", "sample_every_n_steps", "sample_sampler", "sample_at_first"}
+    {opt.SAMPLE_PROMPTS, "sample_every_n_epochs", "sample_every_n_steps", "sample_sampler", "sample_at_first"}
 )
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
@@ -100,12 +101,12 @@ def training_context(job: Job, preset: Preset, stage: Stage, run_dir: Path) -> d
         "v2": family == "sd2",
         "v_parameterization": job.training.v_parameterization,
         "batch_size": settings.stage1_batch_size if stage == 1 else settings.stage2_batch_size,
-        "output_dir": str(stage_output_dir(run_dir, stage)),
-        "output_name": stage_output_name(job, stage),
-        "dataset_config": str(run_dir / dataset_name),
-        "logging_dir": str(RunDir(run_dir).logs / "tensorboard" / f"stage{stage}"),
-        "sample_prompts": str(run_dir / SAMPLE_PROMPTS_FILE) if job.training.sample else None,
-        "network_weights": str(stage1_weights(job, run_dir, save_as)) if stage == 2 else None,
+        opt.OUTPUT_DIR: str(stage_output_dir(run_dir, stage)),
+        opt.OUTPUT_NAME: stage_output_name(job, stage),
+        opt.DATASET_CONFIG: str(run_dir / dataset_name),
+        opt.LOGGING_DIR: str(RunDir(run_dir).logs / "tensorboard" / f"stage{stage}"),
+        opt.SAMPLE_PROMPTS: str(run_dir / SAMPLE_PROMPTS_FILE) if job.training.sample else None,
+        opt.NETWORK_WEIGHTS: str(stage1_weights(job, run_dir, save_as)) if stage == 2 else None,
     }
 
 
@@ -158,8 +159,9 @@ def training_document(job: Job, preset: Preset, stage: Stage, run_dir: Path) -> 
     doc.add(tomlkit.comment("Edit freely: on regeneration your changed keys are kept (see README, hand edits)."))
     doc.add(tomlkit.comment("`python -m kohya_1to2 check <run dir>` validates it against the pinned sd-scripts."))
     if stage == 2:
-        doc.add(tomlkit.comment("Stage 2 = stage 1 with train_batch_size, network_weights, output_dir, output_name"))
-        doc.add(tomlkit.comment("and dataset_config changed; keep network settings equal to stage 1's."))
+        doc.add(tomlkit.comment(f"Stage 2 = stage 1 with {opt.TRAIN_BATCH_SIZE}, {opt.NETWORK_WEIGHTS}, "
+                                f"{opt.OUTPUT_DIR}, {opt.OUTPUT_NAME}"))
+        doc.add(tomlkit.comment(f"and {opt.DATASET_CONFIG} changed; keep network settings equal to stage 1's."))
     for section, table in template.items():
         if section == PRESET_SECTION or not isinstance(table, Table):
             continue

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
+from kohya_1to2 import kohya
 from kohya_1to2.errors import TrainingError
 from kohya_1to2.evaluate.commands import GenerateCommand
 from kohya_1to2.evaluate.prompts import EvalPrompt, image_name, prompt_line
@@ -146,8 +147,8 @@ def run_rows(jobs: Sequence[Job], console: Console, logs: Path) -> tuple[int, in
             if result.returncode != 0 or missing:
                 tail = "; ".join(line for line in result.tail[-3:] if line.strip())
                 raise TrainingError(
-                    f"gen_img.py for row '{job.row.label}' failed (exit {result.returncode}, {len(missing)} image(s) "
-                    f"missing): {tail}",
+                    f"{kohya.GEN_IMG_SCRIPT} for row '{job.row.label}' failed (exit {result.returncode}, "
+                    f"{len(missing)} image(s) missing): {tail}",
                     hint=f"see {logs / (job.row.id + '.log')}",
                 )
             generated += len(cells)

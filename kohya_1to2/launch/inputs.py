@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from kohya_1to2.fsutil import sha256_file
 from kohya_1to2.imagefiles import list_images
+from kohya_1to2.kohya import options as opt
 
 
 class StageInputs(BaseModel):
@@ -72,7 +73,7 @@ def collect_inputs(
         "base model": base_model_digest(str(flat.get("pretrained_model_name_or_path") or "")),
         "network module": f"{flat.get('network_module')} {network_version or ''}".strip(),
     }
-    weights = flat.get("network_weights")
+    weights = flat.get(opt.NETWORK_WEIGHTS)
     if weights:
         path = Path(str(weights))
         config["stage 1's weights"] = sha256_file(path)[:20] if path.is_file() else "absent"
