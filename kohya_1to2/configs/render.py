@@ -47,11 +47,13 @@ _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 DATASET_KEY_COMMENTS: Mapping[str, str] = {
     "resolution": "Training resolution (--resolution); bucket areas are resolution squared.",
-    "caption_extension": "Caption files beside the images (sd-scripts' own default would be .caption).",
-    "image_dir": "Folder of images and same-stem captions (absolute: sd-scripts resolves paths from its cwd).",
-    "num_repeats": "Times each image is seen per epoch (the N of the N_name folder).",
-    "caption_separator": "Tag separator of the captions (--caption-separator); shuffle and keep_tokens split on it.",
-    "caption_prefix": "The captions lack the trigger: sd-scripts prepends it, so keep_tokens = 1 keeps it first.",
+    opt.CAPTION_EXTENSION: "Caption files beside the images (sd-scripts' own default would be .caption).",
+    opt.IMAGE_DIR: "Folder of images and same-stem captions (absolute: sd-scripts resolves paths from its cwd).",
+    opt.NUM_REPEATS: "Times each image is seen per epoch (the N of the N_name folder).",
+    opt.CAPTION_SEPARATOR: f"Tag separator of the captions (--caption-separator); shuffle and {opt.KEEP_TOKENS} "
+                           "split on it.",
+    opt.CAPTION_PREFIX: f"The captions lack the trigger: sd-scripts prepends it, so {opt.KEEP_TOKENS} = 1 keeps it "
+                        "first.",
 }
 
 
@@ -191,7 +193,8 @@ def dataset_document(
     resolution = effective_settings(job, preset).resolution
     doc = tomlkit.document()
     what = "single-character folders" if stage == 1 else "side-by-side composites"
-    doc.add(tomlkit.comment(f"kohya-1to2 stage {stage} dataset config ({what}), for sd-scripts --dataset_config."))
+    doc.add(tomlkit.comment(f"kohya-1to2 stage {stage} dataset config ({what}), "
+                            f"for sd-scripts {opt.flag(opt.DATASET_CONFIG)}."))
     doc.add(tomlkit.comment("sd-scripts checks this file strictly: each key at an allowed level, with its type."))
     doc.add(tomlkit.nl())
     general = tomlkit.table()
@@ -205,11 +208,11 @@ def dataset_document(
         if key in stage2:
             value, comment = stage2[key]
         _add_commented(general, key, value, comment)
-    _add_commented(general, "caption_extension", job.sources.caption_extension,
-                   DATASET_KEY_COMMENTS["caption_extension"])
+    _add_commented(general, opt.CAPTION_EXTENSION, job.sources.caption_extension,
+                   DATASET_KEY_COMMENTS[opt.CAPTION_EXTENSION])
     separator = job.sources.caption_separator.strip()
     if stage == 1 and separator != ",":  # stage 1 reads the sources; composite captions are always comma-joined
-        _add_commented(general, "caption_separator", separator, DATASET_KEY_COMMENTS["caption_separator"])
+        _add_commented(general, opt.CAPTION_SEPARATOR, separator, DATASET_KEY_COMMENTS[opt.CAPTION_SEPARATOR])
     doc.add("general", general)
     dataset = tomlkit.table()
     aot = tomlkit.aot()
@@ -217,10 +220,10 @@ def dataset_document(
         subset = tomlkit.table()
         label = f"character {spec.name}" if stage == 1 else "composites"
         subset.add(tomlkit.comment(f"{label}: {spec.images} images x {spec.num_repeats} repeats"))
-        subset.add("image_dir", str(spec.image_dir))
-        subset.add("num_repeats", spec.num_repeats)
+        subset.add(opt.IMAGE_DIR, str(spec.image_dir))
+        subset.add(opt.NUM_REPEATS, spec.num_repeats)
         if spec.caption_prefix:
-            _add_commented(subset, "caption_prefix", spec.caption_prefix, DATASET_KEY_COMMENTS["caption_prefix"])
+            _add_commented(subset, opt.CAPTION_PREFIX, spec.caption_prefix, DATASET_KEY_COMMENTS[opt.CAPTION_PREFIX])
         aot.append(subset)
     dataset.add("subsets", aot)
     datasets = tomlkit.aot()
@@ -233,8 +236,8 @@ def stage2_bucket_choice(job: Job, preset: Preset, resolution: int, aspects: Seq
     """Stage 2's resolution and bucket keys for the job's --stage2-scale (see buckets.choose_stage2_buckets);
     `aspects` are the run's composites (width / height), the common ones when empty."""
     dataset = preset.dataset
-    low = dataset.get("min_bucket_reso", 256)
-    high = max(preset.settings.stage2_max_bucket_reso, int(dataset.get("max_bucket_reso", 1024)))
+    low = dataset.get(opt.MIN_BUCKET_RESO, 256)
+    high = max(preset.settings.stage2_max_bucket_reso, int(dataset.get(opt.MAX_BUCKET_RESO, 1024)))
     return choose_stage2_buckets(resolution, job.training.stage2_scale, aspects or COMMON_COMPOSITE_ASPECTS,
                                  steps=STEPS_BY_FAMILY[resolved_family(job, preset)],
                                  min_bucket_reso=int(low), max_bucket_reso=high)
@@ -258,10 +261,10 @@ def stage2_bucket_keys(job: Job, preset: Preset, resolution: int,
                                  f"({landing}, crop <= {MAX_CROP:.0%}).", 110)
     return {
         "resolution": (reso_value, reso_comment),
-        "min_bucket_reso": (settings.min_bucket_reso, "Smallest bucket side in stage 2 (chosen with resolution)."),
-        "max_bucket_reso": (settings.max_bucket_reso,
+        opt.MIN_BUCKET_RESO: (settings.min_bucket_reso, "Smallest bucket side in stage 2 (chosen with resolution)."),
+        opt.MAX_BUCKET_RESO: (settings.max_bucket_reso,
                             "Largest bucket side in stage 2: room for the widest composite bucket."),
-        "bucket_reso_steps": (settings.bucket_reso_steps,
+        opt.BUCKET_RESO_STEPS: (settings.bucket_reso_steps,
                               "Bucket step in stage 2 (SD1/SD2: 64, sd-scripts asserts it; SDXL: 64 or 32, "
                               "whichever fits the composites)."),
     }
