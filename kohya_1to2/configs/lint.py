@@ -599,14 +599,14 @@ def lint_captions(dataset_doc: Mapping[str, Any], file: str, image_suffixes: Seq
             problems.append(ConfigProblem(file=file, key=f"{where}.image_dir", problem=f"{image_dir} has no images",
                                     fix="add images or remove the subset (sd-scripts would train on nothing)"))
             continue
-        ext = values.get("caption_extension", SD_SCRIPTS_CAPTION_DEFAULT)
+        ext = values.get(opt.CAPTION_EXTENSION, SD_SCRIPTS_CAPTION_DEFAULT)
         if not isinstance(ext, str):
             continue
         if not any(p.with_suffix(ext).is_file() for p in images):
             others = sorted({q.suffix for p in images for q in image_dir.glob(p.stem + ".*")
                              if q.suffix.lower() not in image_suffixes})
-            fix = f"set caption_extension = {_literal(others[0])}" if others else "add caption files"
-            problems.append(ConfigProblem(file=file, key=f"{where}.caption_extension",
+            fix = f"set {opt.CAPTION_EXTENSION} = {_literal(others[0])}" if others else "add caption files"
+            problems.append(ConfigProblem(file=file, key=f"{where}.{opt.CAPTION_EXTENSION}",
                                     problem=f"no image in {image_dir} has a {ext} caption", fix=fix))
     return problems
 
@@ -619,29 +619,29 @@ def lint_buckets(dataset_doc: Mapping[str, Any], file: str, family: str, composi
         where = f"datasets[{i}]" if scopes else "general"
         res = scope.get("resolution")
         reso = (res, res) if isinstance(res, int) else tuple(res) if isinstance(res, list) and len(res) == 2 else None
-        low = scope.get("min_bucket_reso", SD_BUCKET_DEFAULTS.min_bucket_reso)
-        high = scope.get("max_bucket_reso", SD_BUCKET_DEFAULTS.max_bucket_reso)
-        steps = scope.get("bucket_reso_steps", SD_BUCKET_DEFAULTS.bucket_reso_steps)
+        low = scope.get(opt.MIN_BUCKET_RESO, SD_BUCKET_DEFAULTS.min_bucket_reso)
+        high = scope.get(opt.MAX_BUCKET_RESO, SD_BUCKET_DEFAULTS.max_bucket_reso)
+        steps = scope.get(opt.BUCKET_RESO_STEPS, SD_BUCKET_DEFAULTS.bucket_reso_steps)
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high, steps)):
             continue  # reported by the schema check
         step_unit = kohya.BUCKET_STEP_UNIT[family]
         if steps % step_unit:
-            problems.append(ConfigProblem(file=file, key=f"{where}.bucket_reso_steps",
+            problems.append(ConfigProblem(file=file, key=f"{where}.{opt.BUCKET_RESO_STEPS}",
                                     problem=f"{steps} is not a multiple of {step_unit}, which {family} requires",
                                     fix=f"use {step_unit}"))
         if reso and all(isinstance(v, int) for v in reso) and (min(reso) < low or max(reso) > high):
-            problems.append(ConfigProblem(file=file, key=f"{where}.min_bucket_reso",
+            problems.append(ConfigProblem(file=file, key=f"{where}.{opt.MIN_BUCKET_RESO}",
                                     problem=f"resolution {reso[0]}x{reso[1]} is outside the bucket range "
                                             f"{low}..{high}; sd-scripts stops with an assertion",
-                                    fix="make min_bucket_reso <= resolution <= max_bucket_reso"))
+                                    fix=f"make {opt.MIN_BUCKET_RESO} <= resolution <= {opt.MAX_BUCKET_RESO}"))
             continue
         if not composites:
             continue
-        if scope.get("enable_bucket") is not True:
-            problems.append(ConfigProblem(file=file, key=f"{where}.enable_bucket",
+        if scope.get(opt.ENABLE_BUCKET) is not True:
+            problems.append(ConfigProblem(file=file, key=f"{where}.{opt.ENABLE_BUCKET}",
                                     problem="bucketing is off: 2:1 composites are centre-cropped to a square, "
                                             "losing half of each character",
-                                    fix="set enable_bucket = true"))
+                                    fix=f"set {opt.ENABLE_BUCKET} = true"))
             continue
         if reso and image_sizes and all(isinstance(v, int) for v in reso):
             settings = BucketSettings(resolution=(int(reso[0]), int(reso[1])), min_bucket_reso=low,
@@ -649,9 +649,10 @@ def lint_buckets(dataset_doc: Mapping[str, Any], file: str, family: str, composi
             buckets = assign_buckets(image_sizes, settings)
             crop = sum(b.mean_crop * b.images for b in buckets) / max(1, sum(b.images for b in buckets))
             if crop > MAX_COMPOSITE_CROP:
-                problems.append(ConfigProblem(file=file, key=f"{where}.max_bucket_reso",
+                problems.append(ConfigProblem(file=file, key=f"{where}.{opt.MAX_BUCKET_RESO}",
                                         problem=f"composites lose {crop:.0%} of their pixels to cropping: no bucket "
-                                                "is wide enough", fix="raise max_bucket_reso (e.g. 1536 for SDXL)"))
+                                                "is wide enough",
+                                        fix=f"raise {opt.MAX_BUCKET_RESO} (e.g. 1536 for SDXL)"))
     return problems
 
 
@@ -711,12 +712,12 @@ def lint_run(run_dir: Path) -> list[ConfigProblem]:
         problems += lint_dataset_keys_in_training(train_doc, dataset_doc, str(train_path), str(dataset_path), script)
         if stage == 2:
             problems += lint_composite_subsets(dataset_doc, flat, str(dataset_path))
-        configured = flat.get("dataset_config")
+        configured = flat.get(opt.DATASET_CONFIG)
         if configured and not _same_path(configured, dataset_path):
-            problems.append(ConfigProblem(file=str(train_path), key="dataset_config",
+            problems.append(ConfigProblem(file=str(train_path), key=opt.DATASET_CONFIG,
                                     problem=f"points at {configured}, not this stage's {dataset_path}; "
                                             "launch passes the stage's own file, so the two disagree",
-                                    fix=f"set dataset_config = {_literal(str(dataset_path))}"))
+                                    fix=f"set {opt.DATASET_CONFIG} = {_literal(str(dataset_path))}"))
     problems += lint_stage_chain(flats[1], flats[2], str(run_dir / file_names(1)[1]), str(run_dir / file_names(2)[1]))
     problems += lint_ownership(run_dir)
     return problems
