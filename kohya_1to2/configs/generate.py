@@ -20,6 +20,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from kohya_1to2 import kohya
 from kohya_1to2.configs.buckets import BucketSettings
 from kohya_1to2.configs.merge import Conflict, merge_toml
 from kohya_1to2.configs.presets import effective_settings, load_preset
@@ -234,27 +235,23 @@ def plans_from_documents(
     plans = []
     for stage, (dataset_doc, training_doc) in sorted(documents.items()):
         flat = flatten_training_config(training_doc)
-        general = dict(dataset_doc.get("general", {}) or {})
         subsets: list[SubsetPlan] = []
-        bucket_values: dict[str, Any] = {}
-        for dataset in dataset_doc.get("datasets", []) or []:
-            scope = {**general, **{k: v for k, v in dataset.items() if k != "subsets"}}
-            bucket_values = scope
-            for index, subset in enumerate(dataset.get("subsets", []) or []):
-                values = {**scope, **subset}
-                image_dir = Path(str(values.get("image_dir", "")))
-                repeats = values.get("num_repeats", 1)
-                if image_dir in known:
-                    count, sizes = known[image_dir]
-                else:
-                    images = list_images(image_dir)
-                    count, sizes = len(images), image_sizes(images) or ()
-                name = image_dir.name if stage == 1 else "composite" if index == 0 else image_dir.name
-                subsets.append(SubsetPlan(name=name, image_dir=image_dir, images=count,
-                                          repeats=repeats if isinstance(repeats, int) else 1, sizes=sizes))
+        scopes = kohya.dataset_scopes(dataset_doc)
+        bucket_values: dict[str, Any] = scopes[-1][1] if scopes else {}
+        for _, index, values in kohya.subset_scopes(dataset_doc):
+            image_dir = Path(str(values.get(kohya.IMAGE_DIR, "")))
+            repeats = values.get(kohya.NUM_REPEATS, 1)
+            if image_dir in known:
+                count, sizes = known[image_dir]
+            else:
+                images = list_images(image_dir)
+                count, sizes = len(images), image_sizes(images) or ()
+            name = image_dir.name if stage == 1 else "composite" if index == 0 else image_dir.name
+            subsets.append(SubsetPlan(name=name, image_dir=image_dir, images=count,
+                                      repeats=repeats if isinstance(repeats, int) else 1, sizes=sizes))
         settings = BucketSettings(
-            resolution=_resolution(bucket_values.get("resolution", flat.get("resolution"))),
-            **{k: bucket_values[k] for k in ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")
+            resolution=_resolution(bucket_values.get(kohya.RESOLUTION, flat.get(kohya.RESOLUTION))),
+            **{k: bucket_values[k] for k in (kohya.MIN_BUCKET_RESO, kohya.MAX_BUCKET_RESO, kohya.BUCKET_RESO_STEPS)
                if isinstance(bucket_values.get(k), int)},
         )
         batch = flat.get("train_batch_size", 1)

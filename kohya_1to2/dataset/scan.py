@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from rich.table import Table
 
 from kohya_1to2.dataset.captions import split_tags, stage1_caption_prefix
+from kohya_1to2.kohya import options as opt
 from kohya_1to2.models import IMAGE_EXTENSIONS, Character, SourceImage, SourceSettings
 
 REG_FOLDER_NAMES = frozenset({"reg", "regs", "regularization", "regularisation", "reg_images", "regularization_images"})
@@ -233,7 +234,7 @@ def _scan_character(
     if prefix and (already := sorted(img.name for img, tags in captions.items() if tags and tags[0] == trigger)):
         problems.append(Problem(
             severity="warning", code="trigger-twice", path=folder,
-            message=f"stage 1 prepends the trigger '{trigger}' (caption_prefix) because some captions lack it, "
+            message=f"stage 1 prepends the trigger '{trigger}' ({opt.CAPTION_PREFIX}) because some captions lack it, "
                     f"so these get it twice: {', '.join(already[:5])}" + (" ..." if len(already) > 5 else ""),
             fix=f"start every caption in {folder.name} with '{trigger}', or remove it from all of them",
         ))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from kohya_1to2.dataset.captions import composite_caption
 from kohya_1to2.dataset.scan import Problem
+from kohya_1to2.kohya import options as opt
 from kohya_1to2.models import CaptionRules, Character, CompositePlan, Job
 
 SHOWN = 5
@@ -76,7 +77,7 @@ def caption_length_problems(
     if count is None:
         return []
     limit = max_tokens or DEFAULT_MAX_TOKENS
-    longer = "" if limit >= 225 else f", or max_token_length = 225 (now {limit})"
+    longer = "" if limit >= 225 else f", or {opt.MAX_TOKEN_LENGTH} = 225 (now {limit})"
     singles: list[tuple[int, Path]] = []
     for character in characters:
         for image in character.images:
@@ -108,7 +109,7 @@ def _listed(over: list[tuple[int, Path]], what: str, limit: int, fix: str) -> li
         rest = over[SHOWN:]
         problems.append(Problem(
             severity="warning", code="caption-too-long", fix=fix,
-            message=f"{len(rest)} more {what}s are over max_token_length {limit} "
+            message=f"{len(rest)} more {what}s are over {opt.MAX_TOKEN_LENGTH} {limit} "
                     f"({min(t for t, _ in rest)}-{max(t for t, _ in rest)} CLIP tokens)",
         ))
     return problems
@@ -119,15 +120,15 @@ def job_max_tokens(job: Job) -> int | None:
     from kohya_1to2.configs.presets import load_preset
     from kohya_1to2.configs.render import preset_value
 
-    value = preset_value(load_preset(job.training.preset), "max_token_length")
+    value = preset_value(load_preset(job.training.preset), opt.MAX_TOKEN_LENGTH)
     return value if isinstance(value, int) else None
 
 
 def _too_long(path: Path, what: str, tokens: int, limit: int, fix: str) -> Problem:
     return Problem(
         severity="warning", code="caption-too-long", path=path, fix=fix,
-        message=f"{what} is {tokens} CLIP tokens, over max_token_length {limit}: sd-scripts cuts the last "
-                f"{tokens - limit} silently (random tags with shuffle_caption)",
+        message=f"{what} is {tokens} CLIP tokens, over {opt.MAX_TOKEN_LENGTH} {limit}: sd-scripts cuts the last "
+                f"{tokens - limit} silently (random tags with {opt.SHUFFLE_CAPTION})",
     )
 
 

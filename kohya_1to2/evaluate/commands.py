@@ -49,7 +49,7 @@ def generation_arguments(flat: Mapping[str, Any], *, family: Family, cuda: bool,
     for key in ("vae", "tokenizer_cache_dir", "clip_skip"):
         if (value := _set(flat, key)) is not None:
             args += [f"--{key}", str(value)]
-    multiples = kohya.gen_img_max_embeddings_multiples(_set(flat, "max_token_length"))
+    multiples = kohya.gen_img_max_embeddings_multiples(_set(flat, kohya.MAX_TOKEN_LENGTH))
     if multiples:
         args += ["--max_embeddings_multiples", str(multiples)]
     args += ["--sampler", str(_set(flat, "sample_sampler") or DEFAULT_SAMPLER)]

@@ -133,7 +133,7 @@ def build_stage_command(
         str(sd_scripts / kohya.training_script(family)),
         "--config_file",
         str(effective_toml),
-        "--dataset_config",
+        kohya.flag(kohya.DATASET_CONFIG),
         str(dataset_toml),
     ]
     env = stage_environment(

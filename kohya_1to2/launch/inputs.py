@@ -79,9 +79,9 @@ def collect_inputs(
         config["stage 1's weights"] = sha256_file(path)[:20] if path.is_file() else "absent"
     folders: dict[str, dict[str, str]] = {}
     for subset in subsets:
-        image_dir = str(subset.get("image_dir") or "")
+        image_dir = str(subset.get(opt.IMAGE_DIR) or "")
         if image_dir:
-            folders[image_dir] = folder_digests(Path(image_dir), str(subset.get("caption_extension")))
+            folders[image_dir] = folder_digests(Path(image_dir), str(subset.get(opt.CAPTION_EXTENSION)))
     return StageInputs(config=config, folders=folders)
 
 
