@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,12 @@ def files_for(names: tuple[str, ...] = ("alice", "bob"), **training: Any) -> dic
     job = Job(out=RUN, sources=SourceSettings(roots=[Path("/data/src")]), training=TrainingSettings(**training))
     return render_run_files(job, chars(names), composite_dir=RUN / "composites" / "1_composite",
                             composite_repeats=1, composite_count=4, run_dir=RUN)
+
+
+@functools.cache
+def cached_files(training: tuple[tuple[str, Any], ...]) -> dict[str, str]:
+    """files_for, rendered once per distinct job (the property test draws from about a hundred)."""
+    return files_for(**dict(training))
 
 
 def edit(text: str, section: str, key: str, value: Any) -> str:
@@ -179,8 +186,8 @@ _jobs = st.fixed_dictionaries({
        name=st.sampled_from(["stage1.train.toml", "stage2.train.toml", "stage1.dataset.toml"]))
 def test_random_edits_are_never_lost(data: st.DataObject, before: dict[str, Any], after: dict[str, Any],
                                      name: str) -> None:
-    base_text = files_for(**before)[name]
-    new_text = files_for(**after)[name]
+    base_text = cached_files(tuple(sorted(before.items())))[name]
+    new_text = cached_files(tuple(sorted(after.items())))[name]
     doc = tomlkit.parse(base_text)
     base_leaves = {p: v for p, v in leaves(doc.unwrap()) if v is not MISSING}
     # image_dir is a subset's identity (subsets are matched by it), so it is not among the random edits

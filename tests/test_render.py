@@ -144,7 +144,7 @@ _path_text = st.text(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(parts=st.lists(_path_text, min_size=1, max_size=3), base=st.text(
     alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=30))
 def test_any_path_round_trips_through_toml_0_10_2(parts: list[str], base: str) -> None:

@@ -238,8 +238,11 @@ def test_sigint_during_a_stage_leaves_no_child(fake_env: Path, tmp_path: Path) -
     driver.write_text(DRIVER)
     pidfile = tmp_path / "grandchild.pid"
     env = {**os.environ, "FAKE_MODE": "hang", "FAKE_PIDFILE": str(pidfile)}
+    # SIGINT at its default in the wrapper: a pytest started in the background (or an earlier test) may leave it
+    # ignored, which children inherit, and the test then waits out the 20 s SIGKILL escalation instead
     wrapper = subprocess.Popen([sys.executable, str(driver), "launch", str(run), "--sd-scripts", str(fake_env)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 30
     while not pidfile.exists() or not pidfile.read_text():
         assert time.monotonic() < deadline, "the fake stage never started"
