@@ -328,6 +328,7 @@ def test_kill_9_at_a_write_then_rerun_equals_a_clean_build(src: Path, tmp_path: 
     assert not list(out.rglob(TMP_PREFIX + "*"))
 
 
+@pytest.mark.slow
 def test_kill_9_of_a_pooled_build_mid_way_then_rerun_equals_a_clean_build(tmp_path: Path) -> None:
     src = make_sources(tmp_path / "src", {"a": 5, "b": 5, "c": 5}, size=(160, 200))
     out, clean = tmp_path / "run", tmp_path / "clean"

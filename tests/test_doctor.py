@@ -62,6 +62,7 @@ def test_wrong_pin_and_broken_torch_are_problems() -> None:
     assert "torchvision==" in (lines["torch import"].fix or "")
 
 
+@pytest.mark.slow
 def test_probe_runs_in_a_child_python() -> None:
     facts = doctor.probe_environment(sys.executable)
     assert facts["python"].count(".") == 2

@@ -100,6 +100,7 @@ def browser_skip_reason() -> str | None:
 
 @pytest.mark.skipif(browser_skip_reason() is not None and os.environ.get("KOHYA_1TO2_REQUIRE_BROWSER") != "1",
                     reason=browser_skip_reason() or "")
+@pytest.mark.slow
 def test_report_opens_in_headless_chromium_with_every_image_loaded(tmp_path: Path) -> None:
     run = fake_run(tmp_path / "run 'one' ü")
     report = write_report(run.root)
@@ -111,6 +112,7 @@ def test_report_opens_in_headless_chromium_with_every_image_loaded(tmp_path: Pat
 
 @pytest.mark.skipif(browser_skip_reason() is not None and os.environ.get("KOHYA_1TO2_REQUIRE_BROWSER") != "1",
                     reason=browser_skip_reason() or "")
+@pytest.mark.slow
 def test_the_browser_check_sees_a_broken_image_and_a_console_error(tmp_path: Path) -> None:
     page = tmp_path / "bad.html"
     page.write_text('<!DOCTYPE html><html><head><title>x</title></head><body><img src="missing.png">'
