@@ -17,6 +17,17 @@ def flatten_training_config(document: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def table_of_key(document: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
+    """The table holding `key` as read_config_from_file sees it (flattened one level: the last occurrence wins),
+    so an edit lands where sd-scripts reads it."""
+    found: Mapping[str, Any] | None = document if key in document and not isinstance(document[key], Mapping) \
+        else None
+    for value in document.values():
+        if isinstance(value, Mapping) and key in value:
+            found = value
+    return found
+
+
 TRAINING_TO_DATASET_KEYS: Mapping[str, str] = {"train_batch_size": "batch_size", "dataset_repeats": "num_repeats",
                                                "caption_extention": "caption_extension"}
 """Training options that reach the dataset blueprint under another name (config_util's

@@ -151,6 +151,16 @@ TORCH_OPTIMIZERS: tuple[str, ...] = (
 INTERCEPTED_OPTIMIZER_SUFFIXES = ("8bit", "schedulefree")
 """A name ending so (any case) is taken by get_optimizer's own branches: unknown ones never reach torch.optim."""
 
+BNB_OPTIMIZER_FALLBACK: Mapping[str, str] = {
+    "adamw8bit": "AdamW",
+    "pagedadamw8bit": "AdamW",
+    "pagedadamw32bit": "AdamW",
+    "lion8bit": "Lion",
+    "pagedlion8bit": "Lion",
+    "sgdnesterov8bit": "SGDNesterov",
+}
+"""bitsandbytes optimizers (lower-cased, as get_optimizer compares) and the plain one sd-scripts offers without it."""
+
 SCHEDULEFREE_SUFFIX = "schedulefree"
 """With a schedule-free optimizer sd-scripts uses a dummy scheduler: lr_scheduler is then ignored."""
 

@@ -16,15 +16,7 @@ from typing import Any
 import tomlkit
 from pydantic import BaseModel, ConfigDict
 
-# bitsandbytes optimizers and the plain equivalent sd-scripts offers without it
-BNB_OPTIMIZER_FALLBACK: Mapping[str, str] = {
-    "adamw8bit": "AdamW",
-    "pagedadamw8bit": "AdamW",
-    "pagedadamw32bit": "AdamW",
-    "lion8bit": "Lion",
-    "pagedlion8bit": "Lion",
-    "sgdnesterov8bit": "SGDNesterov",
-}
+from kohya_1to2.kohya import BNB_OPTIMIZER_FALLBACK, table_of_key
 
 
 class Capabilities(BaseModel):
@@ -53,15 +45,6 @@ class Substitution(BaseModel):
     def describe(self) -> str:
         new = "(removed)" if self.new is None else repr(self.new)
         return f"{self.key}: {self.old!r} -> {new} ({self.reason})"
-
-
-def _locate(doc: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
-    """The table holding `key` as sd-scripts sees it (flattened one level: the last occurrence wins)."""
-    found: Mapping[str, Any] | None = doc if key in doc and not isinstance(doc[key], Mapping) else None
-    for value in doc.values():
-        if isinstance(value, Mapping) and key in value:
-            found = value
-    return found
 
 
 def plan_substitutions(flat: Mapping[str, Any], caps: Capabilities) -> list[Substitution]:
@@ -106,7 +89,7 @@ def apply_substitutions(text: str, subs: list[Substitution]) -> str:
     """Apply substitutions to a TOML text, keeping its layout and comments (tomlkit round trip)."""
     doc = tomlkit.parse(text)
     for sub in subs:
-        table: Any = _locate(doc, sub.key)
+        table: Any = table_of_key(doc, sub.key)
         if sub.new is None:
             if table is not None:
                 del table[sub.key]
