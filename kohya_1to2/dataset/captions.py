@@ -6,13 +6,11 @@ import re
 from collections.abc import Iterable
 
 from kohya_1to2.errors import UsageError
+from kohya_1to2.kohya import first_caption_line
 from kohya_1to2.models import CaptionRules, Character, SourceImage, group_separators, name_problem
 
-
-def normalise_caption_text(text: str) -> str:
-    """Strip a BOM, unify line endings and keep the first line, as sd-scripts reads it."""
-    text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
-    return text.split("\n", 1)[0].strip()
+normalise_caption_text = first_caption_line
+"""Strip a BOM, unify line endings and keep the first line, as sd-scripts reads it."""
 
 
 def split_tags(text: str, separator: str = ",") -> tuple[str, ...]:

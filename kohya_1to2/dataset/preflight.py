@@ -19,6 +19,7 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 from rich.table import Table
 
+from kohya_1to2 import kohya
 from kohya_1to2.dataset.captions import split_tags
 from kohya_1to2.dataset.compose import RGB, has_transparent_pixels, is_sixteen_bit, load_source
 from kohya_1to2.dataset.scan import Problem, ScanResult, Severity, apply_policy, decode_caption
@@ -184,7 +185,8 @@ def inspect_caption(image: SourceImage, settings: SourceSettings, trigger: str) 
                         message=f"cannot read the caption ({exc.strerror or exc})", fix="fix the file permissions")]
     if not data:
         return [Problem(severity="error", code="empty-caption", path=path,
-                        message="empty caption file: sd-scripts stops with AssertionError 'caption file is empty'",
+                        message="empty caption file: sd-scripts stops with AssertionError "
+                                f"'{kohya.EMPTY_CAPTION_ASSERTION}'",
                         fix=f"write the tags into it, starting with '{trigger}'")]
     text = decode_caption(data, settings.caption_encoding)
     if text is None:
@@ -195,7 +197,7 @@ def inspect_caption(image: SourceImage, settings: SourceSettings, trigger: str) 
                 "together with --fix-sources",
         )]
     problems = []
-    if decode_caption(data, "utf-8") is None:
+    if decode_caption(data, kohya.CAPTION_ENCODING) is None:
         # sd-scripts opens captions with encoding="utf-8" whatever we were told
         problems.append(Problem(
             severity="warning" if fixed else "error", code="caption-not-utf8", path=path, fixable=True,

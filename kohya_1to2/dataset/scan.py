@@ -16,15 +16,16 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 from rich.table import Table
 
+from kohya_1to2 import kohya
 from kohya_1to2.dataset.captions import split_tags, stage1_caption_prefix
+from kohya_1to2.kohya import caption_path_for
 from kohya_1to2.kohya import options as opt
 from kohya_1to2.models import IMAGE_EXTENSIONS, Character, SourceImage, SourceSettings
 
 REG_FOLDER_NAMES = frozenset({"reg", "regs", "regularization", "regularisation", "reg_images", "regularization_images"})
 """Folder names (or name parts after `N_`) holding regularization images, which 1to2 does not use."""
 
-SD_SCRIPTS_SUFFIXES = frozenset(IMAGE_EXTENSIONS) | {ext.upper() for ext in IMAGE_EXTENSIONS}
-"""sd-scripts globs `*.png` and `*.PNG` literally, so on Linux a mixed-case `.Png` is never trained."""
+SD_SCRIPTS_SUFFIXES = kohya.globbed_suffixes(IMAGE_EXTENSIONS)
 
 Severity = Literal["error", "warning"]
 
@@ -114,11 +115,6 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def caption_path_for(image: Path, caption_extension: str) -> Path:
-    """`<stem><ext>` beside the image, exactly as sd-scripts builds it (splitext, not with_suffix)."""
-    return image.with_name(os.path.splitext(image.name)[0] + caption_extension)
-
-
 def choose_trigger(first_tags: Sequence[tuple[str, str]], fallback: str) -> tuple[str, list[str]]:
     """Majority first tag of (file name, first tag) pairs; ties go to the fallback, then alphabetical order.
 
@@ -149,7 +145,7 @@ def trigger_first_tags(caption_tags: tuple[str, ...], trigger: str, trigger_from
 def decode_caption(data: bytes, encoding: str) -> str | None:
     """Caption text: UTF-8 when the bytes are valid UTF-8 (what sd-scripts reads), else `encoding`, per file;
     None when neither decodes (preflight reports that). A folder mixing UTF-8 and cp1252 keeps both intact."""
-    for candidate in dict.fromkeys(("utf-8", encoding)):
+    for candidate in dict.fromkeys((kohya.CAPTION_ENCODING, encoding)):
         try:
             return data.decode(candidate)
         except (UnicodeDecodeError, LookupError):

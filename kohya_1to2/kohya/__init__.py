@@ -8,6 +8,8 @@ Read from the pinned tree (vendor/sd-scripts); no torch, no subprocess. On a ver
   which network_args are structural.
 - dataset_scope.py: read_config_from_file's flattening; config_util's [general] -> [[datasets]] -> subset merge
   and its subset defaults; caption reading (UTF-8, first line, glob case).
+- captions.py: how a caption is found (suffix case, `<stem><ext>`) and read (UTF-8 only, first line,
+  an empty file asserts).
 - buckets.py: the port of BucketManager / make_bucket_resolutions and its defaults.
 - logs.py: the lines we parse (weights report, "No data found", the progress bar).
 - outputs.py: output naming (final, per-epoch, state folders, samples, TensorBoard).
@@ -16,6 +18,7 @@ Read from the pinned tree (vendor/sd-scripts); no torch, no subprocess. On a ver
 Tests: tests/test_kohya.py; tests/integration/test_check_corpus.py checks these against the real code.
 """
 
+from kohya_1to2.kohya.captions import *  # noqa: F403
 from kohya_1to2.kohya.dataset_scope import *  # noqa: F403
 from kohya_1to2.kohya.facts import *  # noqa: F403
 from kohya_1to2.kohya.gen_img import *  # noqa: F403
