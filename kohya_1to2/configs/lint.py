@@ -20,10 +20,10 @@ import toml
 from pydantic import BaseModel, ConfigDict
 
 from kohya_1to2 import kohya
-from kohya_1to2.configs.buckets import SD_BUCKET_DEFAULTS, BucketSettings, assign_buckets
 from kohya_1to2.errors import CheckError
 from kohya_1to2.kohya import TRAINING_SCRIPTS
 from kohya_1to2.kohya import options as opt
+from kohya_1to2.kohya.buckets import SD_BUCKET_DEFAULTS, BucketSettings, assign_buckets
 from kohya_1to2.models import Family
 from kohya_1to2.rundir import RunDir
 
