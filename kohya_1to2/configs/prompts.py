@@ -19,13 +19,13 @@ from contextlib import contextmanager
 from itertools import permutations, zip_longest
 from pathlib import Path
 
+from kohya_1to2 import kohya
 from kohya_1to2.configs.presets import PresetSettings
 from kohya_1to2.errors import DatasetError, UsageError
 from kohya_1to2.fsutil import atomic_write_text
 from kohya_1to2.models import CaptionRules
 
-# line_to_prompt_dict matches these option patterns against the prompt text itself too.
-_OPTION_LIKE = re.compile(r"^(?:[whdslg] \d|(?:n|ss|cn|ctr|rcfg|fs) .)", re.IGNORECASE)
+_OPTION_LIKE = kohya.OPTION_LIKE
 
 _ATTENTION_CHARS = re.compile(r"([\\()\[\]:])")
 
@@ -47,9 +47,9 @@ def prompt_text_problem(text: str) -> str | None:
         return "is empty"
     if "\n" in text or "\r" in text:
         return "contains a line break"
-    if " --" in text:
+    if kohya.PROMPT_OPTION_SEPARATOR in text:
         return "contains ' --', which sd-scripts reads as the start of a prompt option"
-    if text.lstrip().startswith("#"):
+    if text.lstrip().startswith(kohya.PROMPT_COMMENT):
         return "starts with '#', so sd-scripts would skip the whole prompt line as a comment"
     if _OPTION_LIKE.match(text.strip()):
         return "starts like a prompt option (e.g. 'n ...' or 'w 512'), which sd-scripts would parse as one"
@@ -185,25 +185,23 @@ def prompts_per_sampling(text: str) -> int:
     return sum(1 for line in text.splitlines() if line.strip() and not line.startswith("#"))
 
 
-SD_SCRIPTS_DEFAULT_SAMPLE_STEPS = 30
-"""sample_image_inference's default when a prompt has no `--s`."""
+SD_SCRIPTS_DEFAULT_SAMPLE_STEPS = kohya.DEFAULT_SAMPLE_STEPS
 
 
 def sampling_load(text: str) -> tuple[int, int]:
     """(images, sampler steps) of one sampling from this prompt file, as sd-scripts reads it."""
     images = steps = 0
     for line in text.splitlines():
-        if not line.strip() or line.startswith("#"):
+        if not line.strip() or line.startswith(kohya.PROMPT_COMMENT):
             continue
         images += 1
-        found = [int(m.group(1)) for part in line.strip().split(" --")[1:]
-                 if (m := re.match(r"s (\d+)", part.strip(), re.IGNORECASE))]
+        found = [int(m.group(1)) for part in kohya.prompt_parts(line.strip())[1:]
+                 if (m := kohya.STEPS_OPTION.match(part.strip()))]
         steps += min(max(found[-1], 1), 1000) if found else SD_SCRIPTS_DEFAULT_SAMPLE_STEPS
     return images, steps
 
 
-_EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)\s*$")
-"""train_network.py prints `epoch N/M` (accelerator.print) as each epoch starts; it samples at the epoch's end."""
+_EPOCH_LINE = kohya.EPOCH_LINE
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from kohya_1to2 import kohya
 from kohya_1to2.configs.presets import PresetSettings
 from kohya_1to2.configs.prompts import escape_attention, pair_canvas, pair_prompt
 from kohya_1to2.errors import UsageError
@@ -77,7 +78,7 @@ def parse_user_prompts(text: str, settings: PresetSettings, source: str) -> list
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        parts = (" " + line).split(" --")  # a leading " --" leaves an empty prompt, as in sd-scripts
+        parts = kohya.prompt_parts(" " + line)  # a leading " --" leaves an empty prompt, as in sd-scripts
         prompt, negative, options = parts[0].strip(), "", []
         width, height = settings.sample_width, settings.sample_height
         for option in parts[1:]:

@@ -13,6 +13,7 @@ Read from the pinned tree (vendor/sd-scripts); no torch, no subprocess. On a ver
 - buckets.py: the port of BucketManager / make_bucket_resolutions and its defaults.
 - logs.py: the lines we parse (weights report, "No data found", the progress bar).
 - outputs.py: output naming (final, per-epoch, state folders, samples, TensorBoard).
+- prompts.py: the sample-prompt line grammar, the default sample steps, the `epoch N/M` line.
 - gen_img.py: gen_img.py's options and prompt-line grammar.
 - the parser snapshot (data/kohya_<tag>.json): regenerate with tools/snapshot_kohya_parser.py.
 Tests: tests/test_kohya.py; tests/integration/test_check_corpus.py checks these against the real code.
@@ -25,3 +26,4 @@ from kohya_1to2.kohya.gen_img import *  # noqa: F403
 from kohya_1to2.kohya.logs import *  # noqa: F403
 from kohya_1to2.kohya.options import *  # noqa: F403
 from kohya_1to2.kohya.outputs import *  # noqa: F403
+from kohya_1to2.kohya.prompts import *  # noqa: F403
