@@ -33,6 +33,8 @@ from kohya_1to2.launch.pipeline import read_stage
 from kohya_1to2.launch.substitutions import probe_capabilities
 from kohya_1to2.rundir import RunDir, load_job, run_family, writer_lock
 
+SEAM_CACHE_FILE = "seam_scores.json"
+"""eval/seam_scores.json: detector scores by image file version, so a re-run only scores new images."""
 EVALUATION_FILE = "evaluation.json"
 """eval/evaluation.json: rows, prompts, seeds and grid files of the last evaluation, for `report`."""
 
@@ -144,9 +146,24 @@ def measure(layout: RunDir, rows: list[Row], prompts: list[EvalPrompt], seeds: l
     records: list[dict[str, Any]] = []
     composites = sorted(p for p in layout.composites.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".webp"))
     sources = sorted(image.path for c in characters for image in c.images)
+    cache_file = layout.eval_dir / SEAM_CACHE_FILE
+    cache = _load_seam_cache(cache_file)
+    used: dict[str, list[float]] = {}
+
+    def cached_scores(path: Path) -> SeamScores:
+        """Scores of an image, computed once per file version (a re-run scores only new images)."""
+        stat = path.stat()
+        key = f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+        if key not in cache:
+            with Image.open(path) as image:
+                found = scores(image)
+            cache[key] = [found.seam, found.split]
+        used[key] = cache[key]
+        return SeamScores(*cache[key])
+
     if composites and sources:
-        positives = [scores(Image.open(p)) for p in even_sample(composites)]  # type: ignore[arg-type]
-        negatives = [scores(Image.open(p)) for p in even_sample(sources)]  # type: ignore[arg-type]
+        positives = [cached_scores(p) for p in even_sample(composites)]  # type: ignore[arg-type]
+        negatives = [cached_scores(p) for p in even_sample(sources)]  # type: ignore[arg-type]
         calibration = calibrate(positives, negatives)
         records.append(metric.calibration_record(calibration))
         image_scores: dict[tuple[str, str], SeamScores] = {}
@@ -155,12 +172,21 @@ def measure(layout: RunDir, rows: list[Row], prompts: list[EvalPrompt], seeds: l
                 for seed in seeds:
                     path = layout.eval_images / row.id / image_name(prompt, seed)
                     if path.is_file():
-                        image_scores[(row.id, path.name)] = scores(Image.open(path))
+                        image_scores[(row.id, path.name)] = cached_scores(path)
         rates = metric.composite_rates(rows, prompts, seeds, image_scores, calibration)
         records += rates
         records.append(metric.best_epoch(rates, "pair"))
     records.append(metric.identity_record(identity_status()))
+    atomic_write_text(cache_file, json.dumps(used) + "\n")  # only what this evaluation used
     return records
+
+
+def _load_seam_cache(path: Path) -> dict[str, list[float]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {str(k): [float(v[0]), float(v[1])] for k, v in data.items()} if isinstance(data, dict) else {}
 
 
 def rates_table(records: list[dict[str, Any]]) -> Table:
