@@ -135,7 +135,10 @@ SD_SCRIPTS_STRINGS = (
     # option names
     "network_weights", "output_dir", "output_name", "sample_prompts", "dataset_config", "caption_extension",
     "caption_prefix", "keep_tokens", "shuffle_caption", "enable_bucket", "bucket_reso_steps", "min_bucket_reso",
-    "max_bucket_reso", "max_token_length",
+    "max_bucket_reso", "max_token_length", "pretrained_model_name_or_path", "image_dir", "num_repeats",
+    "save_model_as",
+    # what sd-scripts asserts
+    "caption file is empty",
 )
 """Strings only the kohya package may spell in code (docstrings and comments may explain them; templates/*.toml
 are data). A module needing one asks kohya (kohya.options for option names)."""

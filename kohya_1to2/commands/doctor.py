@@ -30,7 +30,7 @@ def base_model_lines(args: argparse.Namespace) -> list[Finding]:
         for stage in (1, 2):
             path = run_dir / f"stage{stage}.train.toml"
             if path.is_file():
-                model = flatten_training_config(read_toml(path)).get("pretrained_model_name_or_path")
+                model = flatten_training_config(read_toml(path)).get(kohya.PRETRAINED_MODEL)
                 out.append(base_model_finding(str(model or ""), str(path)))
     return out
 

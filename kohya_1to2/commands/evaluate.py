@@ -100,7 +100,7 @@ def evaluate(args: argparse.Namespace, console: Console, run_dir: Path) -> None:
     seeds = column_seeds(args.seeds)
     steps = args.steps or settings.sample_steps
     family = run_family(run_dir)
-    model_hash = model_fingerprint(Path(str(stage1.flat.get("pretrained_model_name_or_path", ""))))
+    model_hash = model_fingerprint(Path(str(stage1.flat.get(kohya.PRETRAINED_MODEL, ""))))
     jobs = []
     for row in rows:
         folder = layout.eval_images / row.id

@@ -206,7 +206,7 @@ def lint_training(document: Mapping[str, Any], script: str, file: str,
 POSITIVE_TRAINING_KEYS = ("train_batch_size", "max_train_epochs", "max_train_steps", "dataset_repeats",
                           "learning_rate", "unet_lr", "text_encoder_lr")
 """Training options whose zero or negative value crashes sd-scripts or trains nothing."""
-POSITIVE_DATASET_KEYS = ("batch_size", "num_repeats")
+POSITIVE_DATASET_KEYS = (opt.BATCH_SIZE, opt.NUM_REPEATS)
 
 
 def _network_arg_problem(item: str) -> str | None:
@@ -454,8 +454,8 @@ def lint_network(flat: Mapping[str, Any], file: str, family: str | None = None) 
         if broken:
             message, _, fix = broken.partition("; fix: ")
             problems.append(ConfigProblem(file=file, key="network_module", problem=message, fix=fix))
-    if not flat.get("pretrained_model_name_or_path"):
-        problems.append(ConfigProblem(file=file, key="pretrained_model_name_or_path", problem="no base model set",
+    if not flat.get(opt.PRETRAINED_MODEL):
+        problems.append(ConfigProblem(file=file, key=opt.PRETRAINED_MODEL, problem="no base model set",
                                 fix="re-run prepare with --base-model PATH, or set it here"))
     return problems
 
@@ -514,7 +514,7 @@ def lint_paths(flat: Mapping[str, Any], file: str) -> list[ConfigProblem]:
         value = flat.get(key)
         if not isinstance(value, str) or not value:
             continue
-        if key == "pretrained_model_name_or_path":
+        if key == opt.PRETRAINED_MODEL:
             found = base_model_problem(value)
             if found:
                 problems.append(ConfigProblem(file=file, key=key, problem=found,
@@ -523,7 +523,7 @@ def lint_paths(flat: Mapping[str, Any], file: str) -> list[ConfigProblem]:
                 continue
         if Path(value).is_absolute():
             continue
-        if key in ("pretrained_model_name_or_path", "vae") and not Path(value).exists():
+        if key in (opt.PRETRAINED_MODEL, "vae") and not Path(value).exists():
             continue  # a Hugging Face model id such as "org/model"
         problems.append(ConfigProblem(file=file, key=key,
                                 problem=f"{_literal(value)} is a relative path; sd-scripts runs inside its own "
@@ -589,14 +589,16 @@ def lint_composite_subsets(dataset_doc: Mapping[str, Any], train_flat: Mapping[s
 def lint_captions(dataset_doc: Mapping[str, Any], file: str, image_suffixes: Sequence[str]) -> list[ConfigProblem]:
     problems = []
     for where, values in _subset_values(dataset_doc):
-        image_dir = Path(str(values.get("image_dir", "")))
+        image_dir = Path(str(values.get(opt.IMAGE_DIR, "")))
         if not image_dir.is_dir():
-            problems.append(ConfigProblem(file=file, key=f"{where}.image_dir", problem=f"folder {image_dir} not found",
+            problems.append(ConfigProblem(file=file, key=f"{where}.{opt.IMAGE_DIR}",
+                                          problem=f"folder {image_dir} not found",
                                     fix="fix the path (absolute) or re-run prepare"))
             continue
         images = [p for p in image_dir.iterdir() if p.suffix.lower() in image_suffixes]
         if not images:
-            problems.append(ConfigProblem(file=file, key=f"{where}.image_dir", problem=f"{image_dir} has no images",
+            problems.append(ConfigProblem(file=file, key=f"{where}.{opt.IMAGE_DIR}",
+                                          problem=f"{image_dir} has no images",
                                     fix="add images or remove the subset (sd-scripts would train on nothing)"))
             continue
         ext = values.get(opt.CAPTION_EXTENSION, SD_SCRIPTS_CAPTION_DEFAULT)
@@ -706,7 +708,7 @@ def lint_run(run_dir: Path) -> list[ConfigProblem]:
         sizes: list[tuple[int, int]] = []
         if stage == 2:
             for _, values in _subset_values(dataset_doc):
-                sizes += list(image_sizes(list_images(Path(str(values.get("image_dir", ""))))) or ())
+                sizes += list(image_sizes(list_images(Path(str(values.get(opt.IMAGE_DIR, ""))))) or ())
         problems += lint_buckets(dataset_doc, str(dataset_path), family, stage == 2, sizes)
         problems += lint_paths(flat, str(train_path))
         problems += lint_dataset_keys_in_training(train_doc, dataset_doc, str(train_path), str(dataset_path), script)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from tomlkit.items import AoT, Comment, Null, Table
 
 from kohya_1to2.configs.presets import key_comments
+from kohya_1to2.kohya import options as opt
 
 
 class _Missing:
@@ -66,8 +67,8 @@ def show(value: Any) -> str:
 
 
 def _element_id(element: Any, index: int) -> str:
-    image_dir = element.get("image_dir") if isinstance(element, dict) else None
-    return f"image_dir={image_dir}" if isinstance(image_dir, str) else f"#{index}"
+    image_dir = element.get(opt.IMAGE_DIR) if isinstance(element, dict) else None
+    return f"{opt.IMAGE_DIR}={image_dir}" if isinstance(image_dir, str) else f"#{index}"
 
 
 def leaves(container: Any, prefix: KeyPath = ()) -> Iterator[tuple[KeyPath, Any]]:

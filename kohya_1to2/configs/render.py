@@ -96,7 +96,7 @@ def training_context(job: Job, preset: Preset, stage: Stage, run_dir: Path) -> d
     """Values for the template's `"{name}"` placeholders in one stage."""
     settings = effective_settings(job, preset)
     family = settings.family
-    save_as = _template_value(preset, "save_model_as")
+    save_as = _template_value(preset, opt.SAVE_MODEL_AS)
     dataset_name, _ = file_names(stage)
     return {
         "base_model": job.training.base_model or "",

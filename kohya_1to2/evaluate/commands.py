@@ -37,7 +37,7 @@ def _set(flat: Mapping[str, Any], key: str) -> Any:
 
 def generation_arguments(flat: Mapping[str, Any], *, family: Family, cuda: bool, xformers: bool) -> list[str]:
     """gen_img options that reproduce training's sampling setup from a flattened training config."""
-    args = ["--ckpt", str(flat["pretrained_model_name_or_path"])]
+    args = ["--ckpt", str(flat[kohya.PRETRAINED_MODEL])]
     if family == "sdxl":
         args.append("--sdxl")
     elif family == "sd2" or _set(flat, "v2"):

@@ -244,7 +244,7 @@ def judge_outcome(stage: StageConfig, returncode: int, stopped: str | None, log_
     if kohya.NO_DATA_MARKER in log_text:
         raise TrainingError(
             f"stage {stage.stage} exited 0 but trained nothing: sd-scripts found no images ({log_path})",
-            hint=f"check the image_dir paths in {stage.dataset_toml}",
+            hint=f"check the {options.IMAGE_DIR} paths in {stage.dataset_toml}",
         )
     if stage.network_weights is not None:
         report = kohya.parse_weights_report(log_text)
