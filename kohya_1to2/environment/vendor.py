@@ -1,7 +1,7 @@
 """The pinned sd-scripts in `vendor/sd-scripts`: find it, verify the pin, populate it, install its stack.
 
 `vendor/sd-scripts` is a gitlink (submodule); offline it is filled from an archive of the pinned tree. The
-archive has no .git, so the pin is checked by file hashes recorded in `kohya.py`. Nothing here writes to
+archive has no .git, so the pin is checked by file hashes recorded in `kohya.facts`. Nothing here writes to
 the git index.
 """
 
