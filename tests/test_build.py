@@ -306,8 +306,10 @@ CHILD = textwrap.dedent(
 def _run_child(src: Path, out: Path, budget: int, kill_at: int, phase: str, workers: int) -> subprocess.Popen[bytes]:
     script = CHILD.format(tests=str(Path(__file__).parent), src=str(src), out=str(out), budget=budget,
                           kill_at=kill_at, phase=phase, workers=workers)
+    # SIGINT at its default: a pytest started in the background leaves it ignored, and children inherit that
     return subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
