@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.text import Text
 
 from kohya_1to2 import __version__
+from kohya_1to2.commands.evaluate import EvaluateOptions
 from kohya_1to2.commands.launch import LaunchOptions
 from kohya_1to2.commands.prepare import PrepareOptions
 from kohya_1to2.errors import EXIT_CODES, INTERNAL_ERROR_EXIT, Interrupted, OneToTwoError, UsageError
@@ -64,14 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="fixed-seed image grids of base vs stage 1 vs stage 2, metrics, report")
     evaluate.add_argument("run_dir", type=Path)
-    evaluate.add_argument("--epochs", default="last", help="stage-2 epochs as rows: last, all or N,M (default: last)")
-    evaluate.add_argument("--seeds", type=int, default=4, help="images per prompt and row (same seeds in every row)")
-    evaluate.add_argument("--steps", type=int, help="sampling steps (default: the preset's sample_steps)")
-    evaluate.add_argument("--prompts", type=Path, help="extra prompts, one per line in sd-scripts' prompt syntax")
-    evaluate.add_argument("--singles", type=int, help="at most this many single-character prompts (default: all)")
-    evaluate.add_argument("--pairs", type=int, help="at most this many ordered-pair prompts (default: all)")
-    evaluate.add_argument("--multiplier", type=float, default=1.0, help="network multiplier (gen_img --network_mul)")
-    evaluate.add_argument("--sd-scripts", type=Path, default=None, help="sd-scripts checkout (default: vendor/)")
+    add_model_flags(evaluate, EvaluateOptions, dest_prefix="evaluate", exclude=["run_dir"])
 
     report = sub.add_parser("report", help="write <run>/report.html: sources, plans, configs, losses, samples, grids")
     report.add_argument("run_dir", type=Path)

@@ -10,6 +10,7 @@ import argparse
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -17,8 +18,9 @@ from kohya_1to2.environment.tiny_model import is_complete
 from kohya_1to2.environment.vendor import repo_root
 from kohya_1to2.errors import SetupError, UsageError
 from kohya_1to2.launch.substitutions import probe_capabilities
+from kohya_1to2.models import Job, SourceSettings, TrainingSettings
 
-SMOKE_EVALUATION = ["--seeds", "1", "--steps", "2", "--singles", "1", "--pairs", "1"]
+SMOKE_EVALUATION: dict[str, Any] = {"seeds": 1, "steps": 2, "singles": 1, "pairs": 1}
 """On the tiny CPU model: one seed, 2 sampling steps, one character alone and one pair per row."""
 
 
@@ -40,7 +42,10 @@ def ensure_tiny_model(console: Console) -> Path:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from kohya_1to2.cli import main
+    from kohya_1to2.commands.evaluate import EvaluateOptions, evaluate_run
+    from kohya_1to2.commands.launch import LaunchOptions, launch
+    from kohya_1to2.commands.prepare import PrepareOptions, prepare
+    from kohya_1to2.commands.report import report
 
     example = repo_root() / "examples" / "dataset"
     if not example.is_dir():
@@ -54,14 +59,13 @@ def run(args: argparse.Namespace, console: Console) -> int:
     else:
         preset, model = "smoke", str(ensure_tiny_model(console))
         console.print("demo: CPU smoke profile (tiny random-init model, a few steps per stage)")
-    code = main(["prepare", str(example), "--out", str(out), "--preset", preset, "--base-model", model])
-    if code != 0:
-        return code
-    launch = ["launch", str(out)] + (["--smoke"] if preset == "smoke" else [])
-    code = main(launch)
-    if code != 0:
-        return code
-    # what the run learnt: fixed-seed grids of base / stage 1 / stage 2, metrics, then the HTML report
-    evaluate = ["evaluate", str(out)] + (SMOKE_EVALUATION if preset == "smoke" else [])
-    code = main(evaluate)
-    return code if code != 0 else main(["report", str(out)])
+    job = Job(out=out, sources=SourceSettings(roots=[example]),
+              training=TrainingSettings(preset=preset, base_model=model))
+    code = prepare(job, PrepareOptions(), console)
+    if code == 0:
+        code = launch(LaunchOptions(run_dir=out, smoke=preset == "smoke"), console)
+    if code == 0:
+        # what the run learnt: fixed-seed grids of base / stage 1 / stage 2, metrics, then the HTML report
+        smoke = SMOKE_EVALUATION if preset == "smoke" else {}
+        code = evaluate_run(EvaluateOptions(run_dir=out, **smoke), console)
+    return code if code != 0 else report(out, console)

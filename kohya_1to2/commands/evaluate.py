@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -28,6 +29,7 @@ from kohya_1to2.evaluate.identity import identity_status
 from kohya_1to2.evaluate.prompts import EvalPrompt, character_prompts, column_seeds, image_name, parse_user_prompts
 from kohya_1to2.evaluate.rows import Row, build_rows, parse_epochs, select_epochs, stage2_epochs
 from kohya_1to2.evaluate.seams import SeamScores, calibrate, even_sample, scores
+from kohya_1to2.flags import model_overrides
 from kohya_1to2.fsutil import atomic_path, atomic_write_text
 from kohya_1to2.launch.pipeline import read_stage
 from kohya_1to2.launch.substitutions import probe_capabilities
@@ -39,7 +41,28 @@ EVALUATION_FILE = "evaluation.json"
 """eval/evaluation.json: rows, prompts, seeds and grid files of the last evaluation, for `report`."""
 
 
+class EvaluateOptions(BaseModel):
+    """What `evaluate` was asked to do; its command-line flags are derived from these fields."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_dir: Path
+    epochs: str = Field("last", description="stage-2 epochs as rows: last, all or N,M")
+    seeds: int = Field(4, description="images per prompt and row (the same seeds in every row)")
+    steps: int | None = Field(None, description="sampling steps (default: the preset's sample_steps)")
+    prompts: Path | None = Field(None, description="extra prompts, one per line in sd-scripts' prompt syntax")
+    singles: int | None = Field(None, description="at most this many single-character prompts (default: all)")
+    pairs: int | None = Field(None, description="at most this many ordered-pair prompts (default: all)")
+    multiplier: float = Field(1.0, description="network multiplier (gen_img --network_mul)")
+    sd_scripts: Path | None = Field(None, description="sd-scripts checkout (default: vendor/sd-scripts)")
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
+    return evaluate_run(EvaluateOptions(run_dir=args.run_dir, **model_overrides(args, "evaluate")), console)
+
+
+def evaluate_run(args: EvaluateOptions, console: Console) -> int:
+    """`evaluate` for callers that hold options, not a command line (`demo`)."""
     run_dir = args.run_dir.expanduser().resolve()
     if not RunDir(run_dir).job_file.is_file():
         raise UsageError(f"{run_dir} is not a prepared run directory (no job.json)",
@@ -59,7 +82,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def evaluation_prompts(args: argparse.Namespace, run_dir: Path) -> tuple[list[EvalPrompt], Any]:
+def evaluation_prompts(args: EvaluateOptions, run_dir: Path) -> tuple[list[EvalPrompt], Any]:
     from kohya_1to2.configs.presets import load_preset
     from kohya_1to2.dataset.scan import scan_sources
 
@@ -80,7 +103,7 @@ def evaluation_prompts(args: argparse.Namespace, run_dir: Path) -> tuple[list[Ev
     return prompts, (job, settings, characters)
 
 
-def evaluation_rows(args: argparse.Namespace, flat1: dict[str, Any], flat2: dict[str, Any]) -> list[Row]:
+def evaluation_rows(args: EvaluateOptions, flat1: dict[str, Any], flat2: dict[str, Any]) -> list[Row]:
     stage1 = kohya.final_weights_of(flat1)
     available = stage2_epochs(*kohya.network_output(flat2))
     chosen = select_epochs(available, parse_epochs(args.epochs))
@@ -88,7 +111,7 @@ def evaluation_rows(args: argparse.Namespace, flat1: dict[str, Any], flat2: dict
                       available[-1][0] if available else None)
 
 
-def evaluate(args: argparse.Namespace, console: Console, run_dir: Path) -> None:
+def evaluate(args: EvaluateOptions, console: Console, run_dir: Path) -> None:
     layout = RunDir(run_dir)
     sd_scripts = require_sd_scripts(args.sd_scripts)
     caps = probe_capabilities()

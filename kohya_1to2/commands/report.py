@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from rich.console import Console
 from rich.text import Text
@@ -13,7 +14,12 @@ from kohya_1to2.rundir import RunDir
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    run_dir = args.run_dir.expanduser().resolve()
+    return report(args.run_dir, console)
+
+
+def report(run_dir: Path, console: Console) -> int:
+    """`report` for callers that hold a run directory, not a command line (`demo`)."""
+    run_dir = run_dir.expanduser().resolve()
     if not RunDir(run_dir).job_file.is_file():
         raise UsageError(f"{run_dir} is not a prepared run directory (no job.json)",
                          hint="run `python -m kohya_1to2 prepare ... --out <run dir>` first")
