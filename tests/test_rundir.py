@@ -56,7 +56,7 @@ def test_an_unrelated_folder_is_claimed_and_then_owned(tmp_path: Path) -> None:
     claim(run, "prepare")
 
 
-def test_out_problems_are_one_line_usage_errors(tmp_path: Path) -> None:
+def test_out_problems_are_one_line_usage_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     file = tmp_path / "file"
     file.write_text("x")
     with pytest.raises(UsageError, match="is a file"):
@@ -66,14 +66,30 @@ def test_out_problems_are_one_line_usage_errors(tmp_path: Path) -> None:
     check_out_dir(tmp_path / "new" / "deeper")
     locked = tmp_path / "locked"
     locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        if os.access(locked, os.W_OK):
-            pytest.skip("running as a user who can write anywhere (root)")
-        with pytest.raises(UsageError, match="not writable"):
-            check_out_dir(locked / "run")
-    finally:
-        locked.chmod(0o700)
+    # root may write anywhere, so the permission answer is stubbed: what matters is that it is asked first
+    asked: list[Path] = []
+    monkeypatch.setattr(os, "access", lambda path, mode: asked.append(Path(path)) is not None)
+    with pytest.raises(UsageError, match="not writable"):
+        check_out_dir(locked / "run" / "deeper")
+    assert asked == [locked], "the nearest existing folder is the one that must be writable"
+
+
+def test_an_unwritable_out_is_a_one_line_error_before_the_preflight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import write_image
+
+    from kohya_1to2.cli import main
+
+    for name in ("alice", "bob"):
+        write_image(tmp_path / "src" / f"1_{name}" / f"{name}.png")
+        (tmp_path / "src" / f"1_{name}" / f"{name}.txt").write_text(f"{name}, solo\n")
+    scanned: list[object] = []
+    monkeypatch.setattr("kohya_1to2.dataset.scan.scan_sources", lambda *a: scanned.append(a))
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    assert main(["prepare", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "not writable" in err and "Traceback" not in err and scanned == []
 
 
 HOLDER = """\
