@@ -376,3 +376,15 @@ def test_property_the_stages_that_run_are_exactly_those_whose_inputs_changed(
             ran = calls(out)[before:]
             assert ran == [str(s) for s in (1, 2) if expected[s]], (ops, step)
             trained = {s: _stage_snapshot(out, src, s) for s in (1, 2)}
+
+
+def test_a_trigger_with_a_prompt_option_is_refused_before_anything_is_built(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = make_sources(tmp_path / "src", {"alice": 2, "bob": 2})
+    for caption in (src / "1_alice").glob("*.txt"):
+        caption.write_text(caption.read_text().replace("alice,", "alice --n bad,"))
+    out = tmp_path / "run"
+    assert main(["prepare", str(src), "--out", str(out)]) == 3
+    assert "' --'" in capsys.readouterr().err
+    assert not out.exists(), "refused before the pre-flight wrote or built anything"

@@ -134,6 +134,7 @@ def require_inputs(job: Job) -> None:
 def prepare_run(args: PrepareOptions, console: Console, job: Job, take_run_dir: Callable[[], None]) -> int:
     """Scan, pre-flight, then (not on a dry run) take the run directory and build and write into it."""
     from kohya_1to2.configs.generate import check_plan, render_plan, write_run_configs
+    from kohya_1to2.configs.prompts import check_trigger
     from kohya_1to2.dataset.build import build_composites
     from kohya_1to2.dataset.captions import validate_triggers
     from kohya_1to2.dataset.preflight import preflight, raise_for_errors, sort_problems, write_fixed_sources
@@ -143,6 +144,8 @@ def prepare_run(args: PrepareOptions, console: Console, job: Job, take_run_dir: 
     run_dir = job.out
     scan = scan_sources(job.sources)
     validate_triggers(scan.characters, job.composites.captions, job.sources.caption_separator)
+    for character in scan.characters:  # sample prompts need them too: refused before any build
+        check_trigger(character.trigger, character.name)
     console.print(render_scan_table(scan))
     for ignored in scan.ignored:
         reason = escape(ignored.reason)
