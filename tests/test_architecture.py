@@ -136,7 +136,7 @@ SD_SCRIPTS_STRINGS = (
     "network_weights", "output_dir", "output_name", "sample_prompts", "dataset_config", "caption_extension",
     "caption_prefix", "keep_tokens", "shuffle_caption", "enable_bucket", "bucket_reso_steps", "min_bucket_reso",
     "max_bucket_reso", "max_token_length", "pretrained_model_name_or_path", "image_dir", "num_repeats",
-    "save_model_as",
+    "save_model_as", "network_module", "network_args", "train_batch_size",
     # what sd-scripts asserts
     "caption file is empty",
 )

@@ -128,7 +128,8 @@ def evaluate(args: EvaluateOptions, console: Console, run_dir: Path) -> None:
     for row in rows:
         folder = layout.eval_images / row.id
         command = build_generate_command(
-            row=row.id, weights=row.weights, network_module=str(stage1.flat.get("network_module") or "lycoris.kohya"),
+            row=row.id, weights=row.weights,
+            network_module=str(stage1.flat.get(kohya.NETWORK_MODULE) or "lycoris.kohya"),
             multiplier=args.multiplier, flat=stage1.flat, family=family, sd_scripts=sd_scripts, python=sys.executable,
             prompt_file=folder / "prompts.txt", outdir=folder, cuda=caps.cuda, xformers=caps.xformers)
         jobs.append(plan_row(row, folder, command, prompts, seeds, steps, model_hash))

@@ -20,7 +20,7 @@ from rich.text import Text
 from kohya_1to2.environment.vendor import require_sd_scripts
 from kohya_1to2.errors import CheckError, SetupError, UsageError
 from kohya_1to2.flags import model_overrides
-from kohya_1to2.kohya import installed_lycoris_version, lycoris_sd1_problem
+from kohya_1to2.kohya import NETWORK_ARGS, NETWORK_MODULE, installed_lycoris_version, lycoris_sd1_problem
 from kohya_1to2.launch.argv import AccelerateOptions, StageCommand, build_stage_command
 from kohya_1to2.launch.pipeline import (
     StageConfig,
@@ -135,8 +135,8 @@ def launch_stages(args: LaunchOptions, console: Console, run_dir: Path, selected
     family = run_family(run_dir)
     caps = probe_capabilities()
     stages = {n: read_stage(run_dir, n, caps) for n in (1, 2)}
-    if str(stages[1].flat.get("network_module", "")).startswith("lycoris"):
-        args_list = stages[1].flat.get("network_args")
+    if str(stages[1].flat.get(NETWORK_MODULE, "")).startswith("lycoris"):
+        args_list = stages[1].flat.get(NETWORK_ARGS)
         problem = lycoris_sd1_problem(installed_lycoris_version(), family,
                                       args_list if isinstance(args_list, list) else None)
         if problem:

@@ -254,7 +254,7 @@ def plans_from_documents(
             **{k: bucket_values[k] for k in (kohya.MIN_BUCKET_RESO, kohya.MAX_BUCKET_RESO, kohya.BUCKET_RESO_STEPS)
                if isinstance(bucket_values.get(k), int)},
         )
-        batch = flat.get("train_batch_size", 1)
+        batch = flat.get(kohya.TRAIN_BATCH_SIZE, 1)
         plans.append(plan_stage(stage, subsets, settings, batch if isinstance(batch, int) else 1, flat))
     return plans
 

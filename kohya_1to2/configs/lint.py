@@ -119,7 +119,7 @@ def _fix_value(action: Mapping[str, Any], value: Any) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and type_name in (None, "str", "Path"):
         return f'quote it: {action["dest"]} = "{value}"'
     if action["nargs"] in ("*", "+") and not isinstance(value, list):
-        items = value.split() if isinstance(value, str) and action["dest"] == "network_args" else [value]
+        items = value.split() if isinstance(value, str) and action["dest"] == opt.NETWORK_ARGS else [value]
         return f"write an array, e.g. {action['dest']} = [{', '.join(_literal(i) for i in items)}]"
     if type_name == "int" and isinstance(value, float) and value.is_integer():
         return f"write {action['dest']} = {int(value)}"
@@ -203,7 +203,7 @@ def lint_training(document: Mapping[str, Any], script: str, file: str,
     return problems
 
 
-POSITIVE_TRAINING_KEYS = ("train_batch_size", "max_train_epochs", "max_train_steps", "dataset_repeats",
+POSITIVE_TRAINING_KEYS = (opt.TRAIN_BATCH_SIZE, "max_train_epochs", opt.MAX_TRAIN_STEPS, "dataset_repeats",
                           "learning_rate", "unet_lr", "text_encoder_lr")
 """Training options whose zero or negative value crashes sd-scripts or trains nothing."""
 POSITIVE_DATASET_KEYS = (opt.BATCH_SIZE, opt.NUM_REPEATS)
@@ -252,13 +252,13 @@ def startup_value_problem(key: str, value: Any, flat: Mapping[str, Any]) -> tupl
             guess = _suggest(value, [*kohya.NAMED_OPTIMIZERS, *kohya.TORCH_OPTIMIZERS]) or "AdamW"
             return (f"{problem}; sd-scripts stops after loading the model",
                     f'write optimizer_type = "{guess}" (or a module.Class optimizer)')
-    if key == "network_args" and isinstance(value, list):
+    if key == opt.NETWORK_ARGS and isinstance(value, list):
         for item in value:
             problem = _network_arg_problem(str(item))
             if problem:
                 tokens = [t for i in value for t in str(i).split()]
                 keyless = [t for t in tokens if "=" not in t]
-                fix = f"write one key=value per entry: network_args = " \
+                fix = f"write one key=value per entry: {opt.NETWORK_ARGS} = " \
                       f"[{', '.join(_literal(t) for t in tokens if '=' in t)}]"
                 if keyless:
                     fix += f" (plus {', '.join(keyless)} as key=value, e.g. algo=loha)"
@@ -437,23 +437,23 @@ def lint_network(flat: Mapping[str, Any], file: str, family: str | None = None) 
     from kohya_1to2.kohya import LYCORIS_PIN, installed_lycoris_version, lycoris_sd1_problem
 
     problems = []
-    module = flat.get("network_module")
+    module = flat.get(opt.NETWORK_MODULE)
     if isinstance(module, str) and not module.startswith("networks."):
         top = module.split(".", 1)[0]
         if importlib.util.find_spec(top) is None:
-            problems.append(ConfigProblem(file=file, key="network_module", problem=f"{module!r} is not importable",
+            problems.append(ConfigProblem(file=file, key=opt.NETWORK_MODULE, problem=f"{module!r} is not importable",
                                     fix=f"pip install '{LYCORIS_PIN}' (or run `python -m kohya_1to2 setup`)"))
     if module == "lycoris.kohya":
-        algo = _network_arg_map(flat.get("network_args")).get("algo", "lora")
+        algo = _network_arg_map(flat.get(opt.NETWORK_ARGS)).get("algo", "lora")
         if algo != "loha":
-            problems.append(ConfigProblem(file=file, key="network_args", severity="warning",
+            problems.append(ConfigProblem(file=file, key=opt.NETWORK_ARGS, severity="warning",
                                     problem=f"algo={algo}: the 1to2 method trains a LoHa",
-                                    fix='put "algo=loha" in network_args'))
-        args = flat.get("network_args")
+                                    fix=f'put "algo=loha" in {opt.NETWORK_ARGS}'))
+        args = flat.get(opt.NETWORK_ARGS)
         broken = lycoris_sd1_problem(installed_lycoris_version(), family, args if isinstance(args, list) else None)
         if broken:
             message, _, fix = broken.partition("; fix: ")
-            problems.append(ConfigProblem(file=file, key="network_module", problem=message, fix=fix))
+            problems.append(ConfigProblem(file=file, key=opt.NETWORK_MODULE, problem=message, fix=fix))
     if not flat.get(opt.PRETRAINED_MODEL):
         problems.append(ConfigProblem(file=file, key=opt.PRETRAINED_MODEL, problem="no base model set",
                                 fix="re-run prepare with --base-model PATH, or set it here"))
@@ -469,21 +469,21 @@ def lint_stage_consistency(flat1: Mapping[str, Any], flat2: Mapping[str, Any], f
     restarts modules whose keys do not match. network_args are compared as a mapping (order does not
     matter) without NON_STRUCTURAL_NETWORK_ARGS; this is the one rule `check` and `launch` both apply."""
     problems = []
-    for key in ("network_module", "network_dim", "network_alpha"):
+    for key in (opt.NETWORK_MODULE, opt.NETWORK_DIM, opt.NETWORK_ALPHA):
         if flat1.get(key) != flat2.get(key):
             problems.append(ConfigProblem(file=file2, key=key,
                                     problem=f"{_literal(flat2.get(key))} differs from stage 1's "
                                             f"{_literal(flat1.get(key))}; stage-1 weights would not load",
                                     fix=f"set the same {key} in both stages"))
-    args1 = {k: v for k, v in _network_arg_map(flat1.get("network_args")).items()
+    args1 = {k: v for k, v in _network_arg_map(flat1.get(opt.NETWORK_ARGS)).items()
              if k not in NON_STRUCTURAL_NETWORK_ARGS}
-    args2 = {k: v for k, v in _network_arg_map(flat2.get("network_args")).items()
+    args2 = {k: v for k, v in _network_arg_map(flat2.get(opt.NETWORK_ARGS)).items()
              if k not in NON_STRUCTURAL_NETWORK_ARGS}
     if args1 != args2:
         diff = sorted(k for k in {*args1, *args2} if args1.get(k) != args2.get(k))
-        problems.append(ConfigProblem(file=file2, key="network_args",
+        problems.append(ConfigProblem(file=file2, key=opt.NETWORK_ARGS,
                                 problem=f"structure-changing args differ from stage 1's ({', '.join(diff)})",
-                                fix="use the same network_args in both stages"))
+                                fix=f"use the same {opt.NETWORK_ARGS} in both stages"))
     return problems
 
 
@@ -554,7 +554,7 @@ def lint_dataset_keys_in_training(train_doc: Mapping[str, Any], dataset_doc: Map
         for key in (table if isinstance(table, dict) else {section: table}):
             where = f"{section}.{key}" if isinstance(table, dict) else key
             name = TRAINING_TO_DATASET_KEYS.get(key, key)
-            if key == "train_batch_size" or key not in actions or not any(name in lv for lv in schema.values()):
+            if key == opt.TRAIN_BATCH_SIZE or key not in actions or not any(name in lv for lv in schema.values()):
                 continue
             everywhere = _dataset_sets_everywhere(dataset_doc, name, name in schema["subset"])
             if everywhere is None:

@@ -71,7 +71,7 @@ def build_generate_command(
             *generation_arguments(flat, family=family, cuda=cuda, xformers=xformers),
             "--from_file", str(prompt_file), "--outdir", str(outdir), "--batch_size", "1", "--images_per_prompt", "1"]
     if weights is not None:
-        argv += ["--network_module", network_module, kohya.flag(kohya.NETWORK_WEIGHTS), str(weights),
+        argv += [kohya.flag(kohya.NETWORK_MODULE), network_module, kohya.flag(kohya.NETWORK_WEIGHTS), str(weights),
                  "--network_mul", f"{multiplier:g}"]
         if network_module.startswith("lycoris"):
             argv.append("--network_merge")  # kohya.GEN_IMG_LYCORIS_MERGE

@@ -71,7 +71,7 @@ def collect_inputs(
         "training TOML": _text_digest(effective_text.encode("utf-8")),
         "dataset TOML": _text_digest(dataset_toml.read_bytes()) if dataset_toml.is_file() else "absent",
         "base model": base_model_digest(str(flat.get(opt.PRETRAINED_MODEL) or "")),
-        "network module": f"{flat.get('network_module')} {network_version or ''}".strip(),
+        "network module": f"{flat.get(opt.NETWORK_MODULE)} {network_version or ''}".strip(),
     }
     weights = flat.get(opt.NETWORK_WEIGHTS)
     if weights:

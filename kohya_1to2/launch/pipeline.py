@@ -130,7 +130,7 @@ def strict_error(stage: StageConfig) -> SetupError:
 
 def stage_inputs(stage: StageConfig) -> StageInputs:
     """Everything the stage trains from, as it is on disk now."""
-    network_version = kohya.installed_lycoris_version() if str(stage.flat.get("network_module", "")).startswith(
+    network_version = kohya.installed_lycoris_version() if str(stage.flat.get(options.NETWORK_MODULE, "")).startswith(
         "lycoris") else None
     return collect_inputs(effective_text=stage.effective_text, dataset_toml=stage.dataset_toml,
                           subsets=stage.subsets, flat=stage.flat, network_version=network_version)
@@ -234,7 +234,8 @@ def judge_outcome(stage: StageConfig, returncode: int, stopped: str | None, log_
     if stopped:
         raise TrainingError(
             f"{stopped}\n{shown}",
-            hint="stage 2 must use the same network_module, network_dim, network_alpha and network_args as stage 1",
+            hint=f"stage 2 must use the same {options.NETWORK_MODULE}, {options.NETWORK_DIM}, {options.NETWORK_ALPHA} "
+                 f"and {options.NETWORK_ARGS} as stage 1",
         )
     if returncode != 0:
         raise TrainingError(
