@@ -145,8 +145,10 @@ def test_generated_tomls_read_by_sd_scripts_carry_the_intended_values(tmp_path: 
     assert stage2["subsets"][0]["num_repeats"] == 2 and stage2["dataset"]["batch_size"] == 2
 
     sdxl1, sdxl_data = by_file[str(runs["sdxl"] / "stage2.train.toml")]
-    assert sdxl_data[0]["dataset"]["resolution"] == [1024, 1024]
-    assert sdxl_data[0]["dataset"]["max_bucket_reso"] == 1536
+    # stage 2's resolution and buckets are chosen for the composites (--stage2-scale); sd-scripts reads them as written
+    chosen = toml.load(runs["sdxl"] / "stage2.dataset.toml")["general"]
+    assert sdxl_data[0]["dataset"]["resolution"] == [chosen["resolution"]] * 2 != [1024, 1024]
+    assert sdxl_data[0]["dataset"]["max_bucket_reso"] == chosen["max_bucket_reso"]
     assert sdxl1["no_half_vae"] == ["bool", True]
 
     smoke1, _ = by_file[str(runs["smoke"] / "stage1.train.toml")]
