@@ -7,6 +7,8 @@ into both stages' training TOMLs.
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -52,8 +54,15 @@ class Preset(BaseModel):
     text: str
 
     def document(self) -> tomlkit.TOMLDocument:
-        """A fresh comment-preserving parse of the template (callers may mutate it)."""
-        return tomlkit.parse(self.text)
+        """A fresh comment-preserving parse of the template (callers may mutate it): a copy of the cached parse."""
+        return copy.deepcopy(_parsed(self.text))
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed(text: str) -> tomlkit.TOMLDocument:
+    """tomlkit parses slowly and one run reads the same template many times: parse each text once (never handed
+    out as is; callers get a deep copy or the unwrapped plain values)."""
+    return tomlkit.parse(text)
 
 
 def templates_dir() -> Path:
@@ -90,7 +99,7 @@ def load_preset(name: str) -> Preset:
 def parse_preset(text: str, *, name: str, path: Path) -> Preset:
     """Validate a template's text (pure)."""
     try:
-        document = tomlkit.parse(text).unwrap()
+        document = _parsed(text).unwrap()
     except tomlkit.exceptions.ParseError as exc:
         raise UsageError(f"{path}: not valid TOML: {exc}", hint="fix the template's syntax") from None
     meta = document.get(PRESET_SECTION)

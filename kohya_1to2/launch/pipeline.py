@@ -5,6 +5,7 @@ Planning is pure over what was read from disk (`StageConfig`); `execute_stage` i
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 import time
@@ -60,8 +61,9 @@ class StageConfig:
         value = self.flat.get(options.NETWORK_WEIGHTS)
         return Path(value) if value else None
 
-    @property
+    @functools.cached_property
     def effective_text(self) -> str:
+        """The text launch runs (computed once: a tomlkit round trip is slow and launch asks several times)."""
         text = apply_substitutions(self.text, list(self.substitutions)) if self.substitutions else self.text
         return with_resume(text, self.resume_from) if self.resume_from else text
 
