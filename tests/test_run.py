@@ -352,3 +352,17 @@ def test_strict_accepts_the_loader_worker_cap_sd_scripts_applies_anyway(
     toml1.write_text(toml1.read_text() + "max_data_loader_n_workers = 8\n")
     assert launch(run, fake_env, "--strict", "--dry-run", "--stage", "1") == 0
     assert "max_data_loader_n_workers = 2" in RunDir(run).effective_toml(1).read_text()
+
+
+def test_a_resumed_stage_is_complete_for_the_next_plain_launch(fake_env: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run(tmp_path / "run")
+    state = run / "output" / "stage1" / "net_stage1-000001-state"
+    state.mkdir(parents=True)
+    (state / "train_state.json").write_text("{}")
+    (state / "random_states_0.pkl").write_bytes(b"x")
+    assert launch(run, fake_env, "--resume", "--stage", "1") == 0
+    capsys.readouterr()
+    assert launch(run, fake_env, "--stage", "1") == 0
+    assert "stage 1: skipped (unchanged since" in capsys.readouterr().out, "resume keys are not an input change"
+    assert calls(run) == ["1"]

@@ -62,10 +62,15 @@ class StageConfig:
         return Path(value) if value else None
 
     @functools.cached_property
+    def trained_text(self) -> str:
+        """The user's TOML with this machine's substitutions: what the stage trains by (computed once: a tomlkit
+        round trip is slow). A resume changes how the stage runs, not what it trains, so it is not in here."""
+        return apply_substitutions(self.text, list(self.substitutions)) if self.substitutions else self.text
+
+    @functools.cached_property
     def effective_text(self) -> str:
-        """The text launch runs (computed once: a tomlkit round trip is slow and launch asks several times)."""
-        text = apply_substitutions(self.text, list(self.substitutions)) if self.substitutions else self.text
-        return with_resume(text, self.resume_from) if self.resume_from else text
+        """The text launch runs: the trained text, plus sd-scripts' resume keys on --resume."""
+        return with_resume(self.trained_text, self.resume_from) if self.resume_from else self.trained_text
 
 
 def with_resume(text: str, state_dir: Path) -> str:
@@ -134,7 +139,7 @@ def stage_inputs(stage: StageConfig) -> StageInputs:
     """Everything the stage trains from, as it is on disk now."""
     network_version = kohya.installed_lycoris_version() if str(stage.flat.get(options.NETWORK_MODULE, "")).startswith(
         "lycoris") else None
-    return collect_inputs(effective_text=stage.effective_text, dataset_toml=stage.dataset_toml,
+    return collect_inputs(effective_text=stage.trained_text, dataset_toml=stage.dataset_toml,
                           subsets=stage.subsets, flat=stage.flat, network_version=network_version)
 
 
