@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from kohya_1to2.environment.vendor import default_sd_scripts  # noqa: E402
-from kohya_1to2.evaluate.commands import build_generate_command  # noqa: E402
+from kohya_1to2.evaluate.argv import build_generate_command  # noqa: E402
 from kohya_1to2.evaluate.prompts import character_prompts, column_seeds, prompt_line  # noqa: E402
 from kohya_1to2.launch.pipeline import read_stage  # noqa: E402
 from kohya_1to2.launch.substitutions import probe_capabilities  # noqa: E402

@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from kohya_1to2.errors import TrainingError
-from kohya_1to2.evaluate.commands import GenerateCommand
+from kohya_1to2.evaluate.argv import GenerateCommand
 from kohya_1to2.evaluate.generate import plan_row, run_rows
 from kohya_1to2.evaluate.prompts import EvalPrompt
 from kohya_1to2.evaluate.rows import Row

@@ -22,7 +22,7 @@ from kohya_1to2 import kohya
 from kohya_1to2.environment.vendor import require_sd_scripts
 from kohya_1to2.errors import DatasetError, UsageError
 from kohya_1to2.evaluate import metrics as metric
-from kohya_1to2.evaluate.commands import build_generate_command
+from kohya_1to2.evaluate.argv import build_generate_command
 from kohya_1to2.evaluate.generate import model_fingerprint, plan_row, run_rows
 from kohya_1to2.evaluate.grid import compose_grid
 from kohya_1to2.evaluate.identity import identity_status

@@ -20,7 +20,7 @@ from rich.text import Text
 
 from kohya_1to2 import kohya
 from kohya_1to2.errors import TrainingError
-from kohya_1to2.evaluate.commands import GenerateCommand
+from kohya_1to2.evaluate.argv import GenerateCommand
 from kohya_1to2.evaluate.prompts import EvalPrompt, image_name, prompt_line
 from kohya_1to2.evaluate.rows import Row
 from kohya_1to2.fsutil import atomic_write_text, sha256_file

@@ -1,10 +1,10 @@
-"""evaluate/commands.py: gen_img.py argv for one row, from stage 1's training config."""
+"""evaluate/argv.py: gen_img.py argv for one row, from stage 1's training config."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from kohya_1to2.evaluate.commands import build_generate_command
+from kohya_1to2.evaluate.argv import build_generate_command
 
 FLAT = {"pretrained_model_name_or_path": "/m/model.safetensors", "clip_skip": 2, "max_token_length": 225,
         "tokenizer_cache_dir": "/m/tok", "sample_sampler": "k_euler_a", "mixed_precision": "bf16", "xformers": True,
