@@ -6,16 +6,11 @@ Runs sd-scripts in a subprocess (cwd = its root), like test_configs_sd_scripts.p
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 from conftest import write_image
+from sd_scripts_child import requires_sd_scripts, run_in_sd_scripts
 
 from kohya_1to2.configs.generate import render_run_files
 from kohya_1to2.configs.presets import load_preset
@@ -24,16 +19,7 @@ from kohya_1to2.dataset.captions import composite_caption
 from kohya_1to2.dataset.scan import scan_sources
 from kohya_1to2.models import CaptionRules, Job, SourceSettings, TrainingSettings
 
-REPO = Path(__file__).resolve().parents[2]
-SD_SCRIPTS = Path(os.environ.get("KOHYA_1TO2_SD_SCRIPTS", REPO / "vendor" / "sd-scripts"))
-
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not (SD_SCRIPTS / "train_network.py").is_file(),
-                       reason=f"sd-scripts not found at {SD_SCRIPTS} (run ./bootstrap.sh)"),
-    pytest.mark.skipif(importlib.util.find_spec("torch") is None,
-                       reason="torch is not installed (sd-scripts' training stack; run ./bootstrap.sh)"),
-]
+pytestmark = requires_sd_scripts()
 
 READER = r"""
 import json, sys
@@ -65,12 +51,7 @@ print("@@" + json.dumps(out))
 
 
 def _sd_scripts(request: dict[str, Any]) -> dict[str, Any]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", READER], input=json.dumps(request), cwd=SD_SCRIPTS,
-                          capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("@@"))
-    return json.loads(line[2:])  # type: ignore[no-any-return]
+    return run_in_sd_scripts(READER, request)
 
 
 def _add(folder: Path, stem: str, caption: bytes | None) -> None:

@@ -13,32 +13,20 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from PIL import Image
+from sd_scripts_child import REPO, requires_sd_scripts, run_in_sd_scripts
 
 from kohya_1to2 import kohya
 from kohya_1to2.configs.generate import write_run_configs
 from kohya_1to2.configs.lint import lint_run, startup_value_problem
 from kohya_1to2.models import Character, Job, SourceImage, SourceSettings, TrainingSettings
 
-REPO = Path(__file__).resolve().parents[2]
-SD_SCRIPTS = Path(os.environ.get("KOHYA_1TO2_SD_SCRIPTS", REPO / "vendor" / "sd-scripts"))
-
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not (SD_SCRIPTS / "train_network.py").is_file(),
-                       reason=f"sd-scripts not found at {SD_SCRIPTS} (run ./bootstrap.sh)"),
-    pytest.mark.skipif(importlib.util.find_spec("torch") is None,
-                       reason="torch is not installed (sd-scripts' training stack; run ./bootstrap.sh)"),
-]
+pytestmark = requires_sd_scripts()
 
 STARTER = r"""
 import importlib, json, math, sys, traceback
@@ -113,12 +101,7 @@ print("@@" + json.dumps(out))
 
 
 def _start_with_sd_scripts(jobs: list[list[Any]]) -> list[dict[str, Any]]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", STARTER], input=json.dumps(jobs), cwd=SD_SCRIPTS,
-                          capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("@@"))
-    return json.loads(line[2:])
+    return run_in_sd_scripts(STARTER, jobs)
 
 
 def _corpus() -> Any:
@@ -266,11 +249,7 @@ def test_scheduler_and_optimizer_facts_match_what_sd_scripts_builds() -> None:
     refused = ["AdamW8bitt", "adam", "Adam8bit", "DAdaptAdamm", "torch.optim.Adamw", "no_such_package.Fast",
                "Lion9bit", "sgd"]
     names = [*kohya.NAMED_OPTIMIZERS, "adamw", "ADAFACTOR", "torch.optim.SGD", *every_torch, *refused]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", SCHEDULERS], input=json.dumps(names), cwd=SD_SCRIPTS,
-                          capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("@@"))[2:])
+    result = run_in_sd_scripts(SCHEDULERS, names)
     builds_plain = {n for n, err in result["schedulers"].items() if err is None}
     assert builds_plain == set(kohya.LR_SCHEDULERS) - set(kohya.SCHEDULER_NEEDS)
     assert {n for n in result["schedulers"] if kohya.scheduler_problem(n, "AdamW") is None} == builds_plain

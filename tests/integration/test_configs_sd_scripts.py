@@ -14,24 +14,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import toml
+from sd_scripts_child import REPO, SD_SCRIPTS, requires_sd_scripts, run_in_sd_scripts
 
 from kohya_1to2.configs.generate import render_run_files
 from kohya_1to2.configs.lint import SNAPSHOT
 from kohya_1to2.configs.render import STAGE_SPECIFIC_KEYS
 from kohya_1to2.models import Character, Job, SourceImage, SourceSettings, TrainingSettings
 
-REPO = Path(__file__).resolve().parents[2]
-SD_SCRIPTS = Path(os.environ.get("KOHYA_1TO2_SD_SCRIPTS", REPO / "vendor" / "sd-scripts"))
-
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not (SD_SCRIPTS / "train_network.py").is_file(),
-                       reason=f"sd-scripts not found at {SD_SCRIPTS} (run ./bootstrap.sh)"),
-    pytest.mark.skipif(importlib.util.find_spec("torch") is None,
-                       reason="torch is not installed (sd-scripts' training stack; run ./bootstrap.sh)"),
-]
+pytestmark = requires_sd_scripts()
 
 READER = r"""
 import json, sys
@@ -71,12 +62,7 @@ print("@@" + json.dumps(out))
 
 
 def _read_with_sd_scripts(request: dict[str, Any]) -> dict[str, Any]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", READER], input=json.dumps(request), cwd=SD_SCRIPTS,
-                          capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("@@"))
-    return json.loads(line[2:])  # type: ignore[no-any-return]
+    return run_in_sd_scripts(READER, request)
 
 
 def _characters(root: Path) -> list[Character]:
@@ -195,10 +181,7 @@ def test_bucket_preview_matches_sd_scripts_bucket_manager() -> None:
                 (768, 256, 1024, 64), (1024, 256, 2048, 32)]
     sizes = [(1024, 512), (2048, 1024), (192, 128), (96, 128), (1500, 600), (640, 480), (512, 512), (300, 900)]
     request = [[s, sizes] for s in settings]
-    proc = subprocess.run([sys.executable, "-c", BUCKETS], input=json.dumps(request), cwd=SD_SCRIPTS,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    real = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("@@"))[2:])
+    real = run_in_sd_scripts(BUCKETS, request)
     for (res, low, high, steps), results in zip(settings, real, strict=True):
         resos = buckets_for(BucketSettings(resolution=(res, res), min_bucket_reso=low, max_bucket_reso=high,
                                            bucket_reso_steps=steps))
@@ -237,8 +220,5 @@ def test_training_mistakes_the_lint_reports_pass_sd_scripts_silently(tmp_path: P
         path = tmp_path / f"train{i}.toml"
         path.write_text(corpus.training_variant(section, line), encoding="utf-8")
         paths.append(str(path))
-    proc = subprocess.run([sys.executable, "-c", SILENT], input=json.dumps(paths), cwd=SD_SCRIPTS,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    results = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("@@"))[2:])
+    results = run_in_sd_scripts(SILENT, paths)
     assert results == ["accepted"] * len(paths)

@@ -5,31 +5,20 @@ sd-scripts runs in a subprocess (cwd = its root): importing library.train_util n
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy
-import pytest
 from pixel_fixtures import PIXEL_SOURCES
+from sd_scripts_child import SD_SCRIPTS, requires_sd_scripts
 
 from kohya_1to2.dataset.compose import load_source
 from kohya_1to2.dataset.preflight import preflight, raise_for_errors, write_fixed_sources
 from kohya_1to2.dataset.scan import scan_sources
 from kohya_1to2.models import SourceSettings
 
-REPO = Path(__file__).resolve().parents[2]
-SD_SCRIPTS = Path(os.environ.get("KOHYA_1TO2_SD_SCRIPTS", REPO / "vendor" / "sd-scripts"))
-
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not (SD_SCRIPTS / "library" / "train_util.py").is_file(),
-                       reason=f"sd-scripts not found at {SD_SCRIPTS} (run ./bootstrap.sh)"),
-    pytest.mark.skipif(importlib.util.find_spec("torch") is None,
-                       reason="torch is not installed (sd-scripts' training stack; run ./bootstrap.sh)"),
-]
+pytestmark = requires_sd_scripts(marker="library/train_util.py")
 
 LOADER = r"""
 import sys

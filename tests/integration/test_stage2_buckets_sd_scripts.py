@@ -4,31 +4,21 @@ composites of the seed and sdxl presets land in buckets of their own aspect (<= 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import toml
+from sd_scripts_child import SD_SCRIPTS, requires_sd_scripts
 
 from kohya_1to2.configs.buckets import MAX_CROP, BucketSettings
 from kohya_1to2.configs.generate import render_run_files
 from kohya_1to2.configs.stage_plans import SubsetPlan, plan_stage
 from kohya_1to2.models import Character, Job, SourceImage, SourceSettings, TrainingSettings
 
-REPO = Path(__file__).resolve().parents[2]
-SD_SCRIPTS = Path(os.environ.get("KOHYA_1TO2_SD_SCRIPTS", REPO / "vendor" / "sd-scripts"))
-
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not (SD_SCRIPTS / "train_network.py").is_file(),
-                       reason=f"sd-scripts not found at {SD_SCRIPTS} (run ./bootstrap.sh)"),
-    pytest.mark.skipif(importlib.util.find_spec("numpy") is None, reason="numpy is not installed"),
-]
+pytestmark = requires_sd_scripts("numpy")
 
 BUCKET_MANAGER = r"""
 import json, sys
