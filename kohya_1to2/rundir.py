@@ -196,10 +196,8 @@ def foreign_files(run: RunDir) -> list[Path]:
     return found
 
 
-def claim(run: RunDir, command: str) -> None:
-    """Make `run.root` a run directory, refusing a folder whose files the run would overwrite or train."""
-    if run.root.exists() and not run.root.is_dir():
-        raise UsageError(f"--out {run.root} is a file, not a directory", hint="choose a directory for --out")
+def refuse_foreign_files(run: RunDir) -> None:
+    """A folder that is not a run directory may not hold files the run would overwrite or train (listed)."""
     conflicts = foreign_files(run)
     if conflicts:
         shown = ", ".join(str(p.relative_to(run.root)) for p in conflicts[:8])
@@ -209,6 +207,11 @@ def claim(run: RunDir, command: str) -> None:
             f"train: {shown}{more}",
             hint="choose an empty or new folder for --out, or move those files away",
         )
+
+
+def claim(run: RunDir, command: str) -> None:
+    """Make `run.root` (checked by `check_out_dir`) a run directory, unless it holds foreign files."""
+    refuse_foreign_files(run)
     if run.is_run_dir():
         return
     from kohya_1to2.fsutil import atomic_write_text

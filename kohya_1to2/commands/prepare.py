@@ -33,7 +33,7 @@ from kohya_1to2.models import (
     TrainingSettings,
     validation_message,
 )
-from kohya_1to2.rundir import RunDir, check_out_dir, claim, foreign_files, writer_lock
+from kohya_1to2.rundir import RunDir, check_out_dir, claim, refuse_foreign_files, writer_lock
 
 
 def job_from_args(args: argparse.Namespace) -> Job:
@@ -104,8 +104,7 @@ def prepare(job: Job, args: PrepareOptions, console: Console) -> int:
     layout = RunDir(run_dir)
     require_inputs(job)
     check_out_dir(run_dir)
-    if foreign_files(layout):
-        claim(layout, "prepare")  # refuses, listing the files the run would overwrite or train
+    refuse_foreign_files(layout)  # before the pre-flight; claimed (marked) once the run dir is locked
     with ExitStack() as stack:
 
         def take_run_dir() -> None:
