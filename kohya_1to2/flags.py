@@ -64,6 +64,12 @@ def add_model_flags(
                 flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
             continue
+        if get_origin(field.annotation) is list:  # a repeatable flag: --reg A --reg B
+            [item] = get_args(field.annotation)
+            arg_type, choices = _scalar_type(item)
+            parser.add_argument(flag, dest=dest, type=arg_type, choices=choices, default=None, action="append",
+                                help=help_text.replace(" (default: [])", ""), metavar=name.upper())
+            continue
         arg_type, choices = _scalar_type(field.annotation)
         metavar = None if choices else name.upper()
         parser.add_argument(

@@ -45,6 +45,10 @@ class SourceSettings(Strict):
     fix_sources: bool = Field(
         False, description="write corrected copies of problem sources into the run dir and train stage 1 on them"
     )
+    reg: list[Path] = Field(
+        default_factory=list, description="kohya regularisation root holding N_class/ folders of class images "
+        "(is_reg subsets of stage 1, or of the joint stage); repeat the flag for several",
+    )
 
     @field_validator("caption_extension")
     @classmethod
@@ -175,6 +179,11 @@ Family = Literal["sd1", "sd2", "sdxl"]
 
 Stage2Scale = Literal["area", "character"]
 
+Mode = Literal["sequential", "joint", "replay"]
+
+MODE_STAGES: dict[str, tuple[int, ...]] = {"sequential": (1, 2), "replay": (1, 2), "joint": (1,)}
+"""The stages each mode trains; the last one's network is the run's result."""
+
 
 class TrainingSettings(Strict):
     """User choices for both stages; `None` means "the preset's value"."""
@@ -191,6 +200,19 @@ class TrainingSettings(Strict):
         "area", description="stage-2 composite size: 'area' = stage 1's pixels per image (the method's identical "
         "settings), 'character' = stage 1's pixels per character (2:1 composite at twice the area)",
     )
+    mode: Mode = Field(
+        "sequential", description="sequential = the method (stage 1 on the singles, stage 2 on the composites); "
+        "joint = one stage over singles and composites together; replay = sequential, with stage 2 also seeing a "
+        "share of the singles",
+    )
+    composite_share: float = Field(
+        0.5, gt=0, lt=1, description="joint mode: share of each epoch's images that are composites"
+    )
+    replay_share: float = Field(
+        0.25, gt=0, lt=1, description="replay mode: share of stage 2's images that are single-character images, "
+        "drawn evenly per character",
+    )
+    prior_loss_weight: float = Field(1.0, gt=0, description="loss weight of the regularisation images (--reg)")
     sample: bool = Field(True, description="sample images every epoch")
     sample_pairs: Literal["rotate", "all"] = Field(
         "rotate", description="pair samples per epoch: a rotating round of N ordered pairs, or all N(N-1)"
@@ -205,6 +227,13 @@ class TrainingSettings(Strict):
         if value is not None and not re.fullmatch(r"\d+x\d+", value.strip().lower()):
             raise ValueError(f"sample_pair_size {value!r} must be WIDTHxHEIGHT, e.g. 768x512")
         return None if value is None else value.strip().lower()
+
+    @model_validator(mode="after")
+    def _share_fits_mode(self) -> TrainingSettings:
+        for key, mode in (("composite_share", "joint"), ("replay_share", "replay")):
+            if key in self.model_fields_set and self.mode != mode:
+                raise ValueError(f"{key} applies to mode {mode!r} only; this job's mode is {self.mode!r}")
+        return self
 
     @field_validator("output_name")
     @classmethod
@@ -221,6 +250,11 @@ class Job(Strict):
     sources: SourceSettings
     composites: CompositeSettings = Field(default_factory=CompositeSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+
+    @property
+    def stages(self) -> tuple[int, ...]:
+        """The stages this job trains (see `MODE_STAGES`); `stages[-1]` makes the final network."""
+        return MODE_STAGES[self.training.mode]
 
     @model_validator(mode="after")
     def _out_outside_sources(self) -> Job:

@@ -62,7 +62,8 @@ def with_absolute_paths(job: Job) -> Job:
     training = job.training
     if base and Path(base).expanduser().exists():
         training = training.model_copy(update={"base_model": str(Path(base).expanduser().resolve())})
-    sources = job.sources.model_copy(update={"roots": [r.expanduser().resolve() for r in job.sources.roots]})
+    sources = job.sources.model_copy(update={"roots": [r.expanduser().resolve() for r in job.sources.roots],
+                                             "reg": [r.expanduser().resolve() for r in job.sources.reg]})
     return job.model_copy(update={"out": job.out.expanduser().resolve(), "sources": sources, "training": training})
 
 

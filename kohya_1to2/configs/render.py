@@ -83,8 +83,9 @@ def stage_output_dir(run_dir: Path, stage: Stage) -> Path:
 
 
 def stage_output_name(job: Job, stage: Stage) -> str:
+    """The final stage's network carries the job's output name; an earlier stage's gets `_stage<N>`."""
     name = job.training.output_name
-    return f"{name}_stage1" if stage == 1 else name
+    return name if stage == job.stages[-1] else f"{name}_stage{stage}"
 
 
 def stage1_weights(job: Job, run_dir: Path, save_model_as: str | None = None) -> Path:
