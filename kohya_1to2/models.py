@@ -231,7 +231,7 @@ class TrainingSettings(Strict):
     @model_validator(mode="after")
     def _share_fits_mode(self) -> TrainingSettings:
         for key, mode in (("composite_share", "joint"), ("replay_share", "replay")):
-            if key in self.model_fields_set and self.mode != mode:
+            if getattr(self, key) != type(self).model_fields[key].default and self.mode != mode:
                 raise ValueError(f"{key} applies to mode {mode!r} only; this job's mode is {self.mode!r}")
         return self
 
