@@ -45,11 +45,11 @@ def composite_rates(rows: Sequence[Row], prompts: Sequence[EvalPrompt], seeds: S
     return records
 
 
-def best_epoch(rates: Sequence[Mapping[str, Any]], kind: str = "pair") -> dict[str, Any]:
-    """The best stage-2 epoch by BEST_EPOCH_RULE (None when stage 2 has no scored row)."""
-    candidates = [r for r in rates if r["stage"] == 2 and r["kind"] == kind and r["rate"] is not None]
+def best_epoch(rates: Sequence[Mapping[str, Any]], kind: str = "pair", stage: int = 2) -> dict[str, Any]:
+    """The best epoch of the run's final `stage` by BEST_EPOCH_RULE (None when that stage has no scored row)."""
+    candidates = [r for r in rates if r["stage"] == stage and r["kind"] == kind and r["rate"] is not None]
     best = min(candidates, key=lambda r: (r["rate"], -(r["epoch"] or 0)), default=None)
-    return {"metric": "best_epoch", "kind": kind, "rule": BEST_EPOCH_RULE,
+    return {"metric": "best_epoch", "kind": kind, "rule": BEST_EPOCH_RULE, "stage": stage,
             "row": best["row"] if best else None, "epoch": best["epoch"] if best else None,
             "rate": best["rate"] if best else None}
 
