@@ -181,7 +181,9 @@ Stage2Scale = Literal["area", "character"]
 
 Mode = Literal["sequential", "joint", "replay"]
 
-MODE_STAGES: dict[str, tuple[int, ...]] = {"sequential": (1, 2), "replay": (1, 2), "joint": (1,)}
+StageNumber = Literal[1, 2]
+
+MODE_STAGES: dict[str, tuple[StageNumber, ...]] = {"sequential": (1, 2), "replay": (1, 2), "joint": (1,)}
 """The stages each mode trains; the last one's network is the run's result."""
 
 
@@ -252,7 +254,7 @@ class Job(Strict):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
 
     @property
-    def stages(self) -> tuple[int, ...]:
+    def stages(self) -> tuple[StageNumber, ...]:
         """The stages this job trains (see `MODE_STAGES`); `stages[-1]` makes the final network."""
         return MODE_STAGES[self.training.mode]
 
@@ -296,6 +298,28 @@ class Character(Strict):
     images: tuple[SourceImage, ...]
     caption_prefix: str | None = None
     """Written as the stage-1 subset's caption_prefix when the captions do not start with the trigger."""
+
+
+class RegSet(Strict):
+    """One `N_class/` folder of regularisation images (`--reg`): trained as an `is_reg` subset."""
+
+    name: str
+    """The class (folder name after `N_`): sd-scripts' class_tokens, the caption of images without one."""
+    repeats: int
+    folder: Path
+    images: tuple[SourceImage, ...]
+
+
+class ReplayPick(Strict):
+    """`--mode replay`: the images of one character that stage 2 sees again, and their repeats per epoch."""
+
+    character: Character
+    images: tuple[SourceImage, ...]
+    repeats: int
+
+    @property
+    def samples(self) -> int:
+        return len(self.images) * self.repeats
 
 
 class CompositePlan(Strict):

@@ -58,6 +58,11 @@ class RunDir:
         return self.composites / f"{repeats}_composite"
 
     @property
+    def replay(self) -> Path:
+        """`--mode replay`: one folder per character of the single images stage 2 sees again."""
+        return self.root / "replay"
+
+    @property
     def fixed_sources(self) -> Path:
         """Corrected copies of source folders written by `--fix-sources`."""
         return self.root / "sources"
@@ -174,7 +179,8 @@ class RunDir:
     def written_paths(self) -> tuple[Path, ...]:
         """Top-level files and folders a run writes; a foreign file at one of them would be overwritten."""
         return (
-            self.job_file, self.manifest, self.preview, self.sample_prompts, self.composites, self.fixed_sources,
+            self.job_file, self.manifest, self.preview, self.sample_prompts, self.composites, self.replay,
+            self.fixed_sources,
             *(self.train_toml(s) for s in STAGES), *(self.dataset_toml(s) for s in STAGES),
             self.root / "output", self.logs, self.state,
         )

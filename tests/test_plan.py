@@ -101,7 +101,8 @@ def test_measured_seconds_per_step_from_sd_scripts_progress_lines() -> None:
 
 def test_plan_shows_pixels_per_character_and_measured_seconds() -> None:
     one = plan_stage(1, [subset(4)], SD1, 4, {"max_train_epochs": 1, "mixed_precision": "fp16"})
-    wide = SubsetPlan(name="c", image_dir=Path("/c"), images=2, repeats=1, sizes=((1024, 512),) * 2)
+    wide = SubsetPlan(name="c", image_dir=Path("/c"), images=2, repeats=1, sizes=((1024, 512),) * 2,
+                      role="composites")
     two = plan_stage(2, [wide], BucketSettings(resolution=(1024, 512)), 2, {"max_train_epochs": 1})
     console = Console(record=True, width=200)
     console.print(render_stage_plans([one, two], family="sd1", measured={1: (0.42, 20), 2: (0.48, 20)}))

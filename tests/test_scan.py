@@ -17,6 +17,7 @@ from kohya_1to2.dataset.scan import (
     choose_trigger,
     parse_folder_name,
     render_scan_table,
+    scan_reg,
     scan_sources,
     trigger_first_tags,
 )
@@ -183,7 +184,9 @@ def test_ignored_folders_are_reported_with_reasons(tmp_path: Path) -> None:
     add(root / "1_alice" / "nested", "n", "alice")
     result = scan(root)
     reasons = {i.path.name: i.reason for i in result.ignored}
-    assert "reg folder" in reasons["reg"] and "reg folder" in reasons["1_reg"]
+    # offered, not used: the reason names the flag that would use them
+    assert reasons["reg"].endswith(f"pass --reg {root / 'reg'}")
+    assert reasons["1_reg"].endswith(f"pass --reg {root / '1_reg'}")
     assert "not N_name" in reasons["misc"]
     assert "must be >= 1" in reasons["0_carol"]
     assert reasons["3_empty"] == "no images"
@@ -197,7 +200,27 @@ def test_reg_root_is_ignored(tmp_path: Path, kohya_dataset: Callable[..., Path])
     reg = kohya_dataset({"person": 2}, root_name="regularization")
     result = scan(src, reg)
     assert [c.name for c in result.characters] == ["alice", "bob"]
-    assert [(i.path, "reg folder" in i.reason) for i in result.ignored] == [(reg, True)]
+    assert [(i.path, f"--reg {reg}" in i.reason) for i in result.ignored] == [(reg, True)]
+
+
+def test_reg_roots_are_scanned_as_kohya_class_folders(tmp_path: Path) -> None:
+    reg = tmp_path / "reg"
+    add(reg / "2_1girl", "g1", "1girl, solo")
+    add(reg / "2_1girl", "g2", None)
+    add(reg / "notes", "n", "x")
+    single = tmp_path / "1_1boy"
+    add(single, "b", "1boy")
+    found = scan_reg([reg, single], SourceSettings(roots=[tmp_path]))
+    assert [(s.name, s.repeats, len(s.images)) for s in found.sets] == [("1girl", 2, 2), ("1boy", 1, 1)]
+    assert [i.caption_path is None for i in found.sets[0].images] == [False, True]
+    assert [i.path.name for i in found.ignored] == ["notes"] and not found.problems
+
+
+def test_reg_root_without_class_folders_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    found = scan_reg([tmp_path / "empty", tmp_path / "missing"], SourceSettings(roots=[tmp_path]))
+    assert [p.code for p in found.problems] == ["reg-missing"]
+    assert [p.code for p in scan_reg([tmp_path / "empty"], SourceSettings(roots=[tmp_path])).problems] == ["reg-empty"]
 
 
 def test_missing_root_and_root_that_is_a_character_folder(tmp_path: Path) -> None:

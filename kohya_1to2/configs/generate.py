@@ -23,23 +23,32 @@ from rich.text import Text
 from kohya_1to2 import kohya
 from kohya_1to2.configs.buckets import BucketSettings
 from kohya_1to2.configs.merge import Conflict, merge_toml
+from kohya_1to2.configs.modes import stage_datasets
 from kohya_1to2.configs.presets import effective_settings, load_preset
 from kohya_1to2.configs.prompts import parse_size, sample_prompts_text
 from kohya_1to2.configs.render import (
     SAMPLE_PROMPTS_FILE,
     STAGES,
+    Role,
     SubsetSpec,
     dataset_document,
     file_names,
     resolved_family,
     training_document,
 )
-from kohya_1to2.configs.stage_plans import StagePlan, SubsetPlan, check_stage_plans, plan_stage, render_stage_plans
+from kohya_1to2.configs.stage_plans import (
+    StagePlan,
+    SubsetPlan,
+    check_stage_plans,
+    plan_dataset,
+    plan_stage_datasets,
+    render_stage_plans,
+)
 from kohya_1to2.fsutil import atomic_write_text
 from kohya_1to2.imagefiles import image_sizes, list_images
 from kohya_1to2.kohya import flatten_training_config
-from kohya_1to2.models import Character, Job
-from kohya_1to2.rundir import RunDir
+from kohya_1to2.models import Character, Job, RegSet, ReplayPick
+from kohya_1to2.rundir import RunDir, load_job
 
 Status = Literal["written", "updated", "unchanged", "merged", "kept", "overwritten"]
 
@@ -99,29 +108,21 @@ class GenerateReport(BaseModel):
 # ------------------------------------------------------------------------------------------- rendering
 
 
-def _stage1_subsets(characters: Sequence[Character]) -> list[SubsetSpec]:
-    return [
-        SubsetSpec(name=c.name, image_dir=c.folder.expanduser().resolve(), num_repeats=c.repeats,
-                   images=len(c.images), caption_prefix=c.caption_prefix)
-        for c in characters
-    ]
-
-
 def render_run_files(
     job: Job, characters: Sequence[Character], *, composite_dir: Path, composite_repeats: int,
-    composite_count: int, run_dir: Path, composite_aspects: Sequence[float] = (),
+    composite_count: int, run_dir: Path, composite_aspects: Sequence[float] = (), reg_sets: Sequence[RegSet] = (),
+    replay: Sequence[ReplayPick] = (),
 ) -> dict[str, str]:
-    """File name -> text of every generated file (pure apart from reading the preset template)."""
+    """File name -> text of every generated file of the job's stages (pure apart from reading the preset)."""
     preset = load_preset(job.training.preset)
-    subsets = {
-        1: _stage1_subsets(characters),
-        2: [SubsetSpec(name="composite", image_dir=composite_dir.expanduser().resolve(),
-                       num_repeats=composite_repeats, images=composite_count)],
-    }
+    composites = SubsetSpec(name="composite", image_dir=composite_dir.expanduser().resolve(),
+                            num_repeats=composite_repeats, images=composite_count, role="composites")
+    blocks = stage_datasets(job, characters, composites, reg_sets=reg_sets, replay=replay,
+                            replay_root=RunDir(run_dir).replay)
     files: dict[str, str] = {}
-    for stage in STAGES:
+    for stage, stage_blocks in blocks.items():
         dataset_name, train_name = file_names(stage)
-        files[dataset_name] = tomlkit.dumps(dataset_document(job, preset, stage, subsets[stage], composite_aspects))
+        files[dataset_name] = tomlkit.dumps(dataset_document(job, preset, stage, stage_blocks, composite_aspects))
         files[train_name] = tomlkit.dumps(training_document(job, preset, stage, run_dir))
     triggers = [(c.name, c.trigger) for c in characters]
     files[SAMPLE_PROMPTS_FILE] = sample_prompts_text(triggers, effective_settings(job, preset),
@@ -200,12 +201,15 @@ def write_run_configs(
     composite_sizes: Sequence[tuple[int, int]],
     run_dir: Path,
     overwrite_edits: bool = False,
+    reg_sets: Sequence[RegSet] = (),
+    replay: Sequence[ReplayPick] = (),
 ) -> GenerateReport:
-    """Render and write both stages' TOMLs and the sample prompts into the run directory."""
+    """Render and write the job's stage TOMLs and the sample prompts into the run directory."""
     run_dir = run_dir.expanduser().resolve()
     files = render_run_files(job, characters, composite_dir=composite_dir, composite_repeats=composite_repeats,
                              composite_count=len(composite_sizes), run_dir=run_dir,
-                             composite_aspects=[w / h for w, h in composite_sizes if h])
+                             composite_aspects=[w / h for w, h in composite_sizes if h], reg_sets=reg_sets,
+                             replay=replay)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     results = [
         write_generated_file(run_dir, name, text, overwrite_edits=overwrite_edits, stamp=stamp)
@@ -228,6 +232,18 @@ def _resolution(value: Any) -> tuple[int, int]:
     return (512, 512)
 
 
+def _role(values: Mapping[str, Any], image_dir: Path) -> Role:
+    """A subset's role, from what the generator writes (hand-added subsets count as characters)."""
+    layout = RunDir(Path())
+    if values.get(kohya.IS_REG) is True:
+        return "reg"
+    if image_dir.parent.name == layout.composites.name:
+        return "composites"
+    if image_dir.parent.name == layout.replay.name:
+        return "replay"
+    return "character"
+
+
 def plans_from_documents(
     documents: Mapping[int, tuple[Mapping[str, Any], Mapping[str, Any]]], known: Known
 ) -> list[StagePlan]:
@@ -235,63 +251,73 @@ def plans_from_documents(
     plans = []
     for stage, (dataset_doc, training_doc) in sorted(documents.items()):
         flat = flatten_training_config(training_doc)
-        subsets: list[SubsetPlan] = []
-        scopes = kohya.dataset_scopes(dataset_doc)
-        bucket_values: dict[str, Any] = scopes[-1][1] if scopes else {}
-        for _, index, values in kohya.subset_scopes(dataset_doc):
-            image_dir = Path(str(values.get(kohya.IMAGE_DIR, "")))
-            repeats = values.get(kohya.NUM_REPEATS, 1)
-            if image_dir in known:
-                count, sizes = known[image_dir]
-            else:
-                images = list_images(image_dir)
-                count, sizes = len(images), image_sizes(images) or ()
-            name = image_dir.name if stage == 1 else "composite" if index == 0 else image_dir.name
-            subsets.append(SubsetPlan(name=name, image_dir=image_dir, images=count,
-                                      repeats=repeats if isinstance(repeats, int) else 1, sizes=sizes))
-        settings = BucketSettings(
-            resolution=_resolution(bucket_values.get(kohya.RESOLUTION, flat.get(kohya.RESOLUTION))),
-            **{k: bucket_values[k] for k in (kohya.MIN_BUCKET_RESO, kohya.MAX_BUCKET_RESO, kohya.BUCKET_RESO_STEPS)
-               if isinstance(bucket_values.get(k), int)},
-        )
         batch = flat.get(kohya.TRAIN_BATCH_SIZE, 1)
-        plans.append(plan_stage(stage, subsets, settings, batch if isinstance(batch, int) else 1, flat))
+        subset_values = kohya.subset_scopes(dataset_doc)
+        datasets = []
+        for index, scope in kohya.dataset_scopes(dataset_doc):
+            subsets: list[SubsetPlan] = []
+            for _, _, values in (v for v in subset_values if v[0] == index):
+                image_dir = Path(str(values.get(kohya.IMAGE_DIR, "")))
+                repeats = values.get(kohya.NUM_REPEATS, 1)
+                if image_dir in known:
+                    count, sizes = known[image_dir]
+                else:
+                    images = list_images(image_dir)
+                    count, sizes = len(images), image_sizes(images) or ()
+                role = _role(values, image_dir)
+                subsets.append(SubsetPlan(name="composite" if role == "composites" else image_dir.name,
+                                          image_dir=image_dir, images=count, role=role,
+                                          repeats=repeats if isinstance(repeats, int) else 1, sizes=sizes))
+            settings = BucketSettings(
+                resolution=_resolution(scope.get(kohya.RESOLUTION, flat.get(kohya.RESOLUTION))),
+                **{k: scope[k] for k in (kohya.MIN_BUCKET_RESO, kohya.MAX_BUCKET_RESO, kohya.BUCKET_RESO_STEPS)
+                   if isinstance(scope.get(k), int)},
+            )
+            block_batch = scope.get(kohya.BATCH_SIZE, batch)
+            datasets.append(plan_dataset(subsets, settings, block_batch if isinstance(block_batch, int) else 1))
+        plans.append(plan_stage_datasets(stage, datasets, flat))
     return plans
 
 
 def _in_memory_plans(
     job: Job, characters: Sequence[Character], composite_dir: Path, composite_repeats: int,
-    composite_sizes: Sequence[tuple[int, int]],
+    composite_sizes: Sequence[tuple[int, int]], reg_sets: Sequence[RegSet] = (), replay: Sequence[ReplayPick] = (),
 ) -> list[StagePlan]:
     run_dir = job.out.expanduser().resolve()
     files = render_run_files(job, characters, composite_dir=composite_dir, composite_repeats=composite_repeats,
                              composite_count=len(composite_sizes), run_dir=run_dir,
-                             composite_aspects=[w / h for w, h in composite_sizes if h])
+                             composite_aspects=[w / h for w, h in composite_sizes if h], reg_sets=reg_sets,
+                             replay=replay)
     known: dict[Path, tuple[int, tuple[tuple[int, int], ...]]] = {
         composite_dir.expanduser().resolve(): (len(composite_sizes), tuple(composite_sizes))
     }
-    for c in characters:
-        sizes = image_sizes([image.path for image in c.images]) or ()
-        known[c.folder.expanduser().resolve()] = (len(c.images), sizes)
+    folders = [(c.folder, [i.path for i in c.images]) for c in characters]
+    folders += [(r.folder, [i.path for i in r.images]) for r in reg_sets]
+    folders += [(RunDir(run_dir).replay / p.character.name, [i.path for i in p.images]) for p in replay]
+    for folder, paths in folders:
+        known[folder.expanduser().resolve()] = (len(paths), tuple(image_sizes(paths) or ()))
     documents: dict[int, tuple[Mapping[str, Any], Mapping[str, Any]]] = {}
-    for stage in STAGES:
+    for stage in job.stages:
         dataset_name, train_name = file_names(stage)
         documents[stage] = (toml.loads(files[dataset_name]), toml.loads(files[train_name]))
     return plans_from_documents(documents, known)
 
 
 def render_plan(job: Job, characters: Sequence[Character], composite_dir: Path, composite_repeats: int,
-                composite_sizes: Sequence[tuple[int, int]]) -> Group:
+                composite_sizes: Sequence[tuple[int, int]], reg_sets: Sequence[RegSet] = (),
+                replay: Sequence[ReplayPick] = ()) -> Group:
     """The plan preview printed by `prepare` (also for --dry-run)."""
     family = resolved_family(job, load_preset(job.training.preset))
-    return render_stage_plans(_in_memory_plans(job, characters, composite_dir, composite_repeats, composite_sizes),
-                              family=family)
+    plans = _in_memory_plans(job, characters, composite_dir, composite_repeats, composite_sizes, reg_sets, replay)
+    return render_stage_plans(plans, family=family)
 
 
 def check_plan(job: Job, characters: Sequence[Character], composite_dir: Path, composite_repeats: int,
-               composite_sizes: Sequence[tuple[int, int]]) -> None:
+               composite_sizes: Sequence[tuple[int, int]], reg_sets: Sequence[RegSet] = (),
+               replay: Sequence[ReplayPick] = ()) -> None:
     """Raise DatasetError when a subset has no images or a stage would train on nothing."""
-    check_stage_plans(_in_memory_plans(job, characters, composite_dir, composite_repeats, composite_sizes))
+    check_stage_plans(_in_memory_plans(job, characters, composite_dir, composite_repeats, composite_sizes,
+                                       reg_sets, replay))
 
 
 def plans_from_run_dir(run_dir: Path) -> list[StagePlan]:
@@ -299,7 +325,7 @@ def plans_from_run_dir(run_dir: Path) -> list[StagePlan]:
     from kohya_1to2.configs.lint import read_toml
 
     documents: dict[int, tuple[Mapping[str, Any], Mapping[str, Any]]] = {}
-    for stage in STAGES:
+    for stage in load_job(run_dir).stages if RunDir(run_dir).job_file.is_file() else STAGES:
         dataset_name, train_name = file_names(stage)
         documents[stage] = (read_toml(run_dir / dataset_name), read_toml(run_dir / train_name))
     return plans_from_documents(documents, {})

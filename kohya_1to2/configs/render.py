@@ -28,10 +28,12 @@ from kohya_1to2.configs.presets import PRESET_SECTION, Preset, effective_setting
 from kohya_1to2.errors import UsageError
 from kohya_1to2.kohya import final_weights_path
 from kohya_1to2.kohya import options as opt
-from kohya_1to2.models import Job
+from kohya_1to2.models import Job, StageNumber
 from kohya_1to2.rundir import RunDir
 
-Stage = Literal[1, 2]
+Stage = StageNumber
+Role = Literal["character", "composites", "replay", "reg"]
+"""What a subset holds: a character's folder, the composites, a character's replayed images, a reg class."""
 STAGES: tuple[Stage, Stage] = (1, 2)
 
 STAGE_SPECIFIC_KEYS = frozenset(
@@ -58,7 +60,7 @@ DATASET_KEY_COMMENTS: Mapping[str, str] = {
 
 
 class SubsetSpec(BaseModel):
-    """One dataset subset: a character folder (stage 1) or the composite folder (stage 2)."""
+    """One dataset subset: a character folder, the composite folder, a replay folder or a reg class folder."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -67,6 +69,20 @@ class SubsetSpec(BaseModel):
     num_repeats: int
     images: int
     caption_prefix: str | None = None
+    role: Role = "character"
+
+    @property
+    def is_reg(self) -> bool:
+        return self.role == "reg"
+
+
+class DatasetSpec(BaseModel):
+    """One [[datasets]] block: single-character images (with reg classes) or composites."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["singles", "composites"]
+    subsets: tuple[SubsetSpec, ...]
 
 
 def file_names(stage: Stage) -> tuple[str, str]:
@@ -179,58 +195,106 @@ def training_document(job: Job, preset: Preset, stage: Stage, run_dir: Path) -> 
             _add_commented(out, key, value, comments.get(key))
         if section == "training" and job.training.epochs is not None and "max_train_epochs" not in out:
             _add_commented(out, "max_train_epochs", job.training.epochs, "Epochs per stage (--epochs).")
+        if section == "training" and job.sources.reg and opt.PRIOR_LOSS_WEIGHT not in out:
+            _add_commented(out, opt.PRIOR_LOSS_WEIGHT, job.training.prior_loss_weight,
+                           "Loss weight of the regularisation images (--reg, --prior-loss-weight).")
         if len(out):
             doc.add(tomlkit.nl())
             doc.add(section, out)
     return doc
 
 
+def _block_keys(job: Job, preset: Preset, block: DatasetSpec, resolution: int,
+                aspects: Sequence[float]) -> dict[str, tuple[Any, str]]:
+    """Key -> (value, comment) of a block's resolution and bucket keys: stage 2's choice for composites, the
+    preset's (stage 1's) for single-character images."""
+    if block.kind == "composites":
+        return stage2_bucket_keys(job, preset, resolution, aspects)
+    comments = key_comments(preset.document()[PRESET_SECTION]["dataset"])
+    keys: dict[str, tuple[Any, str]] = {"resolution": (resolution, DATASET_KEY_COMMENTS["resolution"])}
+    for key in BUCKET_KEYS:
+        if key in preset.dataset:
+            keys[key] = (preset.dataset[key], comments.get(key, ""))
+    return keys
+
+
+BUCKET_KEYS = (opt.MIN_BUCKET_RESO, opt.MAX_BUCKET_RESO, opt.BUCKET_RESO_STEPS)
+
+_BLOCK_TITLES = {"singles": "single-character folders", "composites": "side-by-side composites"}
+
+
 def dataset_document(
-    job: Job, preset: Preset, stage: Stage, subsets: Sequence[SubsetSpec], aspects: Sequence[float] = (),
+    job: Job, preset: Preset, stage: Stage, blocks: Sequence[DatasetSpec], aspects: Sequence[float] = (),
 ) -> tomlkit.TOMLDocument:
-    """The stage's dataset TOML: [general] from the preset, one subset per character (or the composites)."""
+    """The stage's dataset TOML: [general] from the preset, one [[datasets]] per block (singles, composites).
+
+    With one block its resolution and bucket keys sit in [general]; with two (joint, replay) each [[datasets]]
+    carries its own, and its own batch_size, so composites and single images each keep their buckets."""
     template = preset.document()
     comments = key_comments(template[PRESET_SECTION]["dataset"])
-    resolution = effective_settings(job, preset).resolution
+    settings = effective_settings(job, preset)
+    resolution = settings.resolution
+    separator = job.sources.caption_separator.strip()
     doc = tomlkit.document()
-    what = "single-character folders" if stage == 1 else "side-by-side composites"
+    what = " and ".join(_BLOCK_TITLES[b.kind] for b in blocks)
+    if any(s.is_reg for b in blocks for s in b.subsets):
+        what += ", with regularisation images"
     doc.add(tomlkit.comment(f"kohya-1to2 stage {stage} dataset config ({what}), "
                             f"for sd-scripts {opt.flag(opt.DATASET_CONFIG)}."))
     doc.add(tomlkit.comment("sd-scripts checks this file strictly: each key at an allowed level, with its type."))
     doc.add(tomlkit.nl())
     general = tomlkit.table()
-    stage2 = stage2_bucket_keys(job, preset, resolution, aspects) if stage == 2 else {}
-    if "resolution" in stage2:
-        _add_commented(general, "resolution", stage2["resolution"][0], stage2["resolution"][1])
-    else:
-        _add_commented(general, "resolution", resolution, DATASET_KEY_COMMENTS["resolution"])
+    single = len(blocks) == 1
+    own = _block_keys(job, preset, blocks[0], resolution, aspects) if single else {}
+    if single:
+        _add_commented(general, "resolution", *own["resolution"])
     for key, value in preset.dataset.items():
-        comment = comments.get(key, "")
-        if key in stage2:
-            value, comment = stage2[key]
+        if not single and key in BUCKET_KEYS:
+            continue
+        value, comment = own.get(key, (value, comments.get(key, "")))
         _add_commented(general, key, value, comment)
     _add_commented(general, opt.CAPTION_EXTENSION, job.sources.caption_extension,
                    DATASET_KEY_COMMENTS[opt.CAPTION_EXTENSION])
-    separator = job.sources.caption_separator.strip()
-    if stage == 1 and separator != ",":  # stage 1 reads the sources; composite captions are always comma-joined
+    if single and blocks[0].kind == "singles" and separator != ",":
+        # singles are read from the sources; composite captions are always comma-joined
         _add_commented(general, opt.CAPTION_SEPARATOR, separator, DATASET_KEY_COMMENTS[opt.CAPTION_SEPARATOR])
     doc.add("general", general)
-    dataset = tomlkit.table()
-    aot = tomlkit.aot()
-    for spec in subsets:
-        subset = tomlkit.table()
-        label = f"character {spec.name}" if stage == 1 else "composites"
-        subset.add(tomlkit.comment(f"{label}: {spec.images} images x {spec.num_repeats} repeats"))
-        subset.add(opt.IMAGE_DIR, str(spec.image_dir))
-        subset.add(opt.NUM_REPEATS, spec.num_repeats)
-        if spec.caption_prefix:
-            _add_commented(subset, opt.CAPTION_PREFIX, spec.caption_prefix, DATASET_KEY_COMMENTS[opt.CAPTION_PREFIX])
-        aot.append(subset)
-    dataset.add("subsets", aot)
     datasets = tomlkit.aot()
-    datasets.append(dataset)
+    for block in blocks:
+        dataset = tomlkit.table()
+        if not single:
+            dataset.add(tomlkit.comment(f"{_BLOCK_TITLES[block.kind]}: its own buckets and batch size"))
+            for key, (value, comment) in _block_keys(job, preset, block, resolution, aspects).items():
+                _add_commented(dataset, key, value, comment)
+            batch = settings.stage2_batch_size if block.kind == "composites" else settings.stage1_batch_size
+            _add_commented(dataset, opt.BATCH_SIZE, batch,
+                           f"Batch size of this block ({'stage 2' if block.kind == 'composites' else 'stage 1'}'s).")
+            if block.kind == "singles" and separator != ",":
+                _add_commented(dataset, opt.CAPTION_SEPARATOR, separator,
+                               DATASET_KEY_COMMENTS[opt.CAPTION_SEPARATOR])
+        aot = tomlkit.aot()
+        for spec in block.subsets:
+            aot.append(_subset_table(spec))
+        dataset.add("subsets", aot)
+        datasets.append(dataset)
     doc.add("datasets", datasets)
     return doc
+
+
+def _subset_table(spec: SubsetSpec) -> Table:
+    subset = tomlkit.table()
+    label = {"character": f"character {spec.name}", "composites": "composites",
+             "replay": f"character {spec.name}, replayed", "reg": f"regularisation class {spec.name}"}[spec.role]
+    subset.add(tomlkit.comment(f"{label}: {spec.images} images x {spec.num_repeats} repeats"))
+    subset.add(opt.IMAGE_DIR, str(spec.image_dir))
+    subset.add(opt.NUM_REPEATS, spec.num_repeats)
+    if spec.caption_prefix:
+        _add_commented(subset, opt.CAPTION_PREFIX, spec.caption_prefix, DATASET_KEY_COMMENTS[opt.CAPTION_PREFIX])
+    if spec.is_reg:
+        _add_commented(subset, opt.IS_REG, True, "Regularisation images (--reg): balanced by sd-scripts to the "
+                       "training images' count, weighted by prior_loss_weight.")
+        _add_commented(subset, opt.CLASS_TOKENS, spec.name, "The caption of class images without a caption file.")
+    return subset
 
 
 def stage2_bucket_choice(job: Job, preset: Preset, resolution: int, aspects: Sequence[float] = ()) -> Stage2Buckets:

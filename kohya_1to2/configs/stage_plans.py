@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 from rich.console import Group
@@ -42,24 +42,47 @@ class SubsetPlan(BaseModel):
     images: int
     repeats: int
     sizes: tuple[tuple[int, int], ...] = ()
+    role: Literal["character", "composites", "replay", "reg"] = "character"
+    image_repeats: tuple[int, ...] | None = None
+    """Per image, how often sd-scripts shows it per epoch when that is not `repeats` (reg images are balanced)."""
 
     @property
     def samples(self) -> int:
-        return self.images * self.repeats
+        return sum(self.image_repeats) if self.image_repeats is not None else self.images * self.repeats
+
+    def repeated_sizes(self) -> list[tuple[int, int]]:
+        counts = self.image_repeats if self.image_repeats is not None else [self.repeats] * len(self.sizes)
+        return [size for size, count in zip(self.sizes, counts, strict=False) for _ in range(count)]
+
+
+class DatasetPlan(BaseModel):
+    """One [[datasets]] block: its subsets, batch size, buckets and steps (each block is batched on its own)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    batch_size: int
+    subsets: tuple[SubsetPlan, ...]
+    buckets: tuple[BucketCount, ...]
+    steps_per_epoch: int
+    mean_pixels: float
+    exact: bool
+
+    @property
+    def characters_per_image(self) -> int:
+        return 2 if any(s.role == "composites" for s in self.subsets) else 1
+
+    @property
+    def samples(self) -> int:
+        return sum(s.samples for s in self.subsets)
 
 
 class StagePlan(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     stage: int
-    batch_size: int
-    subsets: tuple[SubsetPlan, ...]
-    buckets: tuple[BucketCount, ...]
-    steps_per_epoch: int
+    datasets: tuple[DatasetPlan, ...]
     epochs: int
     total_steps: int
-    mean_pixels: float
-    exact: bool
     mixed_precision: str | None = None
     sample_images: int = 0
     """Images sampled each time the stage samples (sample_prompts), and their sampler steps."""
@@ -67,23 +90,69 @@ class StagePlan(BaseModel):
     sample_every_epochs: int | None = None
 
     @property
+    def subsets(self) -> tuple[SubsetPlan, ...]:
+        return tuple(s for d in self.datasets for s in d.subsets)
+
+    @property
+    def buckets(self) -> tuple[BucketCount, ...]:
+        return tuple(b for d in self.datasets for b in d.buckets)
+
+    @property
+    def batch_size(self) -> int:
+        """The first block's batch size (each block has its own; see `datasets`)."""
+        return self.datasets[0].batch_size if self.datasets else 1
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return sum(d.steps_per_epoch for d in self.datasets)
+
+    @property
+    def exact(self) -> bool:
+        return all(d.exact for d in self.datasets)
+
+    @property
+    def mean_pixels(self) -> float:
+        samples = sum(d.samples for d in self.datasets)
+        return sum(d.mean_pixels * d.samples for d in self.datasets) / samples if samples else 0.0
+
+    @property
     def pixels_per_character(self) -> float:
-        """Stage 1 trains one character per image, stage 2 two per composite."""
-        return self.mean_pixels / (2 if self.stage == 2 else 1)
+        """A single image trains one character, a composite two."""
+        samples = sum(d.samples for d in self.datasets)
+        return sum(d.mean_pixels / d.characters_per_image * d.samples for d in self.datasets) / samples \
+            if samples else 0.0
 
     @property
     def samples(self) -> int:
         return sum(s.samples for s in self.subsets)
 
+    def share(self, *roles: str) -> float:
+        """The share of the stage's samples per epoch in subsets of these roles."""
+        total = self.samples
+        return sum(s.samples for s in self.subsets if s.role in roles) / total if total else 0.0
 
-def plan_stage(
-    stage: int, subsets: Sequence[SubsetPlan], bucket_settings: BucketSettings, batch_size: int,
-    training: Mapping[str, Any],
-) -> StagePlan:
-    """Steps and buckets of one stage, as sd-scripts counts them (each bucket is batched on its own)."""
+
+def balance_reg(subsets: Sequence[SubsetPlan]) -> list[SubsetPlan]:
+    """Reg subsets with the per-image repeats sd-scripts gives them in this block (kohya.reg_repeats)."""
+    train = sum(s.samples for s in subsets if s.role != "reg")
+    regs = [s for s in subsets if s.role == "reg"]
+    counts = kohya.reg_repeats(train, [s.repeats for s in regs for _ in range(s.images)])
+    out, at = [], 0
+    for subset in subsets:
+        if subset.role == "reg":
+            out.append(subset.model_copy(update={"image_repeats": tuple(counts[at:at + subset.images])}))
+            at += subset.images
+        else:
+            out.append(subset)
+    return out
+
+
+def plan_dataset(subsets: Sequence[SubsetPlan], bucket_settings: BucketSettings, batch_size: int) -> DatasetPlan:
+    """Steps and buckets of one block, as sd-scripts counts them (each bucket is batched on its own)."""
+    subsets = balance_reg(subsets)
     exact = all(len(s.sizes) == s.images for s in subsets)
     if exact:
-        sizes = [size for s in subsets for size in s.sizes for _ in range(s.repeats)]
+        sizes = [size for s in subsets for size in s.repeated_sizes()]
         buckets = tuple(assign_buckets(sizes, bucket_settings))
         steps = sum(math.ceil(b.images / batch_size) for b in buckets)
         area = sum(b.width * b.height * b.images for b in buckets) / max(1, len(sizes))
@@ -91,6 +160,21 @@ def plan_stage(
         buckets = ()
         steps = math.ceil(sum(s.samples for s in subsets) / batch_size)
         area = float(bucket_settings.resolution[0] * bucket_settings.resolution[1])
+    return DatasetPlan(batch_size=batch_size, subsets=tuple(subsets), buckets=buckets, steps_per_epoch=steps,
+                       mean_pixels=area, exact=exact)
+
+
+def plan_stage(
+    stage: int, subsets: Sequence[SubsetPlan], bucket_settings: BucketSettings, batch_size: int,
+    training: Mapping[str, Any],
+) -> StagePlan:
+    """A stage of one [[datasets]] block."""
+    return plan_stage_datasets(stage, [plan_dataset(subsets, bucket_settings, batch_size)], training)
+
+
+def plan_stage_datasets(stage: int, datasets: Sequence[DatasetPlan], training: Mapping[str, Any]) -> StagePlan:
+    """Epochs and total steps of a stage whose blocks are planned (sd-scripts concatenates their batches)."""
+    steps = sum(d.steps_per_epoch for d in datasets)
     epochs_value = training.get("max_train_epochs")
     if isinstance(epochs_value, int) and epochs_value > 0:
         epochs, total = epochs_value, epochs_value * steps
@@ -98,10 +182,8 @@ def plan_stage(
         max_steps = training.get("max_train_steps")
         total = max_steps if isinstance(max_steps, int) and max_steps > 0 else kohya.DEFAULT_MAX_TRAIN_STEPS
         epochs = math.ceil(total / steps) if steps else 0
-    return StagePlan(stage=stage, batch_size=batch_size, subsets=tuple(subsets), buckets=buckets,
-                     steps_per_epoch=steps, epochs=epochs, total_steps=total if steps else 0,
-                     mean_pixels=area, exact=exact, mixed_precision=_precision(training.get("mixed_precision")),
-                     **_sampling(training))
+    return StagePlan(stage=stage, datasets=tuple(datasets), epochs=epochs, total_steps=total if steps else 0,
+                     mixed_precision=_precision(training.get("mixed_precision")), **_sampling(training))
 
 
 def _sampling(training: Mapping[str, Any]) -> dict[str, Any]:
@@ -191,8 +273,11 @@ def step_cost_for(family: str | None, mixed_precision: str | None) -> StepCost:
 
 
 def step_seconds(plan: StagePlan, cost: StepCost) -> float:
-    """Estimated seconds per step of a stage."""
-    return cost.seconds(plan.batch_size, plan.mean_pixels)
+    """Estimated seconds per step of a stage (its blocks' steps weighted by their count)."""
+    steps = plan.steps_per_epoch
+    if not steps:
+        return cost.seconds(plan.batch_size, plan.mean_pixels)
+    return sum(cost.seconds(d.batch_size, d.mean_pixels) * d.steps_per_epoch for d in plan.datasets) / steps
 
 
 def step_cost_ratio(stage1: StagePlan, stage2: StagePlan, cost: StepCost = GPU_SD1) -> float:
@@ -222,6 +307,24 @@ def _side(pixels: float) -> str:
     return f"{side}x{side}"
 
 
+_ROLE_LABELS = {"character": "", "composites": "", "replay": " (replayed)", "reg": " (reg)"}
+
+
+def _stage_title(plan: StagePlan, stages: int) -> str:
+    return "joint stage (singles and composites together)" if stages == 1 and len(plan.datasets) > 1 \
+        else f"stage {plan.stage}"
+
+
+def _bucket_table(plan: DatasetPlan) -> Table:
+    buckets = Table(show_edge=False, box=None, padding=(0, 2))
+    buckets.add_column("  bucket")
+    buckets.add_column("images x repeats", justify="right")
+    buckets.add_column("mean crop", justify="right")
+    for b in plan.buckets:
+        buckets.add_row(f"  {b.width}x{b.height}", str(b.images), f"{b.mean_crop:.0%}")
+    return buckets
+
+
 def render_stage_plans(plans: Sequence[StagePlan], family: str | None = None,
                        measured: Mapping[int, tuple[float, int]] | None = None) -> Group:
     """The plan as rich tables (user text is passed as Text, never as markup); `measured` maps a stage that
@@ -230,48 +333,58 @@ def render_stage_plans(plans: Sequence[StagePlan], family: str | None = None,
     measured = measured or {}
     cost = step_cost_for(family, plans[0].mixed_precision if plans else None)
     for plan in plans:
-        table = Table(title=f"stage {plan.stage}", title_justify="left", show_edge=False)
+        table = Table(title=_stage_title(plan, len(plans)), title_justify="left", show_edge=False)
         table.add_column("subset")
         table.add_column("images", justify="right")
         table.add_column("repeats", justify="right")
         table.add_column("per epoch", justify="right")
         for subset in plan.subsets:
-            table.add_row(Text(subset.name), str(subset.images), str(subset.repeats), str(subset.samples))
+            repeats = str(subset.repeats) if subset.image_repeats is None else "balanced"
+            table.add_row(Text(subset.name + _ROLE_LABELS[subset.role]), str(subset.images), repeats,
+                          str(subset.samples))
         parts.append(table)
         approx = "" if plan.exact else "~"
+        batches = " + ".join(f"{d.steps_per_epoch} at batch {d.batch_size}" for d in plan.datasets)
+        batch = f"batch {plan.batch_size}" if len(plan.datasets) == 1 else f"steps/epoch = {batches}"
         parts.append(Text(
-            f"  batch {plan.batch_size} · {approx}{plan.steps_per_epoch} steps/epoch · "
+            f"  {batch} · {approx}{plan.steps_per_epoch} steps/epoch · "
             f"{plan.epochs} epoch{'' if plan.epochs == 1 else 's'} · "
             f"{approx}{plan.total_steps} steps in total"
         ))
+        if len(plan.datasets) > 1:
+            parts.append(Text(f"  composites are {plan.share('composites'):.0%} of each epoch's images, single "
+                              f"images {plan.share('character', 'replay'):.0%}"
+                              + (f", reg images {plan.share('reg'):.0%}" if plan.share("reg") else "")
+                              + "; each block keeps its own buckets and batch size"))
+        elif plan.share("reg"):
+            parts.append(Text(f"  reg images are {plan.share('reg'):.0%} of each epoch's images (sd-scripts repeats "
+                              "them to the training images' count)"))
         if plan.sample_images:
             every = "each epoch" if plan.sample_every_epochs == 1 else f"every {plan.sample_every_epochs} epochs"
             parts.append(Text(f"  samples {every}: {plan.sample_images} images, {plan.sample_steps} sampler steps"))
-        if plan.buckets:
-            buckets = Table(show_edge=False, box=None, padding=(0, 2))
-            buckets.add_column("  bucket")
-            buckets.add_column("images x repeats", justify="right")
-            buckets.add_column("mean crop", justify="right")
-            for b in plan.buckets:
-                buckets.add_row(f"  {b.width}x{b.height}", str(b.images), f"{b.mean_crop:.0%}")
-            parts.append(buckets)
-        per_image = "composite" if plan.stage == 2 else "image"
+        for dataset in plan.datasets:
+            if dataset.buckets:
+                parts.append(_bucket_table(dataset))
+        per_image = "composite" if all(d.characters_per_image == 2 for d in plan.datasets) else "image"
         line = (f"  {approx}{_side(plan.mean_pixels)} px per {per_image}, {approx}{_side(plan.pixels_per_character)} "
                 f"px per character · estimated {step_seconds(plan, cost):.2f} s/step")
         if plan.stage in measured:
             seconds, steps = measured[plan.stage]
             line += f" · measured {seconds:.2f} s/step (logs/stage{plan.stage}.log, {steps} steps)"
         parts.append(Text(line))
+    seconds = sum(step_seconds(p, cost) * p.total_steps for p in plans)
+    spent = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
     if len(plans) == 2 and plans[0].total_steps:
         ratio = step_cost_ratio(plans[0], plans[1], cost)
         total_ratio = ratio * plans[1].total_steps / plans[0].total_steps
-        seconds = sum(step_seconds(p, cost) * p.total_steps for p in plans)
-        spent = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
         text = (f"estimated cost: one stage-2 step ≈ {ratio:.2f}x a stage-1 step; "
                 f"stage 2 in total ≈ {total_ratio:.2f}x stage 1; both stages ≈ {spent} of training steps")
         if 1 in measured and 2 in measured and measured[1][0]:
             text += f" (measured: one stage-2 step = {measured[2][0] / measured[1][0]:.2f}x a stage-1 step)"
         parts.append(Text(text))
+    elif plans and plans[0].total_steps:
+        parts.append(Text(f"estimated cost: ≈ {spent} of training steps"))
+    if plans:
         parts.append(Text(
             f"cost model ({cost.name}): {cost.fixed_s:.2f} s + {cost.per_megapixel_s:.3f} s per megapixel x batch "
             f"per step, {cost.source}; start-up and sampling not included"

@@ -20,10 +20,12 @@ from kohya_1to2 import kohya
 from kohya_1to2.dataset.captions import split_tags, stage1_caption_prefix
 from kohya_1to2.kohya import caption_path_for
 from kohya_1to2.kohya import options as opt
-from kohya_1to2.models import IMAGE_EXTENSIONS, Character, SourceImage, SourceSettings
+from kohya_1to2.models import IMAGE_EXTENSIONS, Character, RegSet, SourceImage, SourceSettings
 
 REG_FOLDER_NAMES = frozenset({"reg", "regs", "regularization", "regularisation", "reg_images", "regularization_images"})
-"""Folder names (or name parts after `N_`) holding regularization images, which 1to2 does not use."""
+"""Folder names (or name parts after `N_`) of regularisation images: never used as characters; offered as `--reg`."""
+
+REG_OFFER = "regularisation images: not used as a character; to train with them, pass --reg {path}"
 
 SD_SCRIPTS_SUFFIXES = kohya.globbed_suffixes(IMAGE_EXTENSIONS)
 
@@ -285,7 +287,7 @@ def scan_sources(settings: SourceSettings) -> ScanResult:
             problems.append(_missing_root_problem(root))
             continue
         if is_reg_name(root.name):
-            ignored.append(IgnoredFolder(path=root, reason="reg folder (regularization images are not used)"))
+            ignored.append(IgnoredFolder(path=root, reason=REG_OFFER.format(path=root)))
             continue
         if not isinstance(parse_folder_name(root.name), str) and any(
             is_image_name(f.name) for f in _files(root)[0]
@@ -307,7 +309,7 @@ def scan_sources(settings: SourceSettings) -> ScanResult:
             folder = Path(entry.path)
             parsed = parse_folder_name(entry.name)
             if is_reg_name(entry.name):
-                ignored.append(IgnoredFolder(path=folder, reason="reg folder (regularization images are not used)"))
+                ignored.append(IgnoredFolder(path=folder, reason=REG_OFFER.format(path=folder)))
                 continue
             if isinstance(parsed, str):
                 ignored.append(IgnoredFolder(path=folder, reason=parsed))
@@ -342,6 +344,67 @@ def scan_sources(settings: SourceSettings) -> ScanResult:
     characters.sort(key=lambda c: (c.name, str(c.folder)))
     return ScanResult(settings=settings, characters=tuple(characters), ignored=tuple(ignored),
                       problems=tuple(apply_policy(problems, settings)))
+
+
+class RegScan(BaseModel):
+    """What `scan_reg` found in the `--reg` roots."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sets: tuple[RegSet, ...] = ()
+    ignored: tuple[IgnoredFolder, ...] = ()
+    problems: tuple[Problem, ...] = ()
+
+    @property
+    def image_count(self) -> int:
+        return sum(len(s.images) for s in self.sets)
+
+
+def scan_reg(roots: Sequence[Path], settings: SourceSettings) -> RegScan:
+    """The `N_class/` folders of each `--reg` root (or the root itself when it is one), as kohya lays them out."""
+    sets: list[RegSet] = []
+    ignored: list[IgnoredFolder] = []
+    problems: list[Problem] = []
+    for given in roots:
+        root = given.expanduser()
+        if not root.is_dir():
+            what = "is not a directory" if root.exists() else "does not exist"
+            problems.append(Problem(severity="error", code="reg-missing", path=root, message=f"--reg folder {what}",
+                                    fix="pass the folder that holds your N_class/ regularisation folders"))
+            continue
+        parsed_root = parse_folder_name(root.name)
+        try:
+            folders = [root] if not isinstance(parsed_root, str) else [Path(e.path) for e in _subdirs(root)]
+        except OSError as exc:
+            problems.append(_unlistable(root, exc))
+            continue
+        for folder in folders:
+            parsed = parse_folder_name(folder.name)
+            if isinstance(parsed, str):
+                ignored.append(IgnoredFolder(path=folder, reason=parsed))
+                continue
+            repeats, name = parsed
+            try:
+                files, _ = _files(folder)
+            except OSError as exc:
+                problems.append(_unlistable(folder, exc))
+                continue
+            images = tuple(
+                SourceImage(path=f, character=name,
+                            caption_path=caption if (caption := caption_path_for(f, settings.caption_extension)
+                                                     ).is_file() else None)
+                for f in files if is_image_name(f.name)
+            )
+            if not images:
+                ignored.append(IgnoredFolder(path=folder, reason="no images"))
+                continue
+            sets.append(RegSet(name=name, repeats=repeats, folder=folder, images=images))
+    if roots and not sets and not problems:
+        shown = ", ".join(str(r) for r in roots)
+        problems.append(Problem(severity="error", code="reg-empty", path=None,
+                                message=f"--reg {shown}: no N_class/ folder with images",
+                                fix="lay the class images out as kohya does: <reg root>/1_<class>/ with images"))
+    return RegScan(sets=tuple(sets), ignored=tuple(ignored), problems=tuple(apply_policy(problems, settings)))
 
 
 def _name_clashes(characters: Iterable[Character]) -> list[Problem]:

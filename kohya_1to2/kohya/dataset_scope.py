@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -62,3 +62,26 @@ def subset_scopes(dataset_document: Mapping[str, Any]) -> list[tuple[int, int, d
 def resolved_subsets(dataset_document: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Each subset's values as config_util resolves them: defaults, then [general], [[datasets]], the subset."""
     return [{**SUBSET_DEFAULTS, **values} for _, _, values in subset_scopes(dataset_document)]
+
+
+def reg_repeats(train_samples: int, reg_repeats_per_image: Sequence[int]) -> list[int]:
+    """How often each regularisation image is seen per epoch, as DreamBoothDataset balances them: reg images
+    (subsets in order, each image once with its repeats) are registered until they reach the number of training
+    samples, then each gets one more repeat in turn until they do; the rest are not used (0). All 0
+    without training samples."""
+    counts = [0] * len(reg_repeats_per_image)
+    if not reg_repeats_per_image:
+        return counts
+    seen, first_loop = 0, True
+    while seen < train_samples:
+        for index, repeats in enumerate(reg_repeats_per_image):
+            if first_loop:
+                counts[index] = repeats
+                seen += repeats
+            else:
+                counts[index] += 1
+                seen += 1
+            if seen >= train_samples:
+                break
+        first_loop = False
+    return counts

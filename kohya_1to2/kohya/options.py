@@ -41,6 +41,9 @@ IMAGE_DIR = "image_dir"
 NUM_REPEATS = "num_repeats"
 RESOLUTION = "resolution"
 BATCH_SIZE = "batch_size"
+IS_REG = "is_reg"
+CLASS_TOKENS = "class_tokens"
+PRIOR_LOSS_WEIGHT = "prior_loss_weight"
 
 
 def flag(option: str) -> str:

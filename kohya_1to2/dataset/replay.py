@@ -1,0 +1,91 @@
+"""`--mode replay`: which single-character images stage 2 sees again, and their folders in the run directory.
+
+`plan_replay` is pure: the share of stage 2's images that are singles is turned into per-character image counts
+(drawn evenly per character, seeded) and repeats. `write_replay` mirrors the picks into `<run>/replay/<name>/`
+(hard links when possible), removing what an earlier plan picked and this one does not; sd-scripts trains a
+whole folder, so the drawn images need one of their own.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from kohya_1to2.models import Character, ReplayPick
+
+
+def replay_target(composite_samples: int, share: float) -> float:
+    """Single-image samples per epoch that make `share` of stage 2 (singles / (singles + composites))."""
+    return share / (1.0 - share) * composite_samples
+
+
+def plan_replay(characters: Sequence[Character], composite_samples: int, share: float, seed: int) -> list[ReplayPick]:
+    """Per character, about target / N samples: the fewest images that reach it (all of them when it has fewer),
+    repeated as often as needed; images drawn with the pairing seed, so the same job draws the same images."""
+    if not characters:
+        return []
+    per_character = replay_target(composite_samples, share) / len(characters)
+    picks = []
+    for character in characters:
+        pool = sorted(character.images, key=lambda image: image.rel_key)
+        count = max(1, min(len(pool), math.ceil(per_character)))
+        repeats = max(1, round(per_character / count))
+        drawn = random.Random(f"{seed}:{character.name}").sample(pool, count)
+        picks.append(ReplayPick(character=character, images=tuple(sorted(drawn, key=lambda i: i.rel_key)),
+                                repeats=repeats))
+    return picks
+
+
+def replay_share(picks: Sequence[ReplayPick], composite_samples: int) -> float:
+    """The share of stage 2's samples that the picks make (what `plan` states)."""
+    singles = sum(pick.samples for pick in picks)
+    return singles / (singles + composite_samples) if singles + composite_samples else 0.0
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard link when possible; our writers replace files, never edit them, so a link never changes a source."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _same_file(source: Path, target: Path) -> bool:
+    try:
+        a, b = source.stat(), target.stat()
+    except OSError:
+        return False
+    return (a.st_ino == b.st_ino and a.st_dev == b.st_dev) or (a.st_size == b.st_size and
+                                                               int(a.st_mtime) == int(b.st_mtime))
+
+
+def write_replay(picks: Sequence[ReplayPick], root: Path) -> int:
+    """Make `root/<name>/` hold exactly each character's picked images and captions, and nothing else be under
+    `root`; returns how many files were linked or copied."""
+    written = 0
+    names = {pick.character.name for pick in picks}
+    if root.is_dir():
+        for stale in root.iterdir():
+            if stale.name not in names:
+                shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
+    for pick in picks:
+        folder = root / pick.character.name
+        folder.mkdir(parents=True, exist_ok=True)
+        wanted: dict[str, Path] = {}
+        for image in pick.images:
+            wanted[image.path.name] = image.path
+            if image.caption_path is not None:
+                wanted[image.caption_path.name] = image.caption_path
+        for existing in folder.iterdir():
+            if existing.name not in wanted or not _same_file(wanted[existing.name], existing):
+                existing.unlink()
+        for name, source in wanted.items():
+            target = folder / name
+            if not target.exists():
+                _link_or_copy(source, target)
+                written += 1
+    return written
