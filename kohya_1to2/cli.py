@@ -63,9 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_flags(launch.add_argument_group("accelerate (passed through to `accelerate launch`)"),
                     AccelerateOptions, dest_prefix="accelerate")
 
-    evaluate = sub.add_parser("evaluate", help="fixed-seed image grids of base vs stage 1 vs stage 2, metrics, report")
-    evaluate.add_argument("run_dir", type=Path)
-    add_model_flags(evaluate, EvaluateOptions, dest_prefix="evaluate", exclude=["run_dir"])
+    evaluate = sub.add_parser(
+        "evaluate", help="fixed-seed image grids of the base model vs each stage's network, metrics, report; "
+        "several runs of the same sources: one comparison",
+        description="Evaluate RUN: one row per weights (base model, each earlier stage's final network, the final "
+        "stage's epochs), the same seeds in every row. With several RUNs (prepared from the same sources), each is "
+        "evaluated with the first run's prompts, seeds, sizes and steps, and their rows are compared in one grid per "
+        "prompt and one metrics table: written to the first RUN's eval/compare/ and shown in its report.html.",
+        epilog=EXIT_CODES_HELP)
+    evaluate.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN", help="run directory; several to compare")
+    add_model_flags(evaluate, EvaluateOptions, dest_prefix="evaluate", exclude=["run_dir", "compare"])
 
     report = sub.add_parser("report", help="write <run>/report.html: sources, plans, configs, losses, samples, grids")
     report.add_argument("run_dir", type=Path)

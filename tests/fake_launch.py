@@ -46,3 +46,31 @@ def make_fake_sd_scripts(root: Path, train_source: str, sd_name: str = "sd-scrip
     sd.mkdir()
     (sd / "train_network.py").write_text(train_source)
     return sd, root / "shim"
+
+
+FAKE_GEN_IMG = r'''
+import hashlib, re, sys
+from pathlib import Path
+from PIL import Image
+args = sys.argv[1:]
+prompts, outdir = args[args.index("--from_file") + 1], Path(args[args.index("--outdir") + 1])
+weights = Path(args[args.index("--network_weights") + 1]).read_bytes() if "--network_weights" in args else b""
+model = Path(args[args.index("--ckpt") + 1]).read_bytes()
+for line in (l for l in open(prompts, encoding="utf-8").read().splitlines() if l.strip()):
+    size = (int(re.search(r" --w (\d+)", line).group(1)) // 8, int(re.search(r" --h (\d+)", line).group(1)) // 8)
+    seed = re.search(r" --d (\d+)", line).group(1)
+    colour = hashlib.sha256(model + weights + line.split(" --")[0].encode() + seed.encode()).digest()[:3]
+    Image.new("RGB", size, tuple(colour)).save(outdir / line.split(" --f ")[1])
+    print(f"wrote {line.split(' --f ')[1]}", flush=True)
+'''
+"""A stand-in for sd-scripts' gen_img.py: one image per `--from_file` line, named by its `--f`, an eighth of its
+`--w`x`--h`, its colour a hash of the base model, the network file, the prompt and the seed (so rows differ by
+weights only, and the same inputs give the same image)."""
+
+
+def make_fake_gen_img(root: Path) -> Path:
+    """An sd-scripts folder holding only the fake gen_img.py (pass it as `--sd-scripts`)."""
+    sd = root / "sd-scripts-gen"
+    sd.mkdir(parents=True)
+    (sd / "gen_img.py").write_text(FAKE_GEN_IMG, encoding="utf-8")
+    return sd

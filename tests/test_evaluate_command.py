@@ -1,15 +1,21 @@
-"""commands/evaluate.py: user mistakes are one-line errors; rows come from the run's saved networks."""
+"""commands/evaluate.py: user mistakes are one-line errors; rows come from the run's stages and saved networks;
+`evaluate RUN1 RUN2` compares runs of the same sources (a fake gen_img.py stands in for sd-scripts')."""
 
 from __future__ import annotations
 
-import argparse
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from kohya_1to2.cli import main
 from kohya_1to2.commands.evaluate import evaluation_rows
 from kohya_1to2.errors import UsageError
+from kohya_1to2.evaluate.grid import HEADER_HEIGHT, PAD
+from kohya_1to2.rundir import RunDir
+from tests.fake_launch import make_fake_gen_img
 from tests.test_evaluate_rows import write_network
 
 
@@ -22,19 +28,152 @@ def test_not_a_run_directory_and_bad_counts_are_exit_2(tmp_path: Path, capsys: p
     assert "--seeds" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "run"), "--multiplier", "0.5"]) == 2
     assert "only at 1.0" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "run"), str(tmp_path / "nowhere")]) == 2
+    assert "nowhere is not a prepared run directory" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "run"), str(tmp_path / "run" / ".." / "run")]) == 2
+    assert "given twice" in capsys.readouterr().err
 
 
-def test_rows_from_the_stage_configs_and_saved_networks(tmp_path: Path) -> None:
-    flat1 = {"output_dir": str(tmp_path / "out1"), "output_name": "1to2_stage1", "save_model_as": "safetensors"}
-    flat2 = {"output_dir": str(tmp_path / "out2"), "output_name": "1to2", "save_model_as": "safetensors"}
-    args = argparse.Namespace(epochs="all")
-    assert [r.id for r in evaluation_rows(args, flat1, flat2)] == ["base"]  # nothing trained yet
+def flat(out: Path, name: str) -> dict[str, str]:
+    return {"output_dir": str(out), "output_name": name, "save_model_as": "safetensors"}
+
+
+def test_two_stage_rows_from_the_stage_configs_and_saved_networks(tmp_path: Path) -> None:
+    flats = {1: flat(tmp_path / "out1", "1to2_stage1"), 2: flat(tmp_path / "out2", "1to2")}
+    assert [r.id for r in evaluation_rows("all", (1, 2), flats, "sequential")] == ["base"]  # nothing trained yet
     write_network(tmp_path / "out1" / "1to2_stage1.safetensors", {"ss_epoch": "1"})
     write_network(tmp_path / "out2" / "1to2-000001.safetensors", {"ss_epoch": "1"})
     write_network(tmp_path / "out2" / "1to2.safetensors", {"ss_epoch": "2"})
-    rows = evaluation_rows(args, flat1, flat2)
+    rows = evaluation_rows("all", (1, 2), flats, "replay")
     assert [r.id for r in rows] == ["base", "stage1", "stage2-e000001", "stage2-e000002"]
     assert rows[1].weights == tmp_path / "out1" / "1to2_stage1.safetensors"
-    assert [r.id for r in evaluation_rows(argparse.Namespace(epochs="last"), flat1, flat2)][-1] == "stage2-e000002"
-    with pytest.raises(UsageError):
-        evaluation_rows(argparse.Namespace(epochs="5"), flat1, flat2)
+    assert [r.id for r in evaluation_rows("last", (1, 2), flats, "sequential")][-1] == "stage2-e000002"
+    with pytest.raises(UsageError, match="stage 2 has no saved epoch 5"):
+        evaluation_rows("5", (1, 2), flats, "sequential")
+
+
+def test_one_stage_rows_are_the_base_then_that_stages_epochs(tmp_path: Path) -> None:
+    flats = {1: flat(tmp_path / "out1", "1to2")}
+    write_network(tmp_path / "out1" / "1to2-000001.safetensors", {"ss_epoch": "1"})
+    write_network(tmp_path / "out1" / "1to2.safetensors", {"ss_epoch": "2"})
+    rows = evaluation_rows("all", (1,), flats, "joint")
+    assert [(r.id, r.label) for r in rows] == [("base", "base model"), ("stage1-e000001", "joint epoch 1"),
+                                               ("stage1-e000002", "joint epoch 2 (final)")]
+    assert [r.id for r in evaluation_rows("1", (1,), flats, "joint")] == ["base", "stage1-e000001"]
+    with pytest.raises(UsageError, match="joint has no saved epoch 3"):
+        evaluation_rows("3", (1,), flats, "joint")
+
+
+# ---------------------------------------------------------------- whole command, fake gen_img.py
+
+
+@pytest.fixture
+def fake_gen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr("kohya_1to2.commands.evaluate.require_sd_scripts", lambda path: Path(path))
+    return make_fake_gen_img(tmp_path)
+
+
+def prepare(src: Path, out: Path, base: Path, mode: str) -> Path:
+    code = main(["prepare", str(src), "--out", str(out), "--base-model", str(base), "--workers", "1", "--mode", mode,
+                 "--preset", "smoke"])
+    assert code == 0
+    return out
+
+
+def trained(run: Path, stage: int, name: str, epochs: int) -> None:
+    """Networks as launch leaves them: `<name>-NNNNNN` per epoch, the last one as `<name>`; unlike any other run's."""
+    for epoch in range(1, epochs):
+        write_network(RunDir(run).output_dir(stage) / f"{name}-{epoch:06d}.safetensors",
+                      {"ss_epoch": str(epoch), "run": run.name})
+    write_network(RunDir(run).output_dir(stage) / f"{name}.safetensors", {"ss_epoch": str(epochs), "run": run.name})
+
+
+def pixels(path: Path) -> bytes:
+    with Image.open(path) as image:
+        return image.convert("RGB").tobytes()
+
+
+EVAL = ("--seeds", "2", "--singles", "1", "--pairs", "1", "--epochs", "all", "--steps", "3")
+
+
+def test_two_runs_of_the_same_sources_in_one_grid_per_prompt_and_one_metrics_table(
+        tmp_path: Path, fake_gen: Path, kohya_dataset: Callable[..., Path],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    src = kohya_dataset({"alice": 2, "bob": 2})
+    base = tmp_path / "base.safetensors"
+    base.write_bytes(b"fake model")
+    seq = prepare(src, tmp_path / "run_seq", base, "sequential")
+    joint = prepare(src, tmp_path / "run_joint", base, "joint")
+    trained(seq, 1, "1to2_stage1", 1)
+    trained(seq, 2, "1to2", 2)
+    trained(joint, 1, "1to2", 2)
+    capsys.readouterr()
+
+    assert main(["evaluate", str(seq), str(joint), "--sd-scripts", str(fake_gen), *EVAL]) == 0
+    out = capsys.readouterr().out
+    assert "run_seq: 16 image(s) generated" in out and "run_joint: 12 image(s) generated" in out
+
+    # each run is evaluated as alone: its own rows, by its stages
+    own = {run.name: json.loads((run / "eval" / "evaluation.json").read_text()) for run in (seq, joint)}
+    assert [r["id"] for r in own["run_seq"]["rows"]] == ["base", "stage1", "stage2-e000001", "stage2-e000002"]
+    assert [r["label"] for r in own["run_joint"]["rows"]] == ["base model", "joint epoch 1", "joint epoch 2 (final)"]
+    # ... with the first run's prompts, sizes, seeds and steps, so the base model's images are the same
+    assert own["run_seq"]["prompts"] == own["run_joint"]["prompts"] and own["run_joint"]["steps"] == 3
+    for name, rel in own["run_seq"]["images"]["base"].items():
+        assert pixels(seq / rel) == pixels(joint / own["run_joint"]["images"]["base"][name])
+
+    # one comparison in the first run's eval/compare/: the base row once, then each run's rows
+    compare = seq / "eval" / "compare"
+    summary = json.loads((compare / "comparison.json").read_text())
+    labels = [r["label"] for r in summary["rows"]]
+    assert labels == ["base model", "run_seq (sequential) · stage 1 final", "run_seq (sequential) · stage 2 epoch 1",
+                      "run_seq (sequential) · stage 2 epoch 2 (final)", "run_joint (joint) · joint epoch 1",
+                      "run_joint (joint) · joint epoch 2 (final)"]
+    assert summary["rows"][0]["shared_by"] == ["run_seq (sequential)", "run_joint (joint)"]
+    prompt = next(p for p in summary["prompts"] if p["kind"] == "pair")
+    cell_w, cell_h = prompt["width"] // 8, prompt["height"] // 8  # the fake's image size
+    with Image.open(seq / summary["grids"][prompt["id"]]) as grid:
+        assert grid.height == HEADER_HEIGHT + len(labels) * (cell_h + PAD) + PAD
+        first_column = grid.width - 2 * (cell_w + PAD) - PAD + PAD  # two seed columns right of the labels
+        last_row = HEADER_HEIGHT + 5 * (cell_h + PAD) + PAD
+        shown = grid.convert("RGB").getpixel((first_column + cell_w // 2, last_row + cell_h // 2))
+    joint_final = joint / own["run_joint"]["images"]["stage1-e000002"][f"{prompt['id']}_s1000.png"]
+    assert shown == Image.open(joint_final).convert("RGB").getpixel((0, 0))  # the joint run's final, seed 1000
+    records = [json.loads(line) for line in (compare / "metrics.jsonl").read_text().splitlines()]
+    rates = [r for r in records if r["metric"] == "composite_rate"]
+    assert {(r["label"], r["kind"]) for r in rates} == {(label, k) for label in labels for k in ("single", "pair")}
+    assert {r["run"] for r in records if r["metric"] == "calibration"} == {"run_seq (sequential)", "run_joint (joint)"}
+    best = {r["run"]: r["stage"] for r in records if r["metric"] == "best_epoch"}
+    assert best == {"run_seq (sequential)": 2, "run_joint (joint)": 1}
+
+    # the first run's report shows the comparison as one section; the joint run's report has one stage
+    page = (seq / "report.html").read_text(encoding="utf-8")
+    section = page[page.index('<section id="comparison">'):]
+    section = section[:section.index("</section>")]
+    assert "run_joint (joint)" in section and section.count("<table>") == 1 and "eval/compare/grids" in section
+    assert "Best stage-2 epoch" in section and "Best joint epoch" in section
+    joint_page = (joint / "report.html").read_text(encoding="utf-8")
+    assert 'id="configs"' not in joint_page and "<h3>stage 2" not in joint_page and "stage2" not in joint_page
+    assert joint_page.count("<h3>joint</h3>") == 2  # loss curves and samples of the one stage
+    assert "Best joint epoch" in joint_page and 'id="comparison"' not in joint_page
+
+    # a re-run reuses every image of both runs
+    assert main(["evaluate", str(seq), str(joint), "--sd-scripts", str(fake_gen), *EVAL]) == 0
+    out = capsys.readouterr().out
+    assert "run_seq: 0 image(s) generated, 16 reused" in out and "run_joint: 0 image(s) generated, 12 reused" in out
+
+
+def test_runs_of_other_sources_are_refused_before_any_image(
+        tmp_path: Path, fake_gen: Path, kohya_dataset: Callable[..., Path],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    base = tmp_path / "base.safetensors"
+    base.write_bytes(b"fake model")
+    first = prepare(kohya_dataset({"alice": 2, "bob": 2}), tmp_path / "a", base, "sequential")
+    other = prepare(kohya_dataset({"alice": 2, "bob": 2, "carol": 2}, root_name="src2"), tmp_path / "b", base,
+                    "joint")
+    capsys.readouterr()
+    assert main(["evaluate", str(first), str(other), "--sd-scripts", str(fake_gen), *EVAL]) == 2
+    err = capsys.readouterr().err
+    assert "cannot compare runs of different sources: b was prepared from" in err
+    assert len(err.splitlines()) == 2  # error + hint
+    assert not (first / "eval").exists() and not (other / "eval").exists()

@@ -1,4 +1,4 @@
-"""evaluate/rows.py: base, stage 1 final, stage-2 epochs chosen by --epochs."""
+"""evaluate/rows.py: base, each earlier stage's final network, the final stage's epochs chosen by --epochs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kohya_1to2.errors import UsageError
-from kohya_1to2.evaluate.rows import build_rows, parse_epochs, select_epochs, stage2_epochs
+from kohya_1to2.evaluate.rows import build_rows, parse_epochs, saved_epochs, select_epochs, stage_title
 
 
 def write_network(path: Path, metadata: dict[str, str]) -> Path:
@@ -26,7 +26,7 @@ def test_epoch_files_and_the_final_file_by_its_metadata_epoch(tmp_path: Path) ->
     write_network(out / "1to2.safetensors", {"ss_epoch": "3"})
     (out / "1to2-000002-state").mkdir()
     (out / "other-000001.safetensors").write_bytes(b"")
-    found = stage2_epochs(out, "1to2")
+    found = saved_epochs(out, "1to2")
     assert [(e, p.name) for e, p in found] == [(1, "1to2-000001.safetensors"), (2, "1to2-000002.safetensors"),
                                               (3, "1to2.safetensors")]
     assert select_epochs(found, parse_epochs("last")) == found[-1:]
@@ -42,9 +42,24 @@ def test_bad_epoch_specs(spec: str) -> None:
         parse_epochs(spec)
 
 
-def test_rows_base_then_stage1_then_stage2(tmp_path: Path) -> None:
-    rows = build_rows(tmp_path / "a_stage1.safetensors", [(1, tmp_path / "b-000001.safetensors"),
-                                                           (2, tmp_path / "b.safetensors")], last_epoch=2)
+def test_a_missing_epoch_names_the_stage_it_is_missing_from(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="joint has no saved epoch 4"):
+        select_epochs([(1, tmp_path / "a.safetensors")], parse_epochs("4"), "joint")
+
+
+def test_two_stage_rows_base_then_stage1_then_stage2(tmp_path: Path) -> None:
+    epochs = [(1, tmp_path / "b-000001.safetensors"), (2, tmp_path / "b.safetensors")]
+    rows = build_rows((1, 2), {1: tmp_path / "a_stage1.safetensors"}, epochs, last_epoch=2, mode="replay")
     assert [r.id for r in rows] == ["base", "stage1", "stage2-e000001", "stage2-e000002"]
-    assert rows[0].weights is None and rows[-1].label.endswith("(final)")
-    assert [r.id for r in build_rows(None, [], None)] == ["base"]
+    assert [r.label for r in rows] == ["base model", "stage 1 final", "stage 2 epoch 1", "stage 2 epoch 2 (final)"]
+    assert rows[0].weights is None and [r.stage for r in rows] == [0, 1, 2, 2]
+    assert [r.id for r in build_rows((1, 2), {1: None}, [], None, "sequential")] == ["base"]  # nothing trained
+
+
+def test_one_stage_rows_are_base_then_that_stages_epochs_named_by_the_mode(tmp_path: Path) -> None:
+    epochs = [(1, tmp_path / "j-000001.safetensors"), (2, tmp_path / "j.safetensors")]
+    rows = build_rows((1,), {}, epochs, last_epoch=2, mode="joint")
+    assert [r.id for r in rows] == ["base", "stage1-e000001", "stage1-e000002"]
+    assert [r.label for r in rows] == ["base model", "joint epoch 1", "joint epoch 2 (final)"]
+    assert [(r.stage, r.epoch) for r in rows] == [(0, None), (1, 1), (1, 2)]
+    assert stage_title((1,), 1, "joint") == "joint" and stage_title((1, 2), 2, "replay") == "stage 2"

@@ -1,7 +1,11 @@
-"""`evaluate RUN`: fixed-seed images per weights row through sd-scripts' gen_img.py, grids, metrics, report.
+"""`evaluate RUN [RUN ...]`: fixed-seed images per weights row through sd-scripts' gen_img.py, grids, metrics,
+report.
 
-Rows: the base model alone, stage 1's final network, stage 2's chosen epochs (`--epochs`). Columns: the same
-seeds in every row, so rows differ only by weights. Holds the run directory's writer lock throughout.
+Rows: the base model alone, each earlier stage's final network, the final stage's chosen epochs (`--epochs`);
+which stages a run has comes from its job (a joint run has one). Columns: the same seeds in every row, so rows
+differ only by weights. Several runs of the same sources are each evaluated as alone, with the first run's
+prompts, seeds, sizes and steps, and then compared: one grid per prompt and one metrics table in the first run's
+`eval/compare/`, and a comparison section in its report. Holds every run directory's writer lock throughout.
 """
 
 from __future__ import annotations
@@ -9,6 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +29,21 @@ from rich.text import Text
 from kohya_1to2 import kohya
 from kohya_1to2.environment.vendor import require_sd_scripts
 from kohya_1to2.errors import DatasetError, UsageError
+from kohya_1to2.evaluate import compare
 from kohya_1to2.evaluate import metrics as metric
 from kohya_1to2.evaluate.argv import build_generate_command
+from kohya_1to2.evaluate.generate import Job as RowJob
 from kohya_1to2.evaluate.generate import model_fingerprint, plan_row, run_rows
 from kohya_1to2.evaluate.grid import compose_grid
-from kohya_1to2.evaluate.identity import identity_status
+from kohya_1to2.evaluate.identity import identity_records
 from kohya_1to2.evaluate.prompts import EvalPrompt, character_prompts, column_seeds, image_name, parse_user_prompts
-from kohya_1to2.evaluate.rows import Row, build_rows, parse_epochs, select_epochs, stage2_epochs
+from kohya_1to2.evaluate.rows import Row, build_rows, parse_epochs, saved_epochs, select_epochs, stage_title
 from kohya_1to2.evaluate.seams import SeamScores, calibrate, even_sample, scores
 from kohya_1to2.flags import model_overrides
 from kohya_1to2.fsutil import atomic_path, atomic_write_text
 from kohya_1to2.launch.pipeline import read_stage
-from kohya_1to2.launch.substitutions import probe_capabilities
+from kohya_1to2.launch.substitutions import Capabilities, probe_capabilities
+from kohya_1to2.models import Character, Job
 from kohya_1to2.rundir import RunDir, load_job, run_family, writer_lock
 
 SEAM_CACHE_FILE = "seam_scores.json"
@@ -47,7 +58,10 @@ class EvaluateOptions(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     run_dir: Path
-    epochs: str = Field("last", description="stage-2 epochs as rows: last, all or N,M")
+    compare: tuple[Path, ...] = Field(
+        (), description="further runs of the same sources, compared with run_dir: one grid per prompt and one "
+        "metrics table in run_dir's eval/compare/ and report")
+    epochs: str = Field("last", description="epochs of the final stage as rows: last, all or N,M")
     seeds: int = Field(4, description="images per prompt and row (the same seeds in every row)")
     steps: int | None = Field(None, description="sampling steps (default: the preset's sample_steps)")
     prompts: Path | None = Field(None, description="extra prompts, one per line in sd-scripts' prompt syntax")
@@ -57,16 +71,42 @@ class EvaluateOptions(BaseModel):
     sd_scripts: Path | None = Field(None, description="sd-scripts checkout (default: vendor/sd-scripts)")
 
 
+@dataclass(frozen=True)
+class RunInputs:
+    """One run to evaluate: where it is, its job and the characters scanned from its sources."""
+
+    root: Path
+    job: Job
+    characters: tuple[Character, ...]
+
+    @property
+    def layout(self) -> RunDir:
+        return RunDir(self.root)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run's rows and the gen_img work of each, planned before any image is generated."""
+
+    run: RunInputs
+    rows: list[Row]
+    jobs: list[RowJob]
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
-    return evaluate_run(EvaluateOptions(run_dir=args.run_dir, **model_overrides(args, "evaluate")), console)
+    first, *others = args.run_dirs
+    return evaluate_run(EvaluateOptions(run_dir=first, compare=tuple(others),
+                                        **model_overrides(args, "evaluate")), console)
 
 
 def evaluate_run(args: EvaluateOptions, console: Console) -> int:
     """`evaluate` for callers that hold options, not a command line (`demo`)."""
-    run_dir = args.run_dir.expanduser().resolve()
-    if not RunDir(run_dir).job_file.is_file():
-        raise UsageError(f"{run_dir} is not a prepared run directory (no job.json)",
-                         hint="run `python -m kohya_1to2 prepare ... --out <run dir>` and `launch` first")
+    run_dirs = [path.expanduser().resolve() for path in (args.run_dir, *args.compare)]
+    for run_dir in run_dirs:
+        if not RunDir(run_dir).job_file.is_file():
+            raise UsageError(f"{run_dir} is not a prepared run directory (no job.json)",
+                             hint="run `python -m kohya_1to2 prepare ... --out <run dir>` and `launch` first")
+    compare.refuse_repeated_runs(run_dirs)
     if args.seeds < 1 or (args.steps is not None and args.steps < 1):
         raise UsageError("--seeds and --steps must be at least 1", hint="e.g. --seeds 4 --steps 28")
     if args.multiplier != 1.0:
@@ -74,25 +114,39 @@ def evaluate_run(args: EvaluateOptions, console: Console) -> int:
         raise UsageError(f"--multiplier {args.multiplier:g}: {kohya.GEN_IMG_SCRIPT} applies LyCORIS 3.4 networks "
                          "only at 1.0",
                          hint="leave --multiplier at 1")
-    with writer_lock(RunDir(run_dir), "evaluate"):
-        evaluate(args, console, run_dir)
+    with ExitStack() as locks:
+        for run_dir in run_dirs:
+            locks.enter_context(writer_lock(RunDir(run_dir), "evaluate"))
+        evaluate(args, console, run_dirs)
     from kohya_1to2.evaluate.report import write_report
 
-    console.print(Text(f"report: {write_report(run_dir)}"), soft_wrap=True)
+    for run_dir in run_dirs:
+        console.print(Text(f"report: {write_report(run_dir)}"), soft_wrap=True)
+    if len(run_dirs) > 1:
+        console.print(Text(f"comparison: {comparison_dir(RunDir(run_dirs[0]))} (one grid per prompt, metrics.jsonl), "
+                           f"shown in {RunDir(run_dirs[0]).report}"), soft_wrap=True)
     return 0
 
 
-def evaluation_prompts(args: EvaluateOptions, run_dir: Path) -> tuple[list[EvalPrompt], Any]:
-    from kohya_1to2.configs.presets import load_preset
+def load_run(run_dir: Path) -> RunInputs:
+    """A run's job and the characters its sources hold now."""
     from kohya_1to2.dataset.scan import scan_sources
 
     job = load_job(run_dir)
-    settings = load_preset(job.training.preset).settings
-    characters = scan_sources(job.sources).characters
+    characters = tuple(scan_sources(job.sources).characters)
     if not characters:
-        raise DatasetError("no characters found in the run's sources", hint="check job.json's sources.roots")
-    triggers = [(c.name, c.trigger) for c in characters]
-    prompts = character_prompts(triggers, settings, job.composites.captions, singles=args.singles, pairs=args.pairs)
+        raise DatasetError(f"no characters found in the sources of {run_dir}", hint="check job.json's sources.roots")
+    return RunInputs(run_dir, job, characters)
+
+
+def evaluation_prompts(args: EvaluateOptions, run: RunInputs) -> tuple[list[EvalPrompt], Any]:
+    """The run's prompts (its characters, its preset's sizes and negative prompt) and its preset's settings."""
+    from kohya_1to2.configs.presets import load_preset
+
+    settings = load_preset(run.job.training.preset).settings
+    triggers = [(c.name, c.trigger) for c in run.characters]
+    prompts = character_prompts(triggers, settings, run.job.composites.captions, singles=args.singles,
+                                pairs=args.pairs)
     if args.prompts is not None:
         path = args.prompts.expanduser()
         try:
@@ -100,72 +154,146 @@ def evaluation_prompts(args: EvaluateOptions, run_dir: Path) -> tuple[list[EvalP
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"--prompts {path}: cannot read it ({exc})", hint="a UTF-8 text file") from None
         prompts += parse_user_prompts(text, settings, str(path))
-    return prompts, (job, settings, characters)
+    return prompts, settings
 
 
-def evaluation_rows(args: EvaluateOptions, flat1: dict[str, Any], flat2: dict[str, Any]) -> list[Row]:
-    stage1 = kohya.final_weights_of(flat1)
-    available = stage2_epochs(*kohya.network_output(flat2))
-    chosen = select_epochs(available, parse_epochs(args.epochs))
-    return build_rows(stage1 if stage1 is not None and stage1.is_file() else None, chosen,
-                      available[-1][0] if available else None)
+def evaluation_rows(epochs: str, stages: Sequence[int], flats: dict[int, dict[str, Any]], mode: str) -> list[Row]:
+    """The rows of one run from its stages' training configs and the networks saved so far."""
+    *earlier, final_stage = stages
+    earlier_finals: dict[int, Path | None] = {}
+    for stage in earlier:
+        weights = kohya.final_weights_of(flats[stage])
+        earlier_finals[stage] = weights if weights is not None and weights.is_file() else None
+    available = saved_epochs(*kohya.network_output(flats[final_stage]))
+    chosen = select_epochs(available, parse_epochs(epochs), stage_title(stages, final_stage, mode))
+    return build_rows(stages, earlier_finals, chosen, available[-1][0] if available else None, mode)
 
 
-def evaluate(args: EvaluateOptions, console: Console, run_dir: Path) -> None:
-    layout = RunDir(run_dir)
-    sd_scripts = require_sd_scripts(args.sd_scripts)
-    caps = probe_capabilities()
-    stage1, stage2 = read_stage(run_dir, 1, caps), read_stage(run_dir, 2, caps)
-    prompts, (_, settings, characters) = evaluation_prompts(args, run_dir)
-    rows = evaluation_rows(args, stage1.flat, stage2.flat)
-    if len(rows) == 1:
-        console.print("evaluate: no trained network yet; only the base model row (run `launch` first)")
-    seeds = column_seeds(args.seeds)
-    steps = args.steps or settings.sample_steps
-    family = run_family(run_dir)
-    model_hash = model_fingerprint(Path(str(stage1.flat.get(kohya.PRETRAINED_MODEL, ""))))
+def plan_run(args: EvaluateOptions, run: RunInputs, prompts: Sequence[EvalPrompt], seeds: Sequence[int], steps: int,
+             sd_scripts: Path, caps: Capabilities) -> RunPlan:
+    """Read a run's stage configs and plan one gen_img child per row (nothing is generated yet)."""
+    stages = run.job.stages
+    configs = {stage: read_stage(run.root, stage, caps) for stage in stages}
+    flats: dict[int, dict[str, Any]] = {stage: config.flat for stage, config in configs.items()}
+    rows = evaluation_rows(args.epochs, stages, flats, run.job.training.mode)
+    first = flats[stages[0]]  # every row is sampled with the first stage's model and settings
+    family = run_family(run.root)
+    model_hash = model_fingerprint(Path(str(first.get(kohya.PRETRAINED_MODEL, ""))))
     jobs = []
     for row in rows:
-        folder = layout.eval_images / row.id
+        folder = run.layout.eval_images / row.id
         command = build_generate_command(
             row=row.id, weights=row.weights,
-            network_module=str(stage1.flat.get(kohya.NETWORK_MODULE) or "lycoris.kohya"),
-            multiplier=args.multiplier, flat=stage1.flat, family=family, sd_scripts=sd_scripts, python=sys.executable,
+            network_module=str(first.get(kohya.NETWORK_MODULE) or "lycoris.kohya"),
+            multiplier=args.multiplier, flat=first, family=family, sd_scripts=sd_scripts, python=sys.executable,
             prompt_file=folder / "prompts.txt", outdir=folder, cuda=caps.cuda, xformers=caps.xformers)
         jobs.append(plan_row(row, folder, command, prompts, seeds, steps, model_hash))
-    generated, reused = run_rows(jobs, console, layout.eval_logs)
-    console.print(f"evaluate: {generated} image(s) generated, {reused} reused, {len(rows)} row(s) x "
+    return RunPlan(run, rows, jobs)
+
+
+def evaluate(args: EvaluateOptions, console: Console, run_dirs: Sequence[Path]) -> None:
+    """Plan every run (sources compared, stage configs read, rows chosen) before generating any image."""
+    sd_scripts = require_sd_scripts(args.sd_scripts)
+    caps = probe_capabilities()
+    runs = [load_run(run_dir) for run_dir in run_dirs]
+    names = compare.run_names(run_dirs)
+    compare.refuse_other_sources([
+        compare.RunSources(name=name, roots=tuple(root.expanduser().resolve() for root in run.job.sources.roots),
+                           characters=tuple((c.name, c.trigger) for c in run.characters))
+        for name, run in zip(names, runs, strict=True)])
+    prompts, settings = evaluation_prompts(args, runs[0])
+    seeds = column_seeds(args.seeds)
+    steps = args.steps or settings.sample_steps
+    plans = [plan_run(args, run, prompts, seeds, steps, sd_scripts, caps) for run in runs]
+    records = []
+    for name, plan in zip(names, plans, strict=True):
+        records.append(evaluate_planned(args, console, plan, prompts, seeds, steps,
+                                        f"{name}: " if len(plans) > 1 else ""))
+    if len(plans) == 1:
+        console.print(rates_table(records[0]))
+        return
+    table_records = write_comparison(args, plans, names, records, prompts, seeds, steps)
+    console.print(rates_table(table_records, "comparison: "))
+
+
+def evaluate_planned(args: EvaluateOptions, console: Console, plan: RunPlan, prompts: Sequence[EvalPrompt],
+                     seeds: Sequence[int], steps: int, prefix: str) -> list[dict[str, Any]]:
+    """Generate one run's stale images, then write its grids, metrics.jsonl and evaluation.json."""
+    layout, rows = plan.run.layout, plan.rows
+    if len(rows) == 1:
+        console.print(f"evaluate: {prefix}no trained network yet; only the base model row (run `launch` first)")
+    generated, reused = run_rows(plan.jobs, console, layout.eval_logs)
+    console.print(f"evaluate: {prefix}{generated} image(s) generated, {reused} reused, {len(rows)} row(s) x "
                   f"{len(prompts)} prompt(s) x {len(seeds)} seed(s)")
-    grids = write_grids(layout, rows, prompts, seeds)
-    records = measure(layout, rows, prompts, seeds, characters)
+    grids = write_grids(layout.eval_grids, [(row.label, layout.eval_images / row.id) for row in rows], prompts, seeds)
+    records = measure(layout, rows, prompts, seeds, plan.run.characters, plan.run.job.stages[-1])
     atomic_write_text(layout.eval_metrics, metric.metrics_text(records))
     summary = {
         "rows": [row.model_dump(mode="json") for row in rows],
+        "stages": list(plan.run.job.stages), "mode": plan.run.job.training.mode,
         "prompts": [p.model_dump(mode="json") for p in prompts],
-        "seeds": seeds, "steps": steps, "multiplier": args.multiplier,
-        "grids": {pid: str(path.relative_to(run_dir)) for pid, path in grids.items()},
-        "images": {row.id: {image_name(p, s): str((layout.eval_images / row.id / image_name(p, s)).relative_to(run_dir))
+        "seeds": list(seeds), "steps": steps, "multiplier": args.multiplier,
+        "grids": {pid: str(path.relative_to(layout.root)) for pid, path in grids.items()},
+        "images": {row.id: {image_name(p, s): str((layout.eval_images / row.id / image_name(p, s))
+                                                  .relative_to(layout.root))
                             for p in prompts for s in seeds} for row in rows},
     }
     atomic_write_text(layout.eval_dir / EVALUATION_FILE, json.dumps(summary, indent=1) + "\n")
-    console.print(rates_table(records))
+    return records
 
 
-def write_grids(layout: RunDir, rows: list[Row], prompts: list[EvalPrompt], seeds: list[int]) -> dict[str, Path]:
+def comparison_dir(first: RunDir) -> Path:
+    return first.eval_dir / compare.COMPARE_FOLDER
+
+
+def write_comparison(args: EvaluateOptions, plans: Sequence[RunPlan], names: Sequence[str],
+                     records: Sequence[Sequence[dict[str, Any]]], prompts: Sequence[EvalPrompt],
+                     seeds: Sequence[int], steps: int) -> list[dict[str, Any]]:
+    """The first run's eval/compare/: one grid per prompt over every run's rows, metrics.jsonl, comparison.json."""
+    runs = [compare.RunRows(name=name, mode=plan.run.job.training.mode, rows=tuple(plan.rows),
+                            cells={job.row.id: tuple(key for _, _, key in job.cells) for job in plan.jobs})
+            for name, plan in zip(names, plans, strict=True)]
+    compared = compare.plan_comparison(runs)
+    first = plans[0].run.layout
+    out = comparison_dir(first)
+    folders = [(row.label, plans[row.run].run.layout.eval_images / row.row.id) for row in compared]
+    grids = write_grids(out / "grids", folders, prompts, seeds)
+    table_records = compare.compared_records(compared, runs, records)
+    atomic_write_text(out / "metrics.jsonl", metric.metrics_text(table_records))
+    summary = {
+        "command": "evaluate " + " ".join(names), "written": datetime.now().isoformat(timespec="seconds"),
+        "runs": [{"name": run.name, "mode": run.mode, "title": run.title, "stages": list(plan.run.job.stages),
+                  "path": compare.relative_link(plan.run.root, first.root)}
+                 for run, plan in zip(runs, plans, strict=True)],
+        "rows": [{"id": row.id, "label": row.label, "run": runs[row.run].title,
+                  "shared_by": [runs[i].title for i in row.shared_by],
+                  "images": compare.relative_link(folder, first.root)}
+                 for row, (_, folder) in zip(compared, folders, strict=True)],
+        "prompts": [p.model_dump(mode="json") for p in prompts],
+        "seeds": list(seeds), "steps": steps, "multiplier": args.multiplier,
+        "grids": {pid: compare.relative_link(path, first.root) for pid, path in grids.items()},
+    }
+    atomic_write_text(out / compare.COMPARISON_FILE, json.dumps(summary, indent=1) + "\n")
+    return table_records
+
+
+def write_grids(out: Path, rows: Sequence[tuple[str, Path]], prompts: Sequence[EvalPrompt],
+                seeds: Sequence[int]) -> dict[str, Path]:
+    """One PNG per prompt in `out`: a row per (label, images folder), a column per seed."""
     grids: dict[str, Path] = {}
     for prompt in prompts:
-        cells = [[layout.eval_images / row.id / image_name(prompt, s) for s in seeds] for row in rows]
-        grid = compose_grid([[p if p.is_file() else None for p in r] for r in cells], [row.label for row in rows],
+        cells = [[folder / image_name(prompt, s) for s in seeds] for _, folder in rows]
+        grid = compose_grid([[p if p.is_file() else None for p in r] for r in cells], [label for label, _ in rows],
                             [f"seed {s}" for s in seeds], prompt.text)
-        out = layout.eval_grids / f"{prompt.id}.png"
-        with atomic_path(out) as tmp:
+        path = out / f"{prompt.id}.png"
+        with atomic_path(path) as tmp:
             grid.save(tmp, format="PNG")
-        grids[prompt.id] = out
+        grids[prompt.id] = path
     return grids
 
 
-def measure(layout: RunDir, rows: list[Row], prompts: list[EvalPrompt], seeds: list[int],
-            characters: Any) -> list[dict[str, Any]]:
+def measure(layout: RunDir, rows: Sequence[Row], prompts: Sequence[EvalPrompt], seeds: Sequence[int],
+            characters: Sequence[Character], final_stage: int) -> list[dict[str, Any]]:
     """Calibrate the seam detector on the run's composites vs sources, then score every generated image."""
     records: list[dict[str, Any]] = []
     composites = sorted(p for p in layout.composites.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".webp"))
@@ -199,8 +327,8 @@ def measure(layout: RunDir, rows: list[Row], prompts: list[EvalPrompt], seeds: l
                         image_scores[(row.id, path.name)] = cached_scores(path)
         rates = metric.composite_rates(rows, prompts, seeds, image_scores, calibration)
         records += rates
-        records.append(metric.best_epoch(rates, "pair"))
-    records.append(metric.identity_record(identity_status()))
+        records.append(metric.best_epoch(rates, "pair", final_stage))
+    records += identity_records(rows, prompts, seeds, characters, layout.eval_images)
     atomic_write_text(cache_file, json.dumps(used) + "\n")  # only what this evaluation used
     return records
 
@@ -213,8 +341,8 @@ def _load_seam_cache(path: Path) -> dict[str, list[float]]:
     return {str(k): [float(v[0]), float(v[1])] for k, v in data.items()} if isinstance(data, dict) else {}
 
 
-def rates_table(records: list[dict[str, Any]]) -> Table:
-    table = Table(title="composite rate (share of images judged side-by-side panels)")
+def rates_table(records: Sequence[dict[str, Any]], title_prefix: str = "") -> Table:
+    table = Table(title=f"{title_prefix}composite rate (share of images judged side-by-side panels)")
     table.add_column("row")
     kinds = sorted({r["kind"] for r in records if r["metric"] == "composite_rate"})
     for kind in kinds:
@@ -226,8 +354,10 @@ def rates_table(records: list[dict[str, Any]]) -> Table:
                         and r["kind"] == kind), None)
             cells.append("-" if rec is None or rec["rate"] is None else f"{rec['rate']:.0%} of {rec['images']}")
         table.add_row(label, *cells)
-    calibration = next((r for r in records if r["metric"] == "calibration"), None)
-    if calibration:
-        table.caption = (f"detector accuracy {calibration['accuracy']:.0%} on {calibration['positives']} composites "
-                         f"vs {calibration['negatives']} sources")
+    calibrations = [r for r in records if r["metric"] == "calibration"]
+    if calibrations:
+        table.caption = "; ".join(
+            (f"{r['run']}: " if "run" in r else "")
+            + f"detector accuracy {r['accuracy']:.0%} on {r['positives']} composites vs {r['negatives']} sources"
+            for r in calibrations)
     return table

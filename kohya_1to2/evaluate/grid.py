@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
 LABEL_WIDTH = 180
+"""The label column's width; longer labels (a comparison's `run (mode) · row`) widen it up to MAX_LABEL_WIDTH."""
+MAX_LABEL_WIDTH = 440
 HEADER_HEIGHT = 40
 PAD = 4
 MISSING = (235, 235, 235)
@@ -24,6 +27,12 @@ def _fit(text: str, width: int, font: ImageFont.FreeTypeFont | ImageFont.ImageFo
     return text
 
 
+def label_width(labels: Sequence[str], font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> int:
+    """LABEL_WIDTH, or wider (at most MAX_LABEL_WIDTH) so the longest row label fits."""
+    longest = max((font.getlength(label) for label in labels), default=0)
+    return int(min(MAX_LABEL_WIDTH, max(LABEL_WIDTH, math.ceil(longest) + 2 * PAD)))
+
+
 def compose_grid(cells: Sequence[Sequence[Path | None]], row_labels: Sequence[str], column_labels: Sequence[str],
                  title: str) -> Image.Image:
     """A grid of the cell images (None = not generated) with row labels on the left and a header."""
@@ -31,20 +40,21 @@ def compose_grid(cells: Sequence[Sequence[Path | None]], row_labels: Sequence[st
     sizes = [im.size for row in images for im in row if im is not None] or [(64, 64)]
     cell_w, cell_h = max(w for w, _ in sizes), max(h for _, h in sizes)
     columns = max((len(r) for r in cells), default=0)
-    width = LABEL_WIDTH + columns * (cell_w + PAD) + PAD
+    font = _font()
+    left = label_width(row_labels, font)
+    width = left + columns * (cell_w + PAD) + PAD
     height = HEADER_HEIGHT + len(cells) * (cell_h + PAD) + PAD
     grid = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(grid)
-    font = _font()
     draw.text((PAD, PAD), _fit(title, width - 2 * PAD, font), fill="black", font=font)
     for c, label in enumerate(column_labels):
-        draw.text((LABEL_WIDTH + c * (cell_w + PAD) + PAD, HEADER_HEIGHT - 16), _fit(label, cell_w, font),
+        draw.text((left + c * (cell_w + PAD) + PAD, HEADER_HEIGHT - 16), _fit(label, cell_w, font),
                   fill="black", font=font)
     for r, row in enumerate(images):
         y = HEADER_HEIGHT + r * (cell_h + PAD) + PAD
-        draw.text((PAD, y + cell_h // 2 - 6), _fit(row_labels[r], LABEL_WIDTH - 2 * PAD, font), fill="black", font=font)
+        draw.text((PAD, y + cell_h // 2 - 6), _fit(row_labels[r], left - 2 * PAD, font), fill="black", font=font)
         for c, image in enumerate(row):
-            x = LABEL_WIDTH + c * (cell_w + PAD) + PAD
+            x = left + c * (cell_w + PAD) + PAD
             if image is None:
                 draw.rectangle((x, y, x + cell_w - 1, y + cell_h - 1), fill=MISSING)
             else:

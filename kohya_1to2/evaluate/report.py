@@ -26,13 +26,15 @@ from kohya_1to2 import kohya
 from kohya_1to2.configs.presets import templates_dir
 from kohya_1to2.errors import OneToTwoError
 from kohya_1to2.evaluate import metrics as metric
+from kohya_1to2.evaluate.compare import COMPARE_FOLDER, COMPARISON_FILE
 from kohya_1to2.evaluate.curves import Series, log_losses, tensorboard_scalars
+from kohya_1to2.evaluate.rows import stage_title
 from kohya_1to2.fsutil import atomic_path, atomic_write_text
 from kohya_1to2.rundir import STAGES, RunDir
 
 THUMB_SIDE = 256
 GRID_THUMB_WIDTH = 1100
-SECTIONS = ("sources", "pairing", "plan", "configs", "substitutions", "losses", "samples", "evaluation")
+SECTIONS = ("sources", "pairing", "plan", "configs", "substitutions", "losses", "samples", "evaluation", "comparison")
 
 
 def esc(value: object) -> str:
@@ -130,6 +132,18 @@ def render_page(title: str, subtitle: str, sections: Sequence[tuple[str, str, st
 # ---------------------------------------------------------------- collectors (read the run directory)
 
 
+def run_stages(run: RunDir) -> tuple[tuple[int, ...], str]:
+    """The stages the run trains and its mode, from job.json; a run without a readable job.json predates modes
+    (or is broken), so it is read as the sequential two-stage layout."""
+    from kohya_1to2.rundir import load_job
+
+    try:
+        job = load_job(run.root)
+    except OneToTwoError:
+        return STAGES, "sequential"
+    return job.stages, job.training.mode
+
+
 def _flat(path: Path) -> dict[str, Any] | None:
     try:
         return kohya.flatten_training_config(tomlkit.parse(path.read_text(encoding="utf-8")).unwrap())
@@ -191,6 +205,7 @@ def plan_section(run: RunDir) -> str:
 
 
 def configs_section(run: RunDir) -> str:
+    """Stage 2's TOML against stage 1's (shown for runs with two stages only)."""
     first, second = _flat(run.train_toml(1)), _flat(run.train_toml(2))
     if first is None or second is None:
         return '<p class="missing">stage1.train.toml / stage2.train.toml missing or not valid TOML</p>'
@@ -201,11 +216,13 @@ def configs_section(run: RunDir) -> str:
 
 def substitutions_section(run: RunDir) -> str:
     rows = []
-    for stage in STAGES:
+    stages, mode = run_stages(run)
+    for stage in stages:
         user, effective = _flat(run.train_toml(stage)), _flat(run.effective_toml(stage))
         if user is None or effective is None:
             continue
-        rows += [(f"stage {stage}", key, before, after) for key, before, after in config_difference(user, effective)]
+        rows += [(stage_title(stages, stage, mode), key, before, after)
+                 for key, before, after in config_difference(user, effective)]
     if not rows:
         return "<p>None: launch trained from the TOMLs as written (or has not run yet).</p>"
     return table(["stage", "key", "your TOML", "launch used"], rows)
@@ -213,7 +230,8 @@ def substitutions_section(run: RunDir) -> str:
 
 def losses_section(run: RunDir) -> str:
     parts = []
-    for stage in STAGES:
+    stages, mode = run_stages(run)
+    for stage in stages:
         series = tensorboard_scalars(run.tensorboard(stage))
         source = "TensorBoard events"
         series = {tag: values for tag, values in series.items() if tag.startswith("loss")}
@@ -221,23 +239,26 @@ def losses_section(run: RunDir) -> str:
             series = log_losses(run.log(stage).read_text(encoding="utf-8", errors="replace"))
             source = "log"
         chart = line_chart(series)
-        parts.append(f"<h3>stage {stage}</h3>" + (f"<p class=note>from the {source}</p>{chart}" if chart else
-                                                   '<p class="missing">no loss values yet</p>'))
+        parts.append(f"<h3>{esc(stage_title(stages, stage, mode))}</h3>"
+                     + (f"<p class=note>from the {source}</p>{chart}" if chart else
+                        '<p class="missing">no loss values yet</p>'))
     return "".join(parts)
 
 
 def samples_section(run: RunDir) -> str:
     parts = []
-    for stage in STAGES:
+    stages, mode = run_stages(run)
+    for stage in stages:
+        title = esc(stage_title(stages, stage, mode))
         folder = run.output_dir(stage) / "sample"
         by_epoch: dict[int, list[Path]] = {}
         for path in sorted(folder.glob("*.png")) if folder.is_dir() else []:
             if match := kohya.SAMPLE_IMAGE.match(path.name):
                 by_epoch.setdefault(int(match.group("epoch")), []).append(path)
         if not by_epoch:
-            parts.append(f'<h3>stage {stage}</h3><p class="missing">no samples yet</p>')
+            parts.append(f'<h3>{title}</h3><p class="missing">no samples yet</p>')
             continue
-        parts.append(f"<h3>stage {stage}</h3>" + "".join(
+        parts.append(f"<h3>{title}</h3>" + "".join(
             f"<p>epoch {epoch}</p><div class=strip>" + "".join(figure(run, p, p.name, 192, 192) for p in paths)
             + "</div>" for epoch, paths in sorted(by_epoch.items())))
     return "".join(parts)
@@ -252,7 +273,7 @@ def evaluation_section(run: RunDir) -> str:
     body = (f"<p>{len(summary['rows'])} rows x {len(summary['prompts'])} prompts x {len(summary['seeds'])} seeds "
             f"(seeds {', '.join(map(str, summary['seeds']))}; {summary['steps']} steps; network multiplier "
             f"{summary['multiplier']}). Same seeds in every row: rows differ only by weights.</p>")
-    body += metrics_html(records)
+    body += metrics_html(records, *run_stages(run))
     for prompt in summary["prompts"]:
         grid = summary["grids"].get(prompt["id"])
         if grid:
@@ -262,7 +283,7 @@ def evaluation_section(run: RunDir) -> str:
     return body
 
 
-def metrics_html(records: Sequence[Mapping[str, Any]]) -> str:
+def metrics_html(records: Sequence[Mapping[str, Any]], stages: Sequence[int] = STAGES, mode: str = "sequential") -> str:
     """Composite rate per row and kind with the detector's accuracy, best epoch with its rule, identity status."""
     body = ""
     calibration = next((r for r in records if r["metric"] == "calibration"), None)
@@ -277,11 +298,61 @@ def metrics_html(records: Sequence[Mapping[str, Any]]) -> str:
     else:
         body += '<p class="missing">No composite rate: the run has no composites or sources to calibrate on.</p>'
     for best in (r for r in records if r["metric"] == "best_epoch"):
-        choice = "none (no stage-2 row)" if best["epoch"] is None else f"epoch {best['epoch']} ({best['rate']:.0%})"
-        body += (f"<p>Best stage-2 epoch for {esc(best['kind'])} prompts: <b>{esc(choice)}</b>. "
-                 f"Rule: {esc(best['rule'])}.</p>")
+        body += f"<p>{best_epoch_html(best, stages, mode)}</p>"
     for identity in (r for r in records if r["metric"] == "identity"):
         body += f"<p class=note>{esc(identity['status'])}.</p>"
+    return body
+
+
+def best_epoch_html(best: Mapping[str, Any], stages: Sequence[int], mode: str) -> str:
+    """`Best stage-2 epoch for pair prompts: epoch 3 (10%). Rule: ...` (a joint run: `Best joint epoch ...`)."""
+    title = stage_title(stages, int(best.get("stage", stages[-1])), mode).replace(" ", "-")
+    choice = f"none (no {title} row)" if best["epoch"] is None else f"epoch {best['epoch']} ({best['rate']:.0%})"
+    return (f"Best {esc(title)} epoch for {esc(best['kind'])} prompts: <b>{esc(choice)}</b>. "
+            f"Rule: {esc(best['rule'])}.")
+
+
+def comparison_section(run: RunDir) -> str | None:
+    """The last `evaluate THIS OTHER...`: one grid per prompt over every run's rows, one metrics table; None
+    when this run was never evaluated first of several."""
+    folder = run.eval_dir / COMPARE_FOLDER
+    try:
+        summary = json.loads((folder / COMPARISON_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    metrics_file = folder / "metrics.jsonl"
+    records = metric.read_metrics(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else []
+    runs = summary["runs"]
+    links = ", ".join(f'<a href="{quote(r["path"])}/report.html">{esc(r["title"])}</a>' for r in runs)
+    body = (f"<p>From <code>{esc(summary['command'])}</code> ({esc(summary['written'])}): {links}. Every run was "
+            f"sampled with the same {len(summary['prompts'])} prompts, seeds {', '.join(map(str, summary['seeds']))}, "
+            f"sizes and {summary['steps']} steps; a row whose images are the same for several runs (the base model "
+            f"of runs with the same base model and settings) is shown once.</p>")
+    rates = [r for r in records if r["metric"] == "composite_rate"]
+    if rates:
+        body += table(["row", "prompt kind", "images", "judged composites", "composite rate", "detector accuracy"],
+                      [(r["label"], r["kind"], r["images"], r["composites"],
+                        "-" if r["rate"] is None else f"{r['rate']:.0%}", f"{r['detector_accuracy']:.1%}")
+                       for r in rates], numeric=[2, 3, 4, 5])
+    else:
+        body += '<p class="missing">No composite rate: the runs have no composites or sources to calibrate on.</p>'
+    notes = []
+    for record in records:
+        if record["metric"] == "calibration":
+            notes.append(f"{esc(record['run'])}: composite detector accuracy {record['accuracy']:.1%} on "
+                         f"{record['positives']} composites vs {record['negatives']} sources.")
+        elif record["metric"] == "best_epoch":
+            stages = next((tuple(r.get("stages", ())) for r in runs if r["title"] == record["run"]), ()) or STAGES
+            mode = next((r["mode"] for r in runs if r["title"] == record["run"]), "sequential")
+            notes.append(f"{esc(record['run'])}: {best_epoch_html(record, stages, mode)}")
+    notes += list(dict.fromkeys(f"{esc(r['status'])}." for r in records if r["metric"] == "identity"))
+    body += "".join(f"<p class=note>{note}</p>" for note in notes)
+    for prompt in summary["prompts"]:
+        grid = summary["grids"].get(prompt["id"])
+        if grid:
+            body += f"<h3>{esc(prompt['kind'])}: {esc(prompt['text'])}</h3><div class=strip>" + figure(
+                run, run.root / grid, f"{prompt['id']} (rows: runs' weights, columns: seeds)", GRID_THUMB_WIDTH, 1400)
+            body += "</div>"
     return body
 
 
@@ -292,7 +363,12 @@ def build_report(run_dir: Path) -> str:
                 "substitutions": ("Launch substitutions", substitutions_section),
                 "losses": ("Loss curves", losses_section), "samples": ("Training samples", samples_section),
                 "evaluation": ("Evaluation", evaluation_section)}
+    stages, _ = run_stages(run)
+    if len(stages) < 2:
+        del builders["configs"]  # one stage: nothing to compare it with
     sections = [(key, title, build(run)) for key, (title, build) in builders.items()]
+    if (comparison := comparison_section(run)) is not None:
+        sections.append(("comparison", "Comparison of runs", comparison))
     subtitle = f"{run_dir.name} - written {datetime.now().strftime('%Y-%m-%d %H:%M')}"
     return render_page(run_dir.name, subtitle, sections)
 

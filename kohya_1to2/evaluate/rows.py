@@ -1,6 +1,9 @@
-"""The rows of an evaluation: the base model alone, stage 1's final network, stage 2's chosen epochs.
+"""The rows of an evaluation: the base model alone, each earlier stage's final network, the final stage's epochs.
 
-`select_epochs` is pure; `stage2_epochs` reads the output folder and each file's safetensors header (no torch).
+Which stages a run has comes from its job (`Job.stages`): a sequential or replay run shows stage 1's final
+network, then stage 2's chosen epochs; a joint run (one stage) shows that stage's epochs right after the base.
+`select_epochs` and `build_rows` are pure; `saved_epochs` reads an output folder and each file's safetensors
+header (no torch).
 """
 
 from __future__ import annotations
@@ -8,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -29,6 +32,11 @@ class Row(BaseModel):
     epoch: int | None = None
 
 
+def stage_title(stages: Sequence[int], stage: int, mode: str) -> str:
+    """How rows, report headings and messages name a stage: `stage N`, or the mode's name for a one-stage run."""
+    return f"stage {stage}" if len(stages) > 1 else mode
+
+
 def parse_epochs(spec: str) -> str | tuple[int, ...]:
     """`last`, `all` or `N,M,...` (epoch numbers from 1)."""
     text = spec.strip().lower()
@@ -43,7 +51,8 @@ def parse_epochs(spec: str) -> str | tuple[int, ...]:
     return numbers
 
 
-def select_epochs(available: Sequence[tuple[int, Path]], spec: str | tuple[int, ...]) -> list[tuple[int, Path]]:
+def select_epochs(available: Sequence[tuple[int, Path]], spec: str | tuple[int, ...],
+                  stage_name: str = "stage 2") -> list[tuple[int, Path]]:
     """The (epoch, file) pairs `--epochs` asks for, in epoch order; a missing number is an error naming the rest."""
     ordered = sorted(available)
     if not ordered:
@@ -55,7 +64,7 @@ def select_epochs(available: Sequence[tuple[int, Path]], spec: str | tuple[int, 
     by_epoch = dict(ordered)
     missing = [n for n in spec if n not in by_epoch]
     if missing:
-        raise UsageError(f"--epochs: stage 2 has no saved epoch {', '.join(map(str, missing))}",
+        raise UsageError(f"--epochs: {stage_name} has no saved epoch {', '.join(map(str, missing))}",
                          hint=f"saved epochs: {', '.join(str(e) for e, _ in ordered)}")
     return [(n, by_epoch[n]) for n in spec]
 
@@ -72,8 +81,8 @@ def safetensors_metadata(path: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
 
 
-def stage2_epochs(output_dir: Path, output_name: str, ext: str = "safetensors") -> list[tuple[int, Path]]:
-    """Stage 2's saved networks by epoch: `<name>-NNNNNN.<ext>` files plus the final `<name>.<ext>`."""
+def saved_epochs(output_dir: Path, output_name: str, ext: str = "safetensors") -> list[tuple[int, Path]]:
+    """A stage's saved networks by epoch: `<name>-NNNNNN.<ext>` files plus the final `<name>.<ext>`."""
     found: dict[int, Path] = {}
     pattern = re.compile(re.escape(output_name) + r"-(\d{6})\." + re.escape(ext) + "$")
     if output_dir.is_dir():
@@ -88,13 +97,19 @@ def stage2_epochs(output_dir: Path, output_name: str, ext: str = "safetensors") 
     return sorted(found.items())
 
 
-def build_rows(stage1_final: Path | None, stage2: Sequence[tuple[int, Path]], last_epoch: int | None) -> list[Row]:
-    """base, stage 1 (when trained), then each chosen stage-2 epoch."""
+def build_rows(stages: Sequence[int], earlier_finals: Mapping[int, Path | None],
+               final_epochs: Sequence[tuple[int, Path]], last_epoch: int | None, mode: str) -> list[Row]:
+    """base, each earlier stage's final network (when trained), then each chosen epoch of the final stage."""
+    *earlier, final_stage = stages
     rows = [Row(id="base", label="base model")]
-    if stage1_final is not None:
-        rows.append(Row(id="stage1", label="stage 1 final", weights=stage1_final, stage=1))
-    for epoch, path in stage2:
+    for stage in earlier:
+        weights = earlier_finals.get(stage)
+        if weights is not None:
+            rows.append(Row(id=f"stage{stage}", label=f"{stage_title(stages, stage, mode)} final", weights=weights,
+                            stage=stage))
+    title = stage_title(stages, final_stage, mode)
+    for epoch, path in final_epochs:
         final = " (final)" if epoch == last_epoch else ""
-        rows.append(Row(id=f"stage2-e{epoch:06d}", label=f"stage 2 epoch {epoch}{final}", weights=path, stage=2,
-                        epoch=epoch))
+        rows.append(Row(id=f"stage{final_stage}-e{epoch:06d}", label=f"{title} epoch {epoch}{final}", weights=path,
+                        stage=final_stage, epoch=epoch))
     return rows
