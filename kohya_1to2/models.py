@@ -259,6 +259,13 @@ class Job(Strict):
         return MODE_STAGES[self.training.mode]
 
     @model_validator(mode="after")
+    def _repeats_fit_mode(self) -> Job:
+        if self.training.mode == "joint" and self.composites.repeats != 1:
+            raise ValueError("repeats: in joint mode the composites' repeats follow composite_share; "
+                             "set --composite-share instead")
+        return self
+
+    @model_validator(mode="after")
     def _out_outside_sources(self) -> Job:
         out = self.out.expanduser().resolve()
         for root in self.sources.roots:

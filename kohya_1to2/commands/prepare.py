@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -26,14 +26,17 @@ from kohya_1to2.fsutil import atomic_write_text
 from kohya_1to2.kohya import base_model_problem
 from kohya_1to2.models import (
     CaptionRules,
+    Character,
     CompositePlan,
     CompositeSettings,
     Job,
+    RegSet,
+    ReplayPick,
     SourceSettings,
     TrainingSettings,
     validation_message,
 )
-from kohya_1to2.rundir import RunDir, check_out_dir, claim, refuse_foreign_files, writer_lock
+from kohya_1to2.rundir import STAGES, RunDir, check_out_dir, claim, refuse_foreign_files, writer_lock
 
 
 def job_from_args(args: argparse.Namespace) -> Job:
@@ -137,24 +140,36 @@ def prepare_run(args: PrepareOptions, console: Console, job: Job, take_run_dir: 
     from kohya_1to2.configs.prompts import check_trigger
     from kohya_1to2.dataset.build import build_composites
     from kohya_1to2.dataset.captions import validate_triggers
-    from kohya_1to2.dataset.preflight import preflight, raise_for_errors, sort_problems, write_fixed_sources
-    from kohya_1to2.dataset.scan import render_scan_table, scan_sources
+    from kohya_1to2.dataset.preflight import (
+        preflight,
+        preflight_reg,
+        raise_for_errors,
+        sort_problems,
+        write_fixed_sources,
+    )
+    from kohya_1to2.dataset.scan import render_scan_table, scan_reg, scan_sources
     from kohya_1to2.dataset.tokens import print_caption_length_warnings
 
     run_dir = job.out
     scan = scan_sources(job.sources)
+    reg = scan_reg(job.sources.reg, job.sources)
     validate_triggers(scan.characters, job.composites.captions, job.sources.caption_separator)
     for character in scan.characters:  # sample prompts need them too: refused before any build
         check_trigger(character.trigger, character.name)
     console.print(render_scan_table(scan))
-    for ignored in scan.ignored:
+    for ignored in (*scan.ignored, *reg.ignored):
         reason = escape(ignored.reason)
         console.print(f"[dim]ignored[/] {escape(str(ignored.path))} [dim]({reason})[/]", highlight=False)
+    if reg.sets:
+        console.print(Text("regularisation: " + ", ".join(f"{s.name} ({len(s.images)} images x {s.repeats}, "
+                                                          f"{s.folder})" for s in reg.sets)), soft_wrap=True)
 
     with _progress(console) as bar:
-        task = bar.add_task("pre-flight", total=scan.image_count)
+        task = bar.add_task("pre-flight", total=scan.image_count + reg.image_count)
         checked = preflight(scan, job.sources, progress=lambda n: bar.advance(task, n),
                             workers=job.composites.worker_count)
+        checked += preflight_reg(reg, job.sources, progress=lambda n: bar.advance(task, n),
+                                 workers=job.composites.worker_count)
     problems = sort_problems([*scan.problems, *checked])
     for problem in problems:
         style = "red" if problem.severity == "error" else "yellow"
@@ -169,35 +184,44 @@ def prepare_run(args: PrepareOptions, console: Console, job: Job, take_run_dir: 
         characters = write_fixed_sources(scan, problems, run_dir, job.composites.background_rgb).characters
     plans = plan_pairs(characters, job.composites.budget, job.composites.seed)
     print_caption_length_warnings(console, characters, plans, job)
+    built_job = mode_job(job, characters, reg.sets, len(plans))
+    repeats = built_job.composites.repeats
+    replay = mode_replay(job, characters, len(plans) * repeats)
     if args.dry_run:
         sizes = _estimated_sizes(plans, job.composites)
-        composite_dir = RunDir(run_dir).composite_subset(job.composites.repeats)
-        check_plan(job, scan.characters, composite_dir, job.composites.repeats, sizes)
-        console.print(render_plan(job, scan.characters, composite_dir, job.composites.repeats, sizes))
+        composite_dir = RunDir(run_dir).composite_subset(repeats)
+        check_plan(job, scan.characters, composite_dir, repeats, sizes, reg_sets=reg.sets, replay=replay)
+        console.print(render_plan(job, scan.characters, composite_dir, repeats, sizes, reg_sets=reg.sets,
+                                  replay=replay))
         console.print(f"[bold]dry run:[/] {len(plans)} composites planned; nothing written to {run_dir}")
         return 0
 
-    built = build_composites(plans, characters, job, run_dir, force=args.force, console=console)
-    check_plan(job, characters, built.subset_dir, job.composites.repeats, built.sizes)
+    built = build_composites(plans, characters, built_job, run_dir, force=args.force, console=console)
+    write_mode_folders(job, replay, len(plans) * repeats, console)
+    check_plan(job, characters, built.subset_dir, repeats, built.sizes, reg_sets=reg.sets, replay=replay)
     report = write_run_configs(
         job,
         characters,
         composite_dir=built.subset_dir,
-        composite_repeats=job.composites.repeats,
+        composite_repeats=repeats,
         composite_sizes=built.sizes,
         run_dir=run_dir,
         overwrite_edits=args.overwrite_edits,
+        reg_sets=reg.sets,
+        replay=replay,
     )
     write_job(job, run_dir)
     for stray in built.strays:
         console.print(Text(f"moved {stray.name} out of the composite subset (prepare did not write it; sd-scripts "
                            f"would have trained it): now {stray}", style="yellow"), soft_wrap=True)
     console.print(report)
-    console.print(render_plan(job, characters, built.subset_dir, job.composites.repeats, built.sizes))
+    console.print(render_plan(job, characters, built.subset_dir, repeats, built.sizes, reg_sets=reg.sets,
+                              replay=replay))
     console.print(
         _summary_table(
             [
                 ("run directory", str(run_dir)),
+                ("mode", MODE_SUMMARY[job.training.mode]),
                 ("composites", f"{built.count} in {built.subset_dir} ({built.written} new, {built.reused} reused, "
                  f"{built.removed} stale removed)"),
                 ("manifest", str(built.manifest_path)),
@@ -207,6 +231,66 @@ def prepare_run(args: PrepareOptions, console: Console, job: Job, take_run_dir: 
         )
     )
     return 0
+
+
+MODE_SUMMARY = {
+    "sequential": "sequential: stage 1 on the single-character images, stage 2 on the composites",
+    "joint": "joint: one stage on the single-character images and the composites together",
+    "replay": "replay: stage 1 on the singles, stage 2 on the composites and a share of the singles",
+}
+
+
+def mode_job(job: Job, characters: Sequence[Character], reg_sets: Sequence[RegSet], composites: int) -> Job:
+    """The job the composite build and the configs use: in joint mode the composites' repeats follow
+    --composite-share (job.json keeps what the user gave)."""
+    if job.training.mode != "joint":
+        return job
+    from kohya_1to2.configs.modes import joint_composite_repeats
+
+    repeats = joint_composite_repeats(characters, reg_sets, composites, job.training.composite_share)
+    return job.model_copy(update={"composites": job.composites.model_copy(update={"repeats": repeats})})
+
+
+def mode_replay(job: Job, characters: Sequence[Character], composite_samples: int) -> list[ReplayPick]:
+    """The single images replay mode adds to stage 2 (none in the other modes)."""
+    if job.training.mode != "replay":
+        return []
+    from kohya_1to2.dataset.replay import plan_replay
+
+    return plan_replay(characters, composite_samples, job.training.replay_share, job.composites.seed)
+
+
+def write_mode_folders(job: Job, replay: Sequence[ReplayPick], composite_samples: int, console: Console) -> None:
+    """Mirror replay's picks into <run>/replay/ (removed in other modes: it only holds links and copies), and
+    move generated files of stages the mode does not train to the backups, so nothing stale is launched."""
+    import shutil
+    from datetime import datetime, timezone
+
+    from kohya_1to2.dataset.replay import write_replay
+
+    layout = RunDir(job.out)
+    if replay:
+        written = write_replay(replay, layout.replay)
+        from kohya_1to2.dataset.replay import replay_share
+
+        total = sum(len(p.images) for p in replay)
+        console.print(f"replay: {total} single images in {layout.replay} ({written} files linked or copied), "
+                      f"{replay_share(replay, composite_samples):.0%} of stage 2's images per epoch "
+                      f"(--replay-share {job.training.replay_share:g})")
+    elif layout.replay.is_dir():
+        shutil.rmtree(layout.replay)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    for stage in STAGES:
+        if stage in job.stages:
+            continue
+        for path in (layout.train_toml(stage), layout.dataset_toml(stage)):
+            if path.is_file():
+                layout.backups.mkdir(parents=True, exist_ok=True)
+                target = layout.backups / f"{path.name}.{stamp}"
+                path.replace(target)
+                (layout.generated / path.name).unlink(missing_ok=True)
+                console.print(Text(f"{job.training.mode} mode trains no stage {stage}: moved {path.name} to {target}",
+                                   style="yellow"), soft_wrap=True)
 
 
 def _estimated_sizes(plans: list[CompositePlan], settings: CompositeSettings) -> list[tuple[int, int]]:

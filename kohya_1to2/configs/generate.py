@@ -29,11 +29,11 @@ from kohya_1to2.configs.prompts import parse_size, sample_prompts_text
 from kohya_1to2.configs.render import (
     SAMPLE_PROMPTS_FILE,
     STAGES,
-    Role,
     SubsetSpec,
     dataset_document,
     file_names,
     resolved_family,
+    subset_role,
     training_document,
 )
 from kohya_1to2.configs.stage_plans import (
@@ -232,18 +232,6 @@ def _resolution(value: Any) -> tuple[int, int]:
     return (512, 512)
 
 
-def _role(values: Mapping[str, Any], image_dir: Path) -> Role:
-    """A subset's role, from what the generator writes (hand-added subsets count as characters)."""
-    layout = RunDir(Path())
-    if values.get(kohya.IS_REG) is True:
-        return "reg"
-    if image_dir.parent.name == layout.composites.name:
-        return "composites"
-    if image_dir.parent.name == layout.replay.name:
-        return "replay"
-    return "character"
-
-
 def plans_from_documents(
     documents: Mapping[int, tuple[Mapping[str, Any], Mapping[str, Any]]], known: Known
 ) -> list[StagePlan]:
@@ -264,7 +252,7 @@ def plans_from_documents(
                 else:
                     images = list_images(image_dir)
                     count, sizes = len(images), image_sizes(images) or ()
-                role = _role(values, image_dir)
+                role = subset_role(values)
                 subsets.append(SubsetPlan(name="composite" if role == "composites" else image_dir.name,
                                           image_dir=image_dir, images=count, role=role,
                                           repeats=repeats if isinstance(repeats, int) else 1, sizes=sizes))

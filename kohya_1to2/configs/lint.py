@@ -576,8 +576,12 @@ def lint_composite_subsets(dataset_doc: Mapping[str, Any], train_flat: Mapping[s
                            file: str) -> list[ConfigProblem]:
     """flip_aug on the composites mirrors which character stands left, contradicting the CharLeft/CharRight
     caption (a training-TOML flip_aug applies where the dataset TOML does not set it)."""
+    from kohya_1to2.configs.render import subset_role
+
     problems = []
     for where, values in _subset_values(dataset_doc):
+        if subset_role(values) != "composites":
+            continue
         flip = values.get("flip_aug")
         if flip is True or (flip is None and train_flat.get("flip_aug") is True):
             problems.append(ConfigProblem(file=file, key=f"{where}.flip_aug",
@@ -602,8 +606,8 @@ def lint_captions(dataset_doc: Mapping[str, Any], file: str, image_suffixes: Seq
                                     fix="add images or remove the subset (sd-scripts would train on nothing)"))
             continue
         ext = values.get(opt.CAPTION_EXTENSION, SD_SCRIPTS_CAPTION_DEFAULT)
-        if not isinstance(ext, str):
-            continue
+        if not isinstance(ext, str) or values.get(opt.CLASS_TOKENS):
+            continue  # class_tokens caption the images that have no caption file
         if not any(p.with_suffix(ext).is_file() for p in images):
             others = sorted({q.suffix for p in images for q in image_dir.glob(p.stem + ".*")
                              if q.suffix.lower() not in image_suffixes})
@@ -613,11 +617,14 @@ def lint_captions(dataset_doc: Mapping[str, Any], file: str, image_suffixes: Seq
     return problems
 
 
-def lint_buckets(dataset_doc: Mapping[str, Any], file: str, family: str, composites: bool,
-                 image_sizes: Sequence[tuple[int, int]]) -> list[ConfigProblem]:
+def lint_buckets(dataset_doc: Mapping[str, Any], file: str, family: str,
+                 composite_sizes: Mapping[int, Sequence[tuple[int, int]]]) -> list[ConfigProblem]:
+    """Bucket range and step of every [[datasets]] block; for a block of composites (index in `composite_sizes`,
+    with their sizes) also bucketing on and a bucket wide enough."""
     problems = []
     scopes = kohya.dataset_scopes(dataset_doc)
     for i, scope in scopes or [(0, kohya.general_scope(dataset_doc))]:
+        composites, image_sizes = i in composite_sizes, composite_sizes.get(i, ())
         where = f"datasets[{i}]" if scopes else "general"
         res = scope.get("resolution")
         reso = (res, res) if isinstance(res, int) else tuple(res) if isinstance(res, list) and len(res) == 2 else None
@@ -687,15 +694,17 @@ def run_family(run_dir: Path) -> Family:
 
 def lint_run(run_dir: Path) -> list[ConfigProblem]:
     """Every generated file of a run directory, plus the cross-file 1to2 checks."""
-    from kohya_1to2.configs.render import STAGES, file_names
+    from kohya_1to2.configs.render import STAGES, file_names, subset_role
     from kohya_1to2.imagefiles import image_sizes, list_images
     from kohya_1to2.models import IMAGE_EXTENSIONS
+    from kohya_1to2.rundir import load_job
 
     family = run_family(run_dir)
     script = TRAINING_SCRIPTS[family]
     problems: list[ConfigProblem] = []
     flats: dict[int, dict[str, Any]] = {}
-    for stage in STAGES:
+    stages = load_job(run_dir).stages if RunDir(run_dir).job_file.is_file() else STAGES
+    for stage in stages:
         dataset_name, train_name = file_names(stage)
         dataset_path, train_path = run_dir / dataset_name, run_dir / train_name
         dataset_doc, train_doc = read_toml(dataset_path), read_toml(train_path)
@@ -705,22 +714,24 @@ def lint_run(run_dir: Path) -> list[ConfigProblem]:
         flats[stage] = flat
         problems += lint_network(flat, str(train_path), family)
         problems += lint_captions(dataset_doc, str(dataset_path), IMAGE_EXTENSIONS)
-        sizes: list[tuple[int, int]] = []
-        if stage == 2:
-            for _, values in _subset_values(dataset_doc):
-                sizes += list(image_sizes(list_images(Path(str(values.get(opt.IMAGE_DIR, ""))))) or ())
-        problems += lint_buckets(dataset_doc, str(dataset_path), family, stage == 2, sizes)
+        composite_sizes: dict[int, list[tuple[int, int]]] = {}
+        for index, _, values in kohya.subset_scopes(dataset_doc):
+            if subset_role(values) == "composites":
+                folder = Path(str(values.get(opt.IMAGE_DIR, "")))
+                composite_sizes.setdefault(index, []).extend(image_sizes(list_images(folder)) or ())
+        problems += lint_buckets(dataset_doc, str(dataset_path), family, composite_sizes)
         problems += lint_paths(flat, str(train_path))
         problems += lint_dataset_keys_in_training(train_doc, dataset_doc, str(train_path), str(dataset_path), script)
-        if stage == 2:
-            problems += lint_composite_subsets(dataset_doc, flat, str(dataset_path))
+        problems += lint_composite_subsets(dataset_doc, flat, str(dataset_path))
         configured = flat.get(opt.DATASET_CONFIG)
         if configured and not _same_path(configured, dataset_path):
             problems.append(ConfigProblem(file=str(train_path), key=opt.DATASET_CONFIG,
                                     problem=f"points at {configured}, not this stage's {dataset_path}; "
                                             "launch passes the stage's own file, so the two disagree",
                                     fix=f"set {opt.DATASET_CONFIG} = {_literal(str(dataset_path))}"))
-    problems += lint_stage_chain(flats[1], flats[2], str(run_dir / file_names(1)[1]), str(run_dir / file_names(2)[1]))
+    if len(stages) == 2:
+        problems += lint_stage_chain(flats[1], flats[2], str(run_dir / file_names(1)[1]),
+                                     str(run_dir / file_names(2)[1]))
     problems += lint_ownership(run_dir)
     return problems
 

@@ -59,6 +59,19 @@ DATASET_KEY_COMMENTS: Mapping[str, str] = {
 }
 
 
+def subset_role(values: Mapping[str, Any]) -> Role:
+    """A subset's role, from what the generator writes (a hand-added subset counts as a character)."""
+    layout = RunDir(Path())
+    image_dir = Path(str(values.get(opt.IMAGE_DIR, "")))
+    if values.get(opt.IS_REG) is True:
+        return "reg"
+    if image_dir.parent.name == layout.composites.name:
+        return "composites"
+    if image_dir.parent.name == layout.replay.name:
+        return "replay"
+    return "character"
+
+
 class SubsetSpec(BaseModel):
     """One dataset subset: a character folder, the composite folder, a replay folder or a reg class folder."""
 

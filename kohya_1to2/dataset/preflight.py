@@ -22,7 +22,7 @@ from rich.table import Table
 from kohya_1to2 import kohya
 from kohya_1to2.dataset.captions import split_tags
 from kohya_1to2.dataset.compose import RGB, has_transparent_pixels, is_sixteen_bit, load_source
-from kohya_1to2.dataset.scan import Problem, ScanResult, Severity, apply_policy, decode_caption
+from kohya_1to2.dataset.scan import Problem, RegScan, ScanResult, Severity, apply_policy, decode_caption
 from kohya_1to2.errors import DatasetError
 from kohya_1to2.fsutil import TMP_PREFIX
 from kohya_1to2.models import Character, SourceImage, SourceSettings
@@ -248,6 +248,21 @@ def preflight(
     for (image, trigger), found in zip(pairs, per_image, strict=True):
         problems += found
         problems += inspect_caption(image, settings, trigger)
+    return sort_problems(apply_policy(problems, settings))
+
+
+def preflight_reg(
+    reg: RegScan, settings: SourceSettings, progress: Callable[[int], None] | None = None, workers: int = 1,
+) -> list[Problem]:
+    """The `--reg` images and captions checked like the sources; an image without a caption is fine (sd-scripts
+    gives it the class as its caption)."""
+    images = [image for reg_set in reg.sets for image in reg_set.images]
+    per_image = inspect_images([image.path for image in images], progress=progress, workers=workers)
+    problems: list[Problem] = [*reg.problems]
+    for image, found, owner in zip(images, per_image, (s.name for s in reg.sets for _ in s.images), strict=True):
+        problems += found
+        if image.caption_path is not None:
+            problems += inspect_caption(image, settings, owner)
     return sort_problems(apply_policy(problems, settings))
 
 

@@ -8,7 +8,6 @@ whole folder, so the drawn images need one of their own.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import shutil
@@ -24,16 +23,19 @@ def replay_target(composite_samples: int, share: float) -> float:
 
 
 def plan_replay(characters: Sequence[Character], composite_samples: int, share: float, seed: int) -> list[ReplayPick]:
-    """Per character, about target / N samples: the fewest images that reach it (all of them when it has fewer),
-    repeated as often as needed; images drawn with the pairing seed, so the same job draws the same images."""
+    """The target's samples split as evenly as whole numbers allow (characters in name order get the remainder,
+    at least one each); per character the fewest images that reach its part (all of them when it has fewer),
+    repeated as often as needed. Images are drawn with the pairing seed: the same job draws the same images."""
     if not characters:
         return []
-    per_character = replay_target(composite_samples, share) / len(characters)
+    total = max(len(characters), round(replay_target(composite_samples, share)))
+    base, extra = divmod(total, len(characters))
     picks = []
-    for character in characters:
+    for index, character in enumerate(sorted(characters, key=lambda c: c.name)):
+        wanted = base + (1 if index < extra else 0)
         pool = sorted(character.images, key=lambda image: image.rel_key)
-        count = max(1, min(len(pool), math.ceil(per_character)))
-        repeats = max(1, round(per_character / count))
+        count = max(1, min(len(pool), wanted))
+        repeats = max(1, round(wanted / count))
         drawn = random.Random(f"{seed}:{character.name}").sample(pool, count)
         picks.append(ReplayPick(character=character, images=tuple(sorted(drawn, key=lambda i: i.rel_key)),
                                 repeats=repeats))

@@ -2,7 +2,8 @@
 
 metrics.jsonl holds one JSON object per line with a `metric` key: `calibration` (the seam detector's thresholds
 and accuracy on the run's composites vs stage-1 sources), `composite_rate` (per row and kind),
-`best_epoch` (per kind, with the rule) and `identity` (status; numbers only when they were measured).
+`best_epoch` (per kind, with the rule), `identity` (status: why no number, or how they were made) and
+`identity_scores` (per row, only when dghs-imgutils' models ran: see evaluate/identity.py).
 """
 
 from __future__ import annotations
@@ -54,8 +55,32 @@ def best_epoch(rates: Sequence[Mapping[str, Any]], kind: str = "pair", stage: in
             "rate": best["rate"] if best else None}
 
 
-def identity_record(status: str) -> dict[str, Any]:
-    return {"metric": "identity", "available": False, "status": status}
+def identity_record(status: str, *, available: bool = False) -> dict[str, Any]:
+    """The identity status: why there are no numbers, or how the `identity_scores` records were made."""
+    return {"metric": "identity", "available": available, "status": status}
+
+
+def identity_scores_record(row: Row, scores: Mapping[str, Any], threshold: float) -> dict[str, Any]:
+    """One row's identity numbers (evaluate/identity.py's RowIdentity): similarity per character, both-present
+    and clone rates over its pair images, with the CCIP threshold that decided recognition."""
+    return {"metric": "identity_scores", "row": row.id, "label": row.label, "stage": row.stage, "epoch": row.epoch,
+            "images": scores["images"], "figures": scores["figures"], "similarity": dict(scores["similarity"]),
+            "pair_images": scores["pair_images"], "both_present_rate": scores["both_present_rate"],
+            "clone_rate": scores["clone_rate"], "ccip_threshold": round(threshold, 4)}
+
+
+def identity_table(records: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells of the identity table, one line per `identity_scores` record ('-': nothing measured)."""
+    scores = [r for r in records if r["metric"] == "identity_scores"]
+    names = list(dict.fromkeys(c for r in scores for c in r["similarity"]))
+
+    def cell(value: float | None, percent: bool = False) -> str:
+        return "-" if value is None else f"{value:.0%}" if percent else f"{value:.3f}"
+
+    headers = ["row", "pair images", "both present", "clones", *(f"{name} similarity" for name in names)]
+    lines = [[str(r["label"]), str(r["pair_images"]), cell(r["both_present_rate"], True), cell(r["clone_rate"], True),
+              *(cell(r["similarity"].get(name)) for name in names)] for r in scores]
+    return headers, lines
 
 
 def metrics_text(records: Sequence[Mapping[str, Any]]) -> str:

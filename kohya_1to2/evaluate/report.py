@@ -301,6 +301,9 @@ def metrics_html(records: Sequence[Mapping[str, Any]], stages: Sequence[int] = S
         body += f"<p>{best_epoch_html(best, stages, mode)}</p>"
     for identity in (r for r in records if r["metric"] == "identity"):
         body += f"<p class=note>{esc(identity['status'])}.</p>"
+    headers, identity_rows = metric.identity_table(records)
+    if identity_rows:
+        body += table(headers, identity_rows, numeric=range(1, len(headers)))
     return body
 
 
