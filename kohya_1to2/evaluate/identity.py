@@ -99,11 +99,6 @@ def check_availability(cache_dir: Path | None = None) -> Availability:
         "CCIP's threshold"))
 
 
-def identity_status() -> str:
-    """Why the report shows no identity numbers, or how they were made (one sentence for the reader)."""
-    return check_availability().reason
-
-
 # --- scoring (pure): CCIP differences in, similarities and rates out ----------------------------------------
 
 class Figure(BaseModel):
