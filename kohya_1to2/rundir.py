@@ -20,9 +20,9 @@ from typing import IO, Any
 from pydantic import ValidationError
 
 from kohya_1to2.errors import UsageError
-from kohya_1to2.models import Family, Job, validation_message
+from kohya_1to2.models import Family, Job, StageNumber, validation_message
 
-STAGES = (1, 2)
+STAGES: tuple[StageNumber, ...] = (1, 2)
 MARKER_FORMAT = 1
 
 
@@ -255,6 +255,11 @@ def load_job(root: Path) -> Job:
         raise UsageError(f"{path}: not valid JSON ({exc})", hint="re-run prepare to rewrite it") from None
     except ValidationError as exc:
         raise UsageError(f"{path}: {validation_message(exc)}", hint="re-run prepare to rewrite it") from None
+
+
+def run_stages(root: Path) -> tuple[StageNumber, ...]:
+    """The stages a prepared run trains (its job's mode); both without job.json (a hand-assembled run)."""
+    return load_job(root).stages if RunDir(root).job_file.is_file() else STAGES
 
 
 def run_family(root: Path) -> Family:

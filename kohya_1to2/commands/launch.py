@@ -36,7 +36,7 @@ from kohya_1to2.launch.pipeline import (
 )
 from kohya_1to2.launch.substitutions import Capabilities, probe_capabilities
 from kohya_1to2.models import Family
-from kohya_1to2.rundir import RunDir, run_family, writer_lock
+from kohya_1to2.rundir import RunDir, run_family, run_stages, writer_lock
 
 
 def lint_problems(run_dir: Path) -> list[str]:
@@ -116,7 +116,7 @@ def launch(args: LaunchOptions, console: Console) -> int:
     run_dir = args.run_dir.expanduser().resolve()
     if not run_dir.is_dir():
         raise UsageError(f"run directory {run_dir} not found", hint="create it with `python -m kohya_1to2 prepare`")
-    selected = select_stages(args.stage, args.from_stage)
+    selected = select_stages(args.stage, args.from_stage, run_stages(run_dir))
     if args.dry_run:
         return launch_stages(args, console, run_dir, selected)
     with writer_lock(RunDir(run_dir), "launch"):
@@ -134,7 +134,7 @@ def launch_stages(args: LaunchOptions, console: Console, run_dir: Path, selected
     sd_scripts = require_sd_scripts(args.sd_scripts)
     family = run_family(run_dir)
     caps = probe_capabilities()
-    stages = {n: read_stage(run_dir, n, caps) for n in (1, 2)}
+    stages: dict[int, StageConfig] = {n: read_stage(run_dir, n, caps) for n in run_stages(run_dir)}
     if str(stages[1].flat.get(NETWORK_MODULE, "")).startswith("lycoris"):
         args_list = stages[1].flat.get(NETWORK_ARGS)
         problem = lycoris_sd1_problem(installed_lycoris_version(), family,

@@ -11,14 +11,14 @@ from rich.console import Console
 from kohya_1to2.configs.generate import plans_from_run_dir
 from kohya_1to2.configs.stage_plans import check_stage_plans, render_stage_plans
 from kohya_1to2.kohya import measured_seconds_per_step
-from kohya_1to2.rundir import RunDir, run_family
+from kohya_1to2.rundir import RunDir, run_family, run_stages
 
 
 def measured_steps(run_dir: Path) -> dict[int, tuple[float, int]]:
     """Stage -> (mean s/step, steps) of every stage whose log shows a training step."""
     run = RunDir(run_dir)
-    measured = {}
-    for stage in (1, 2):
+    measured: dict[int, tuple[float, int]] = {}
+    for stage in run_stages(run_dir):
         log = run.log(stage)
         if log.is_file():
             found = measured_seconds_per_step(log.read_text(encoding="utf-8", errors="replace"))

@@ -28,7 +28,6 @@ from kohya_1to2.configs.presets import effective_settings, load_preset
 from kohya_1to2.configs.prompts import parse_size, sample_prompts_text
 from kohya_1to2.configs.render import (
     SAMPLE_PROMPTS_FILE,
-    STAGES,
     SubsetSpec,
     dataset_document,
     file_names,
@@ -48,7 +47,7 @@ from kohya_1to2.fsutil import atomic_write_text
 from kohya_1to2.imagefiles import image_sizes, list_images
 from kohya_1to2.kohya import flatten_training_config
 from kohya_1to2.models import Character, Job, RegSet, ReplayPick
-from kohya_1to2.rundir import RunDir, load_job
+from kohya_1to2.rundir import RunDir, run_stages
 
 Status = Literal["written", "updated", "unchanged", "merged", "kept", "overwritten"]
 
@@ -313,7 +312,7 @@ def plans_from_run_dir(run_dir: Path) -> list[StagePlan]:
     from kohya_1to2.configs.lint import read_toml
 
     documents: dict[int, tuple[Mapping[str, Any], Mapping[str, Any]]] = {}
-    for stage in load_job(run_dir).stages if RunDir(run_dir).job_file.is_file() else STAGES:
+    for stage in run_stages(run_dir):
         dataset_name, train_name = file_names(stage)
         documents[stage] = (read_toml(run_dir / dataset_name), read_toml(run_dir / train_name))
     return plans_from_documents(documents, {})

@@ -694,16 +694,16 @@ def run_family(run_dir: Path) -> Family:
 
 def lint_run(run_dir: Path) -> list[ConfigProblem]:
     """Every generated file of a run directory, plus the cross-file 1to2 checks."""
-    from kohya_1to2.configs.render import STAGES, file_names, subset_role
+    from kohya_1to2.configs.render import file_names, subset_role
     from kohya_1to2.imagefiles import image_sizes, list_images
     from kohya_1to2.models import IMAGE_EXTENSIONS
-    from kohya_1to2.rundir import load_job
+    from kohya_1to2.rundir import run_stages
 
     family = run_family(run_dir)
     script = TRAINING_SCRIPTS[family]
     problems: list[ConfigProblem] = []
     flats: dict[int, dict[str, Any]] = {}
-    stages = load_job(run_dir).stages if RunDir(run_dir).job_file.is_file() else STAGES
+    stages = run_stages(run_dir)
     for stage in stages:
         dataset_name, train_name = file_names(stage)
         dataset_path, train_path = run_dir / dataset_name, run_dir / train_name

@@ -205,12 +205,17 @@ def rotate_log(log_path: Path) -> Path | None:
     return target
 
 
-def select_stages(stage: int | None, from_stage: int | None) -> tuple[int, ...]:
+def select_stages(stage: int | None, from_stage: int | None, stages: tuple[int, ...] = STAGES) -> tuple[int, ...]:
+    """The stages to consider, of those the run trains (`stages`)."""
     if stage is not None and from_stage is not None:
         raise UsageError("--stage and --from-stage cannot be combined", hint="use one of them")
+    for given, flag in ((stage, "--stage"), (from_stage, "--from-stage")):
+        if given is not None and given not in stages:
+            raise UsageError(f"{flag} {given}: this run trains stage{'s' if len(stages) > 1 else ''} "
+                             f"{', '.join(map(str, stages))} only", hint=f"use {flag} {stages[0]}")
     if stage is not None:
         return (stage,)
-    return tuple(s for s in STAGES if s >= (from_stage or 1))
+    return tuple(s for s in stages if s >= (from_stage or 1))
 
 
 # ------------------------------------------------------------------ outcome checks
