@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from kohya_1to2.evaluate.grid import HEADER_HEIGHT, LABEL_WIDTH, PAD, compose_grid
+from kohya_1to2.evaluate.grid import HEADER_HEIGHT, LABEL_WIDTH, MAX_LABEL_WIDTH, PAD, compose_grid
 
 
 def test_cells_land_in_their_row_and_column(tmp_path: Path) -> None:
@@ -30,3 +30,15 @@ def test_cells_land_in_their_row_and_column(tmp_path: Path) -> None:
             assert grid.getpixel((x, y)) == expected
     # the labels are drawn: the label column is not blank
     assert grid.crop((0, HEADER_HEIGHT, LABEL_WIDTH, grid.height)).getextrema() != ((255, 255),) * 3
+
+
+def test_long_row_labels_widen_the_label_column_up_to_a_cap(tmp_path: Path) -> None:
+    path = tmp_path / "c.png"
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(path)
+    long = "run_replay (replay), run_seq (sequential) · stage 2 epoch 12 (final)"
+    grid = compose_grid([[path], [path]], ["base model", long], ["seed 1"], "alice")
+    left = grid.width - (16 + PAD) - PAD
+    assert LABEL_WIDTH < left <= MAX_LABEL_WIDTH
+    assert grid.getpixel((left + PAD + 8, HEADER_HEIGHT + PAD + 8)) == (1, 2, 3)  # the cell moved right with it
+    huge = compose_grid([[path]], ["x" * 400], ["seed 1"], "alice")
+    assert huge.width - (16 + PAD) - PAD == MAX_LABEL_WIDTH

@@ -120,3 +120,68 @@ def test_the_browser_check_sees_a_broken_image_and_a_console_error(tmp_path: Pat
     result = check_page(page, tmp_path / "bad.png", tmp_path)
     assert result["broken"] == ["missing.png"]
     assert any("missing.png" in e for e in result["errors"]) and any("boom" in e for e in result["errors"])
+
+
+def test_a_joint_run_shows_its_one_stage_and_no_stage_2(tmp_path: Path) -> None:
+    from kohya_1to2.models import Job, SourceSettings, TrainingSettings
+
+    run = fake_run(tmp_path / "joint")
+    job = Job(out=run.root, sources=SourceSettings(roots=[tmp_path / "src"]), training=TrainingSettings(mode="joint"))
+    run.job_file.write_text(job.model_dump_json())
+    records = metric.read_metrics(run.eval_metrics.read_text())
+    rates = [{**r, "row": "stage1-e000001", "label": "joint epoch 1", "stage": 1} for r in records
+             if r["metric"] == "composite_rate"]
+    best = metric.best_epoch(rates, "pair", stage=1)
+    run.eval_metrics.write_text(metric.metrics_text([r for r in records if r["metric"] != "best_epoch"] + [best]))
+    page = build_report(run.root)
+    assert "<h2>Stage 2 vs stage 1</h2>" not in page and "<h3>stage 2</h3>" not in page
+    assert page.count("<h3>joint</h3>") == 2  # loss curves and training samples of its one stage
+    assert "Best joint epoch for pair prompts: <b>epoch 1 (25%)</b>" in page and "stage-2" not in page
+
+
+def test_a_comparison_is_one_section_whose_links_resolve(tmp_path: Path) -> None:
+    first, other = fake_run(tmp_path / "run_seq"), fake_run(tmp_path / "run_joint")
+    other.report.write_text("<html></html>")
+    compare = first.eval_dir / "compare"
+    (compare / "grids").mkdir(parents=True)
+    Image.new("RGB", (500, 300), (90, 20, 20)).save(compare / "grids" / "pair_akari__bob.png")
+    runs = [{"name": "run_seq", "mode": "sequential", "title": "run_seq (sequential)", "stages": [1, 2], "path": "."},
+            {"name": "run_joint", "mode": "joint", "title": "run_joint (joint)", "stages": [1],
+             "path": "../run_joint"}]
+    (compare / "comparison.json").write_text(json.dumps({
+        "command": "evaluate run_seq run_joint", "written": "2026-01-01T12:00:00", "runs": runs, "rows": [],
+        "prompts": [{"id": "pair_akari__bob", "kind": "pair", "text": "akari/bob"}], "seeds": [1000, 1001],
+        "steps": 2, "multiplier": 1.0, "grids": {"pair_akari__bob": "eval/compare/grids/pair_akari__bob.png"}}))
+
+    def rate(run: str, label: str, stage: int, rate: float) -> dict[str, object]:
+        return {"metric": "composite_rate", "row": label, "label": label, "stage": stage, "epoch": 1, "kind": "pair",
+                "images": 4, "composites": int(rate * 4), "rate": rate, "detector_accuracy": 1.0, "run": run}
+
+    seq, joint = (r["title"] for r in runs)
+    records = [rate(seq, "base model", 0, 0.0), rate(seq, "run_seq (sequential) · stage 2 epoch 1", 2, 0.25),
+               rate(joint, "run_joint (joint) · joint epoch 1", 1, 0.5)]
+    records += [{**metric.best_epoch(records[1:2]), "run": seq},
+                {**metric.best_epoch(records[2:3], stage=1), "run": joint}]
+    (compare / "metrics.jsonl").write_text(metric.metrics_text(records))
+    page = build_report(first.root)
+    section = page[page.index('<section id="comparison">'):]
+    section = section[:section.index("</section>")]
+    assert section.count("<table>") == 1 and section.count("<tr>") == 4  # header + one line per row
+    assert ("<td>run_joint (joint) · joint epoch 1</td><td>pair</td><td class=num>4</td><td class=num>2</td>"
+            "<td class=num>50%</td>") in section
+    assert "run_seq (sequential): Best stage-2 epoch" in section and "run_joint (joint): Best joint epoch" in section
+    assert "seeds 1000, 1001" in section and 'href="../run_joint/report.html"' in section
+    links = re.findall(r'(?:src|href)="([^"#]+)"', section)
+    assert len(links) == 3 and all((first.root / unquote(link)).is_file() for link in links)
+    assert 'id="comparison"' not in build_report(other.root)  # only the first run of the comparison shows it
+
+    from kohya_1to2.evaluate.rows import Row
+
+    joint_final = Row(id="run_joint/stage1-e000001", label="run_joint (joint) · joint epoch 1", stage=1, epoch=1)
+    scores = {"images": 4, "figures": 8, "similarity": {"akari": 0.91, "bob": 0.88}, "pair_images": 2,
+              "both_present_rate": 0.5, "clone_rate": 0.0}
+    records.append({**metric.identity_scores_record(joint_final, scores, 0.18), "run": joint})
+    (compare / "metrics.jsonl").write_text(metric.metrics_text(records))
+    page = build_report(first.root)
+    section = page[page.index('<section id="comparison">'):]
+    assert "<td>run_joint (joint) · joint epoch 1</td><td class=num>2</td><td class=num>50%</td>" in section

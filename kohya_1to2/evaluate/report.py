@@ -132,7 +132,7 @@ def render_page(title: str, subtitle: str, sections: Sequence[tuple[str, str, st
 # ---------------------------------------------------------------- collectors (read the run directory)
 
 
-def run_stages(run: RunDir) -> tuple[tuple[int, ...], str]:
+def stages_and_mode(run: RunDir) -> tuple[tuple[int, ...], str]:
     """The stages the run trains and its mode, from job.json; a run without a readable job.json predates modes
     (or is broken), so it is read as the sequential two-stage layout."""
     from kohya_1to2.rundir import load_job
@@ -216,7 +216,7 @@ def configs_section(run: RunDir) -> str:
 
 def substitutions_section(run: RunDir) -> str:
     rows = []
-    stages, mode = run_stages(run)
+    stages, mode = stages_and_mode(run)
     for stage in stages:
         user, effective = _flat(run.train_toml(stage)), _flat(run.effective_toml(stage))
         if user is None or effective is None:
@@ -230,7 +230,7 @@ def substitutions_section(run: RunDir) -> str:
 
 def losses_section(run: RunDir) -> str:
     parts = []
-    stages, mode = run_stages(run)
+    stages, mode = stages_and_mode(run)
     for stage in stages:
         series = tensorboard_scalars(run.tensorboard(stage))
         source = "TensorBoard events"
@@ -247,7 +247,7 @@ def losses_section(run: RunDir) -> str:
 
 def samples_section(run: RunDir) -> str:
     parts = []
-    stages, mode = run_stages(run)
+    stages, mode = stages_and_mode(run)
     for stage in stages:
         title = esc(stage_title(stages, stage, mode))
         folder = run.output_dir(stage) / "sample"
@@ -273,7 +273,7 @@ def evaluation_section(run: RunDir) -> str:
     body = (f"<p>{len(summary['rows'])} rows x {len(summary['prompts'])} prompts x {len(summary['seeds'])} seeds "
             f"(seeds {', '.join(map(str, summary['seeds']))}; {summary['steps']} steps; network multiplier "
             f"{summary['multiplier']}). Same seeds in every row: rows differ only by weights.</p>")
-    body += metrics_html(records, *run_stages(run))
+    body += metrics_html(records, *stages_and_mode(run))
     for prompt in summary["prompts"]:
         grid = summary["grids"].get(prompt["id"])
         if grid:
@@ -326,7 +326,8 @@ def comparison_section(run: RunDir) -> str | None:
     metrics_file = folder / "metrics.jsonl"
     records = metric.read_metrics(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else []
     runs = summary["runs"]
-    links = ", ".join(f'<a href="{quote(r["path"])}/report.html">{esc(r["title"])}</a>' for r in runs)
+    links = ", ".join(f"{esc(r['title'])} (this run)" if r["path"] == "." else
+                      f'<a href="{quote(r["path"])}/report.html">{esc(r["title"])}</a>' for r in runs)
     body = (f"<p>From <code>{esc(summary['command'])}</code> ({esc(summary['written'])}): {links}. Every run was "
             f"sampled with the same {len(summary['prompts'])} prompts, seeds {', '.join(map(str, summary['seeds']))}, "
             f"sizes and {summary['steps']} steps; a row whose images are the same for several runs (the base model "
@@ -350,6 +351,9 @@ def comparison_section(run: RunDir) -> str | None:
             notes.append(f"{esc(record['run'])}: {best_epoch_html(record, stages, mode)}")
     notes += list(dict.fromkeys(f"{esc(r['status'])}." for r in records if r["metric"] == "identity"))
     body += "".join(f"<p class=note>{note}</p>" for note in notes)
+    headers, identity_rows = metric.identity_table(records)
+    if identity_rows:  # each row's identity numbers, relabelled with its run like the composite rates
+        body += table(headers, identity_rows, numeric=range(1, len(headers)))
     for prompt in summary["prompts"]:
         grid = summary["grids"].get(prompt["id"])
         if grid:
@@ -366,7 +370,7 @@ def build_report(run_dir: Path) -> str:
                 "substitutions": ("Launch substitutions", substitutions_section),
                 "losses": ("Loss curves", losses_section), "samples": ("Training samples", samples_section),
                 "evaluation": ("Evaluation", evaluation_section)}
-    stages, _ = run_stages(run)
+    stages, _ = stages_and_mode(run)
     if len(stages) < 2:
         del builders["configs"]  # one stage: nothing to compare it with
     sections = [(key, title, build(run)) for key, (title, build) in builders.items()]
