@@ -84,8 +84,9 @@ def trained(run: Path, stage: int, name: str, epochs: int) -> None:
     """Networks as launch leaves them: `<name>-NNNNNN` per epoch, the last one as `<name>`; unlike any other run's."""
     for epoch in range(1, epochs):
         write_network(RunDir(run).output_dir(stage) / f"{name}-{epoch:06d}.safetensors",
-                      {"ss_epoch": str(epoch), "run": run.name})
-    write_network(RunDir(run).output_dir(stage) / f"{name}.safetensors", {"ss_epoch": str(epochs), "run": run.name})
+                      {"ss_epoch": str(epoch), "run": run.name, "stage": str(stage)})
+    write_network(RunDir(run).output_dir(stage) / f"{name}.safetensors",
+                  {"ss_epoch": str(epochs), "run": run.name, "stage": str(stage)})
 
 
 def pixels(path: Path) -> bytes:
@@ -134,9 +135,11 @@ def test_two_runs_of_the_same_sources_in_one_grid_per_prompt_and_one_metrics_tab
     cell_w, cell_h = prompt["width"] // 8, prompt["height"] // 8  # the fake's image size
     with Image.open(seq / summary["grids"][prompt["id"]]) as grid:
         assert grid.height == HEADER_HEIGHT + len(labels) * (cell_h + PAD) + PAD
-        first_column = grid.width - 2 * (cell_w + PAD) - PAD + PAD  # two seed columns right of the labels
-        last_row = HEADER_HEIGHT + 5 * (cell_h + PAD) + PAD
-        shown = grid.convert("RGB").getpixel((first_column + cell_w // 2, last_row + cell_h // 2))
+        first_column = grid.width - 2 * (cell_w + PAD)  # the first of two seed columns, right of the labels
+        column = [grid.convert("RGB").getpixel((first_column + cell_w // 2, HEADER_HEIGHT + r * (cell_h + PAD) + PAD
+                                                + cell_h // 2)) for r in range(len(labels))]
+    assert len(set(column)) == len(labels), "every row shows its own weights' images"
+    shown = column[-1]
     joint_final = joint / own["run_joint"]["images"]["stage1-e000002"][f"{prompt['id']}_s1000.png"]
     assert shown == Image.open(joint_final).convert("RGB").getpixel((0, 0))  # the joint run's final, seed 1000
     records = [json.loads(line) for line in (compare / "metrics.jsonl").read_text().splitlines()]
