@@ -180,3 +180,20 @@ def test_runs_of_other_sources_are_refused_before_any_image(
     assert "cannot compare runs of different sources: b was prepared from" in err
     assert len(err.splitlines()) == 2  # error + hint
     assert not (first / "eval").exists() and not (other / "eval").exists()
+
+
+def test_a_joint_run_alone_has_the_base_then_its_epochs_and_no_comparison(
+        tmp_path: Path, fake_gen: Path, kohya_dataset: Callable[..., Path],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    base = tmp_path / "base.safetensors"
+    base.write_bytes(b"fake model")
+    joint = prepare(kohya_dataset({"alice": 1, "bob": 1}), tmp_path / "run_joint", base, "joint")
+    trained(joint, 1, "1to2", 3)
+    assert main(["evaluate", str(joint), "--sd-scripts", str(fake_gen), "--seeds", "1", "--epochs", "1,3"]) == 0
+    out = capsys.readouterr().out
+    assert "3 row(s) x 4 prompt(s) x 1 seed(s)" in out and "comparison" not in out
+    summary = json.loads((joint / "eval" / "evaluation.json").read_text())
+    assert [r["label"] for r in summary["rows"]] == ["base model", "joint epoch 1", "joint epoch 3 (final)"]
+    assert summary["stages"] == [1] and not (joint / "eval" / "compare").exists()
+    assert main(["evaluate", str(joint), "--sd-scripts", str(fake_gen), "--epochs", "2,5"]) == 2
+    assert "joint has no saved epoch 5" in capsys.readouterr().err
