@@ -27,6 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kohya_1to2 import kohya
+from kohya_1to2.configs.presets import PresetSettings
 from kohya_1to2.environment.vendor import require_sd_scripts
 from kohya_1to2.errors import DatasetError, UsageError
 from kohya_1to2.evaluate import compare
@@ -139,7 +140,7 @@ def load_run(run_dir: Path) -> RunInputs:
     return RunInputs(run_dir, job, characters)
 
 
-def evaluation_prompts(args: EvaluateOptions, run: RunInputs) -> tuple[list[EvalPrompt], Any]:
+def evaluation_prompts(args: EvaluateOptions, run: RunInputs) -> tuple[list[EvalPrompt], PresetSettings]:
     """The run's prompts (its characters, its preset's sizes and negative prompt) and its preset's settings."""
     from kohya_1to2.configs.presets import load_preset
 
