@@ -33,7 +33,8 @@ for path in request["training"]:
     sys.argv = ["train_network.py", "--config_file", path]
     args = train_util.read_config_from_file(parser.parse_args(), parser)
     user = config_util.load_user_config(args.dataset_config)
-    blueprint = config_util.BlueprintGenerator(config_util.ConfigSanitizer(True, True, False, True)).generate(user, args)
+    sanitizer = config_util.ConfigSanitizer(True, True, False, True)
+    blueprint = config_util.BlueprintGenerator(sanitizer).generate(user, args)
     group, _ = config_util.generate_dataset_group_by_blueprint(blueprint.dataset_group)
     stage = {"prior_loss_weight": args.prior_loss_weight, "batches": len(group), "datasets": []}
     for dataset in group.datasets:
