@@ -150,3 +150,43 @@ def test_dry_run_size_estimate_matches_the_real_build(tmp_path):
     settings = CompositeSettings(max_side=300, gap=7)
     plans = plan_pairs(scan_sources(SourceSettings(roots=[EXAMPLE])).characters, None, 0)
     assert _estimated_sizes(plans, settings) == [tuple(entry.size) for entry in read_manifest(out)]
+
+
+def test_switching_modes_moves_stale_stage_files_and_replay_folders_away(tmp_path, capsys):
+    out = tmp_path / "run"
+    before = tree_hashes(EXAMPLE)
+    assert main(["prepare", str(EXAMPLE), "--out", str(out), "--mode", "replay"]) == 0
+    replayed = sorted(p.relative_to(out / "replay").as_posix() for p in (out / "replay").rglob("*.png"))
+    assert sorted({name.split("/")[0] for name in replayed}) == ["akari", "bluebell", "clover"]
+    assert len(replayed) == 4  # 0.25 / 0.75 x 12 composites
+    assert "25% of stage 2's images per epoch (--replay-share 0.25)" in capsys.readouterr().out.replace("\n", " ")
+    stage2 = (out / "stage2.dataset.toml").read_text(encoding="utf-8")
+    assert all(str(out / "replay" / name) in stage2 for name in ("akari", "bluebell", "clover"))
+
+    assert main(["prepare", str(EXAMPLE), "--out", str(out), "--mode", "joint"]) == 0
+    text = capsys.readouterr().out.replace("\n", " ")
+    assert tree_hashes(EXAMPLE) == before, "replay links and their removal never touch the sources"
+    assert not (out / "stage2.train.toml").exists() and not (out / "stage2.dataset.toml").exists()
+    backups = sorted(p.name.split(".20")[0] for p in (out / ".1to2" / "backup").iterdir())
+    assert backups == ["stage2.dataset.toml", "stage2.train.toml"]
+    assert "joint mode trains no stage 2" in text and not (out / "replay").exists()
+    assert json.loads((out / "job.json").read_text(encoding="utf-8"))["training"]["mode"] == "joint"
+    assert main(["check", str(out)]) in (0, 4)  # no stage-2 file is asked for (no base model: 4 at most)
+    assert "stage2" not in capsys.readouterr().out
+
+
+def test_a_reg_folder_inside_the_sources_is_offered_not_used(kohya_dataset, tmp_path, capsys):
+    src = kohya_dataset({"alice": 2, "bob": 2})
+    (src / "reg" / "1_person").mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(src / "reg" / "1_person" / "p.png")
+    assert main(["prepare", str(src), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
+    text = capsys.readouterr().out.replace("\n", "")
+    assert f"pass --reg {src / 'reg'}" in text.replace(" ", "").replace("pass--reg", "pass --reg ")
+    assert main(["prepare", str(src), "--out", str(tmp_path / "run"), "--reg", str(src / "reg"), "--dry-run"]) == 0
+    assert "(reg)" in capsys.readouterr().out
+
+
+def test_shares_outside_their_mode_are_one_line_errors(tmp_path, capsys):
+    assert main(["prepare", str(EXAMPLE), "--out", str(tmp_path / "r"), "--replay-share", "0.3"]) == 2
+    err = capsys.readouterr().err
+    assert "replay_share applies to mode 'replay'" in err and "Traceback" not in err
