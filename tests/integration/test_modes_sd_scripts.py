@@ -43,7 +43,9 @@ for path in request["training"]:
             subset = dataset.image_to_subset[key]
             images.append({"dir": subset.image_dir, "repeats": info.num_repeats, "is_reg": info.is_reg,
                            "caption": dataset.process_caption(subset, info.caption) if info.is_reg else None})
-        stage["datasets"].append({"batch_size": dataset.batch_size, "batches": len(dataset),
+        info = (dataset.bucket_info or {}).get("buckets", {})
+        buckets = sorted([*b["resolution"], b["count"]] for b in info.values())
+        stage["datasets"].append({"batch_size": dataset.batch_size, "batches": len(dataset), "buckets": buckets,
                                   "train": dataset.num_train_images, "reg": dataset.num_reg_images,
                                   "images": images})
     out.append(stage)
@@ -96,6 +98,8 @@ def test_plan_figures_match_sd_scripts_dataset_for_each_mode(tmp_path: Path, mod
         assert [d["batch_size"] for d in stage["datasets"]] == [d.batch_size for d in plan.datasets]
         assert [d["batches"] for d in stage["datasets"]] == [d.steps_per_epoch for d in plan.datasets]
         assert [_samples(d) for d in stage["datasets"]] == [d.samples for d in plan.datasets]
+        assert [d["buckets"] for d in stage["datasets"]] == [
+            sorted([b.width, b.height, b.images] for b in d.buckets) for d in plan.datasets]
         total = sum(_samples(d) for d in stage["datasets"])
         composites = sum(_samples(d, under="composites") for d in stage["datasets"])
         assert plan.share("composites") == pytest.approx(composites / total)
