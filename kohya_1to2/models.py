@@ -47,7 +47,7 @@ class SourceSettings(Strict):
     )
     reg: list[Path] = Field(
         default_factory=list, description="kohya regularisation root holding N_class/ folders of class images "
-        "(is_reg subsets of stage 1, or of the joint stage); repeat the flag for several",
+        "(regularisation subsets of stage 1, or of the joint stage); repeat the flag for several",
     )
 
     @field_validator("caption_extension")

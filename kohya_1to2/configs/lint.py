@@ -112,7 +112,7 @@ def _expected(action: Mapping[str, Any]) -> str:
 
 def _fix_value(action: Mapping[str, Any], value: Any) -> str:
     type_name = action["type"]
-    if action["dest"] == "resolution":
+    if action["dest"] == opt.RESOLUTION:
         return 'write it as a string such as "512" or "768,512", or better in the dataset TOML as an integer'
     if isinstance(value, str) and type_name in ("float", "int_or_float", "int"):
         return f"write the number without quotes, e.g. {action['dest']} = {value.strip()}"
@@ -263,7 +263,7 @@ def startup_value_problem(key: str, value: Any, flat: Mapping[str, Any]) -> tupl
                 if keyless:
                     fix += f" (plus {', '.join(keyless)} as key=value, e.g. algo=loha)"
                 return (f"entry {_literal(item)} {problem}", fix)
-    if key == "resolution" and isinstance(value, str):
+    if key == opt.RESOLUTION and isinstance(value, str):
         parts = value.split(",")
         if len(parts) > 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
             return (f"{_literal(value)} is not \"SIZE\" or \"WIDTH,HEIGHT\"; sd-scripts stops parsing it",
@@ -626,7 +626,7 @@ def lint_buckets(dataset_doc: Mapping[str, Any], file: str, family: str,
     for i, scope in scopes or [(0, kohya.general_scope(dataset_doc))]:
         composites, image_sizes = i in composite_sizes, composite_sizes.get(i, ())
         where = f"datasets[{i}]" if scopes else "general"
-        res = scope.get("resolution")
+        res = scope.get(opt.RESOLUTION)
         reso = (res, res) if isinstance(res, int) else tuple(res) if isinstance(res, list) and len(res) == 2 else None
         low = scope.get(opt.MIN_BUCKET_RESO, SD_BUCKET_DEFAULTS.min_bucket_reso)
         high = scope.get(opt.MAX_BUCKET_RESO, SD_BUCKET_DEFAULTS.max_bucket_reso)

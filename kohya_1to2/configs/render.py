@@ -48,7 +48,7 @@ SAMPLING_KEYS = frozenset(
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 DATASET_KEY_COMMENTS: Mapping[str, str] = {
-    "resolution": "Training resolution (--resolution); bucket areas are resolution squared.",
+    opt.RESOLUTION: "Training resolution (--resolution); bucket areas are resolution squared.",
     opt.CAPTION_EXTENSION: "Caption files beside the images (sd-scripts' own default would be .caption).",
     opt.IMAGE_DIR: "Folder of images and same-stem captions (absolute: sd-scripts resolves paths from its cwd).",
     opt.NUM_REPEATS: "Times each image is seen per epoch (the N of the N_name folder).",
@@ -224,7 +224,7 @@ def _block_keys(job: Job, preset: Preset, block: DatasetSpec, resolution: int,
     if block.kind == "composites":
         return stage2_bucket_keys(job, preset, resolution, aspects)
     comments = key_comments(preset.document()[PRESET_SECTION]["dataset"])
-    keys: dict[str, tuple[Any, str]] = {"resolution": (resolution, DATASET_KEY_COMMENTS["resolution"])}
+    keys: dict[str, tuple[Any, str]] = {opt.RESOLUTION: (resolution, DATASET_KEY_COMMENTS[opt.RESOLUTION])}
     for key in BUCKET_KEYS:
         if key in preset.dataset:
             keys[key] = (preset.dataset[key], comments.get(key, ""))
@@ -260,7 +260,7 @@ def dataset_document(
     single = len(blocks) == 1
     own = _block_keys(job, preset, blocks[0], resolution, aspects) if single else {}
     if single:
-        _add_commented(general, "resolution", *own["resolution"])
+        _add_commented(general, opt.RESOLUTION, *own[opt.RESOLUTION])
     for key, value in preset.dataset.items():
         if not single and key in BUCKET_KEYS:
             continue
@@ -305,7 +305,7 @@ def _subset_table(spec: SubsetSpec) -> Table:
         _add_commented(subset, opt.CAPTION_PREFIX, spec.caption_prefix, DATASET_KEY_COMMENTS[opt.CAPTION_PREFIX])
     if spec.is_reg:
         _add_commented(subset, opt.IS_REG, True, "Regularisation images (--reg): balanced by sd-scripts to the "
-                       "training images' count, weighted by prior_loss_weight.")
+                       f"training images' count, weighted by {opt.PRIOR_LOSS_WEIGHT}.")
         _add_commented(subset, opt.CLASS_TOKENS, spec.name, "The caption of class images without a caption file.")
     return subset
 
@@ -338,7 +338,7 @@ def stage2_bucket_keys(job: Job, preset: Preset, resolution: int,
     reso_comment = textwrap.fill(f"{why}; chosen so composites land in buckets of their own aspect "
                                  f"({landing}, crop <= {MAX_CROP:.0%}).", 110)
     return {
-        "resolution": (reso_value, reso_comment),
+        opt.RESOLUTION: (reso_value, reso_comment),
         opt.MIN_BUCKET_RESO: (settings.min_bucket_reso, "Smallest bucket side in stage 2 (chosen with resolution)."),
         opt.MAX_BUCKET_RESO: (settings.max_bucket_reso,
                             "Largest bucket side in stage 2: room for the widest composite bucket."),
