@@ -18,6 +18,7 @@ import pytest
 from fake_launch import DRIVER, make_fake_sd_scripts, q
 
 from kohya_1to2.cli import main
+from kohya_1to2.commands import launch as launch_command
 from kohya_1to2.launch.run import run_child
 from kohya_1to2.rundir import RunDir
 
@@ -302,7 +303,8 @@ def test_run_child_tees_output_and_keeps_the_tail(tmp_path: Path) -> None:
 
 
 def test_resume_continues_from_the_newest_saved_state(fake_env: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+                                                      capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     run = make_run(tmp_path / "run")
     assert launch(run, fake_env, "--resume") == 2
     assert "no saved state of stage 1" in capsys.readouterr().err
@@ -314,7 +316,14 @@ def test_resume_continues_from_the_newest_saved_state(fake_env: Path, tmp_path: 
         if state != cut_off:  # accelerate writes the random states last: cut_off was interrupted mid-save
             (state / "random_states_0.pkl").write_bytes(b"x")
         os.utime(state, (1_000_000 + i, 1_000_000 + i))
+    from kohya_1to2.launch import pipeline
+
+    fingerprinted: list[int] = []
+    real_inputs = pipeline.stage_inputs
+    monkeypatch.setattr(pipeline, "stage_inputs", lambda stage: fingerprinted.append(stage.stage) or real_inputs(stage))
+    monkeypatch.setattr(launch_command, "stage_inputs", pipeline.stage_inputs)
     assert launch(run, fake_env, "--resume", "--stage", "1") == 0
+    assert fingerprinted.count(1) == 2, "once to decide (resuming included), once for the completion record"
     import toml
 
     effective = toml.load(RunDir(run).effective_toml(1))

@@ -31,6 +31,7 @@ from kohya_1to2.launch.pipeline import (
     latest_state_dir,
     read_stage,
     select_stages,
+    stage_inputs,
     strict_error,
     write_effective_toml,
 )
@@ -141,14 +142,15 @@ def launch_stages(args: LaunchOptions, console: Console, run_dir: Path, selected
                                       args_list if isinstance(args_list, list) else None)
         if problem:
             raise SetupError(problem, hint="`python -m kohya_1to2 doctor` shows the environment")
-    decisions = decide_stages(run_dir, stages, selected, force=args.force)
+    inputs = {n: stage_inputs(stages[n]) for n in selected}  # fingerprinted once: resuming does not change them
+    decisions = decide_stages(run_dir, stages, selected, force=args.force, inputs=inputs)
     if args.resume:
         # the first stage that runs continues from its newest saved state
         first = next((n for n in selected if decisions[n].runs), None)
         if first is not None:
             state = latest_state_dir(stages[first])
             stages[first] = dataclasses.replace(stages[first], resume_from=state)
-            decisions = decide_stages(run_dir, stages, selected, force=args.force)
+            decisions = decide_stages(run_dir, stages, selected, force=args.force, inputs=inputs)
             console.print(Text(f"stage {first}: resuming from {state}"), soft_wrap=True)
     running = [n for n in selected if decisions[n].runs]
     for number in running:

@@ -9,7 +9,7 @@ import functools
 import json
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -161,15 +161,16 @@ def read_attempt(run_dir: Path, stage: StageConfig) -> Attempt | None:
     return Attempt(started=started, state_saved=saved_states(stage) != [])
 
 
-def decide_stages(run_dir: Path, stages: dict[int, StageConfig], selected: tuple[int, ...], *, force: bool
-                  ) -> dict[int, Decision]:
-    """The one decision `launch` and `launch --dry-run` both print: which selected stages run, and why."""
+def decide_stages(run_dir: Path, stages: dict[int, StageConfig], selected: tuple[int, ...], *, force: bool,
+                  inputs: Mapping[int, StageInputs] | None = None) -> dict[int, Decision]:
+    """The one decision `launch` and `launch --dry-run` both print: which selected stages run, and why.
+    `inputs` are the stages' fingerprints when the caller already took them (they do not depend on resuming)."""
     decisions: dict[int, Decision] = {}
     upstream_runs = False
     for number in selected:
         stage = stages[number]
         decision = decide(
-            number, stage_inputs(stage), read_record(run_dir, number),
+            number, inputs[number] if inputs is not None else stage_inputs(stage), read_record(run_dir, number),
             weights_exist=stage.final_weights.is_file(), force=force, upstream_runs=upstream_runs,
             attempt=read_attempt(run_dir, stage), resuming=stage.resume_from is not None,
         )
