@@ -136,7 +136,10 @@ SD_SCRIPTS_STRINGS = (
     "network_weights", "output_dir", "output_name", "sample_prompts", "dataset_config", "caption_extension",
     "caption_prefix", "keep_tokens", "shuffle_caption", "enable_bucket", "bucket_reso_steps", "min_bucket_reso",
     "max_bucket_reso", "max_token_length", "pretrained_model_name_or_path", "image_dir", "num_repeats",
-    "save_model_as", "network_module", "network_args", "train_batch_size",
+    "save_model_as", "network_module", "network_args", "train_batch_size", "clip_skip",
+    # gen_img.py's options (kohya.gen_img)
+    "--ckpt", "--sdxl", "--v1", "--v2", "--v_parameterization", "max_embeddings_multiples", "--sampler", "--sdpa",
+    "--xformers", "from_file", "--outdir", "--batch_size", "images_per_prompt", "network_mul", "network_merge",
     # what sd-scripts asserts
     "caption file is empty",
 )
@@ -200,7 +203,8 @@ def test_the_string_scan_sees_code_and_skips_docstrings() -> None:
 
 def test_every_listed_string_is_a_fact_kohya_holds() -> None:
     text = "\n".join(path.read_text(encoding="utf-8") for path in KOHYA_PACKAGE.glob("*.py"))
-    assert [word for word in SD_SCRIPTS_STRINGS if word not in text] == []
+    # a flag (`--ckpt`) is held as its name; kohya.flag spells it
+    assert [word for word in SD_SCRIPTS_STRINGS if word.removeprefix("--") not in text] == []
 
 
 def test_no_module_outside_kohya_spells_an_sd_scripts_string() -> None:
@@ -211,3 +215,24 @@ def test_no_module_outside_kohya_spells_an_sd_scripts_string() -> None:
 
 def test_our_names_that_look_like_sd_scripts_ones_are_still_there() -> None:
     assert set(OUR_NAMES) <= {(file, word) for file, word, _ in sd_scripts_strings_outside_kohya()}
+
+
+ARGV_MODULES = ("kohya_1to2/evaluate/argv.py", "kohya_1to2/launch/argv.py")
+
+
+def flags_spelled(source: str) -> list[tuple[int, str]]:
+    """(line, text) of every string constant in code that is a whole command-line flag (`--name`)."""
+    return [(line, text) for line, text in code_strings(source) if text.startswith("--") and text[2:3].isalpha()]
+
+
+def test_the_flag_scan_finds_a_spelled_flag() -> None:
+    source = 'def f(a):\n    """--doc"""\n    return ["--ckpt", a, f"--{a}", "--", "-v", "x --y"]\n'
+    assert flags_spelled(source) == [(3, "--ckpt")]
+
+
+def test_argv_modules_spell_no_flag() -> None:
+    """Every flag of the argv builders is `--` + a name: sd-scripts' and gen_img's names come from kohya, and
+    accelerate's own option names go through the same helper."""
+    found = [f"{name}:{line}: {text!r}" for name in ARGV_MODULES
+             for line, text in flags_spelled((ROOT.parent / name).read_text(encoding="utf-8"))]
+    assert found == [], "spell flags as kohya.flag(kohya.NAME):\n" + "\n".join(found)

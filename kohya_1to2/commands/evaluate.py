@@ -68,7 +68,7 @@ class EvaluateOptions(BaseModel):
     prompts: Path | None = Field(None, description="extra prompts, one per line in sd-scripts' prompt syntax")
     singles: int | None = Field(None, description="at most this many single-character prompts (default: all)")
     pairs: int | None = Field(None, description="at most this many ordered-pair prompts (default: all)")
-    multiplier: float = Field(1.0, description="network multiplier (gen_img --network_mul)")
+    multiplier: float = Field(1.0, description=f"network multiplier (gen_img {kohya.flag(kohya.GEN_IMG_NETWORK_MUL)})")
     sd_scripts: Path | None = Field(None, description="sd-scripts checkout (default: vendor/sd-scripts)")
 
 

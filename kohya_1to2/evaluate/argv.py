@@ -37,27 +37,29 @@ def _set(flat: Mapping[str, Any], key: str) -> Any:
 
 def generation_arguments(flat: Mapping[str, Any], *, family: Family, cuda: bool, xformers: bool) -> list[str]:
     """gen_img options that reproduce training's sampling setup from a flattened training config."""
-    args = ["--ckpt", str(flat[kohya.PRETRAINED_MODEL])]
+    flag = kohya.flag
+    args = [flag(kohya.GEN_IMG_CKPT), str(flat[kohya.PRETRAINED_MODEL])]
     if family == "sdxl":
-        args.append("--sdxl")
-    elif family == "sd2" or _set(flat, "v2"):
-        args.append("--v2")
+        args.append(flag(kohya.GEN_IMG_SDXL))
+    elif family == "sd2" or _set(flat, kohya.V2):
+        args.append(flag(kohya.GEN_IMG_V2))
     else:
-        args.append("--v1")
-    if _set(flat, "v_parameterization"):
-        args.append("--v_parameterization")
-    for key in ("vae", "tokenizer_cache_dir", "clip_skip"):
+        args.append(flag(kohya.GEN_IMG_V1))
+    if _set(flat, kohya.V_PARAMETERIZATION):
+        args.append(flag(kohya.GEN_IMG_V_PARAMETERIZATION))
+    for key in kohya.GEN_IMG_SAME_AS_TRAINING:
         if (value := _set(flat, key)) is not None:
-            args += [f"--{key}", str(value)]
+            args += [flag(key), str(value)]
     multiples = kohya.gen_img_max_embeddings_multiples(_set(flat, kohya.MAX_TOKEN_LENGTH))
     if multiples:
-        args += ["--max_embeddings_multiples", str(multiples)]
-    args += ["--sampler", str(_set(flat, "sample_sampler") or DEFAULT_SAMPLER)]
-    precision = str(flat.get("mixed_precision") or "no")
-    if cuda and precision in ("fp16", "bf16"):
-        args.append(f"--{precision}")
+        args += [flag(kohya.GEN_IMG_MAX_EMBEDDINGS_MULTIPLES), str(multiples)]
+    args += [flag(kohya.GEN_IMG_SAMPLER), str(_set(flat, kohya.SAMPLE_SAMPLER) or DEFAULT_SAMPLER)]
+    precision = str(flat.get(kohya.MIXED_PRECISION) or "no")
+    if cuda and precision in kohya.GEN_IMG_PRECISION_FLAGS:
+        args.append(flag(precision))
     # xformers only where training used it and it works; otherwise PyTorch's SDPA (CPU included)
-    args.append("--xformers" if cuda and xformers and _set(flat, "xformers") else "--sdpa")
+    use_xformers = cuda and xformers and _set(flat, kohya.XFORMERS)
+    args.append(flag(kohya.GEN_IMG_XFORMERS if use_xformers else kohya.GEN_IMG_SDPA))
     return args
 
 
@@ -67,14 +69,16 @@ def build_generate_command(
     offline: bool = True,
 ) -> GenerateCommand:
     """`python <sd-scripts>/gen_img.py <model options> --from_file F --outdir D [--network_* W]` for one row."""
+    flag = kohya.flag
     argv = [python, str(sd_scripts / kohya.GEN_IMG_SCRIPT),
             *generation_arguments(flat, family=family, cuda=cuda, xformers=xformers),
-            "--from_file", str(prompt_file), "--outdir", str(outdir), "--batch_size", "1", "--images_per_prompt", "1"]
+            flag(kohya.GEN_IMG_FROM_FILE), str(prompt_file), flag(kohya.GEN_IMG_OUTDIR), str(outdir),
+            flag(kohya.GEN_IMG_BATCH_SIZE), "1", flag(kohya.GEN_IMG_IMAGES_PER_PROMPT), "1"]
     if weights is not None:
-        argv += [kohya.flag(kohya.NETWORK_MODULE), network_module, kohya.flag(kohya.NETWORK_WEIGHTS), str(weights),
-                 "--network_mul", f"{multiplier:g}"]
+        argv += [flag(kohya.NETWORK_MODULE), network_module, flag(kohya.NETWORK_WEIGHTS), str(weights),
+                 flag(kohya.GEN_IMG_NETWORK_MUL), f"{multiplier:g}"]
         if network_module.startswith("lycoris"):
-            argv.append("--network_merge")  # kohya.GEN_IMG_LYCORIS_MERGE
+            argv.append(flag(kohya.GEN_IMG_NETWORK_MERGE))  # kohya.GEN_IMG_LYCORIS_MERGE
     env = {"PYTHONUNBUFFERED": "1"}
     if offline:
         env["HF_HUB_OFFLINE"] = "1"

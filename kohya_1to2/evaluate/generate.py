@@ -57,7 +57,7 @@ def cell_key(line: str, options: Sequence[str], weights_hash: str, model_hash: s
 
 def generation_options(argv: Sequence[str]) -> list[str]:
     """The argv items that shape an image (not the script, prompt file or output folder paths)."""
-    skip = {"--from_file", "--outdir"}
+    skip = {kohya.flag(kohya.GEN_IMG_FROM_FILE), kohya.flag(kohya.GEN_IMG_OUTDIR)}
     kept: list[str] = []
     items = list(argv[2:])
     i = 0

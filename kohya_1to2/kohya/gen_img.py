@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from kohya_1to2.kohya.options import CLIP_SKIP, TOKENIZER_CACHE_DIR, VAE
+
 GEN_IMG_SCRIPT = "gen_img.py"
 """The generation script for every family: in v0.10.1 gen_img.py loads SDXL too (`--sdxl`, gen_img.py:1636),
 and unlike sdxl_gen_img.py it takes a per-prompt output file name (`--f NAME`, gen_img.py:2974), which
@@ -22,3 +24,28 @@ GEN_IMG_LYCORIS_MERGE = True
 def gen_img_max_embeddings_multiples(max_token_length: int | None) -> int | None:
     """gen_img's `--max_embeddings_multiples` for a training `max_token_length` (75 tokens per multiple)."""
     return None if not max_token_length else max(1, int(max_token_length) // 75)
+
+
+# gen_img.py's own options (its setup_parser), as `evaluate` passes them; `options.flag` spells them on a command
+# line. network_module and network_weights are spelled as in training (options.NETWORK_MODULE, NETWORK_WEIGHTS).
+GEN_IMG_CKPT = "ckpt"
+GEN_IMG_V1 = "v1"
+GEN_IMG_V2 = "v2"
+GEN_IMG_SDXL = "sdxl"
+GEN_IMG_V_PARAMETERIZATION = "v_parameterization"
+GEN_IMG_MAX_EMBEDDINGS_MULTIPLES = "max_embeddings_multiples"
+GEN_IMG_SAMPLER = "sampler"
+GEN_IMG_XFORMERS = "xformers"
+GEN_IMG_SDPA = "sdpa"
+GEN_IMG_FROM_FILE = "from_file"
+GEN_IMG_OUTDIR = "outdir"
+GEN_IMG_BATCH_SIZE = "batch_size"
+GEN_IMG_IMAGES_PER_PROMPT = "images_per_prompt"
+GEN_IMG_NETWORK_MUL = "network_mul"
+GEN_IMG_NETWORK_MERGE = "network_merge"
+
+GEN_IMG_SAME_AS_TRAINING = (VAE, TOKENIZER_CACHE_DIR, CLIP_SKIP)
+"""Training options that gen_img takes under the same name and meaning (a value each)."""
+
+GEN_IMG_PRECISION_FLAGS = ("fp16", "bf16")
+"""Training `mixed_precision` values that gen_img takes as a switch of the same name (`--fp16`, `--bf16`)."""

@@ -49,3 +49,16 @@ PRIOR_LOSS_WEIGHT = "prior_loss_weight"
 def flag(option: str) -> str:
     """The command-line spelling of an option (`--output_dir`)."""
     return f"--{option}"
+
+
+# training options `evaluate` reads from stage 1's config to sample like training did, and sd-scripts' own
+# `--config_file` (train_util.read_config_from_file) that `launch` passes
+CONFIG_FILE = "config_file"
+V2 = "v2"
+V_PARAMETERIZATION = "v_parameterization"
+VAE = "vae"
+TOKENIZER_CACHE_DIR = "tokenizer_cache_dir"
+CLIP_SKIP = "clip_skip"
+SAMPLE_SAMPLER = "sample_sampler"
+MIXED_PRECISION = "mixed_precision"
+XFORMERS = "xformers"

@@ -63,21 +63,23 @@ def accelerate_arguments(
     """
     args: list[str] = []
     from_file = opts.config_file is not None
-    if from_file:
-        args += ["--config_file", str(opts.config_file)]
-    if not cuda:
-        args.append("--cpu")
-    if opts.multi_gpu:
-        args.append("--multi_gpu")
-    if opts.gpu_ids is not None:
-        args += ["--gpu_ids", opts.gpu_ids]
 
-    def option(name: str, value: object, default: object) -> None:
+    def option(name: str, value: object, default: object = None) -> None:
         if value is not None:
             args.extend([f"--{name}", str(value)])
         elif not from_file and default is not None:
             args.extend([f"--{name}", str(default)])
 
+    def switch(name: str, on: bool) -> None:
+        if on:
+            args.append(f"--{name}")
+
+    # accelerate's own option names (its --config_file is spelled like sd-scripts' kohya.CONFIG_FILE, a
+    # different option of a different program)
+    option("config_file", opts.config_file)
+    switch("cpu", not cuda)
+    switch("multi_gpu", opts.multi_gpu)
+    option("gpu_ids", opts.gpu_ids)
     option("num_processes", opts.num_processes, 1)
     option("num_machines", opts.num_machines, 1)
     option("machine_rank", opts.machine_rank, None)
@@ -131,7 +133,7 @@ def build_stage_command(
         "accelerate.commands.launch",
         *accelerate_arguments(accelerate, cuda=cuda, mixed_precision=mixed_precision, cpu_threads=cpu_threads),
         str(sd_scripts / kohya.training_script(family)),
-        "--config_file",
+        kohya.flag(kohya.CONFIG_FILE),
         str(effective_toml),
         kohya.flag(kohya.DATASET_CONFIG),
         str(dataset_toml),
