@@ -79,3 +79,14 @@ def test_worker_failure_is_plain_data_that_maps_back_to_its_class(error: OneToTw
     back = failure.error()
     assert type(back) is type(error)
     assert (back.message, back.hint, back.exit_code) == (error.message, error.hint, error.exit_code)
+
+
+def test_the_worker_code_imports_neither_pydantic_nor_the_models() -> None:
+    """The forkserver imports pool.py before the first worker starts: pydantic (through models) would add to
+    every build's start-up, and to the forkserver's memory that each worker maps."""
+    import subprocess
+
+    code = ("import sys, kohya_1to2.dataset.pool; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pydantic' or m == 'kohya_1to2.models'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -16,12 +16,14 @@ import unicodedata
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageOps
 
 from kohya_1to2.errors import DatasetError, UsageError
-from kohya_1to2.models import CompositeSettings
+
+if TYPE_CHECKING:  # pool workers import this module: keep pydantic (models) out of their start-up
+    from kohya_1to2.models import CompositeSettings
 
 RGB = tuple[int, int, int]
 Size = tuple[int, int]

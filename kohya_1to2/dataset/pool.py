@@ -7,7 +7,8 @@ writes each composite and its caption itself (atomically). A user-facing error i
 Memory per worker is bounded: a byte-bounded LRU of decoded sources (`CACHE_BYTES`), one chunk of composites
 at a time, and the heap trimmed after each chunk. Pool start-up does not grow with the worker count: the
 forkserver imports this module (and the PNG encoder) once, workers fork from it on demand, and nothing heavy
-is imported per worker.
+is imported per worker. This module's imports stay free of pydantic (`models`): the forkserver imports them
+before the first worker can start.
 """
 
 from __future__ import annotations
