@@ -84,4 +84,5 @@ def test_replay_stage_2_continues_stage_1_on_composites_and_replayed_singles(rep
     replayed = sorted(p.name for p in (run / "replay").iterdir())
     assert replayed == ["akari", "bluebell", "clover"]
     assert all(f"replay/{name}" in log.replace("\n", "").replace(" ", "") for name in replayed)
-    assert "of stage 2's images per epoch (--replay-share 0.25)" in replay_run["prepare"]
+    said = " ".join(replay_run["prepare"].split())  # rich wraps at 80 columns in a pipe
+    assert "of stage 2's images per epoch (--replay-share 0.25)" in said
