@@ -4,6 +4,7 @@ checked as in test_e2e.py."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -86,3 +87,20 @@ def test_replay_stage_2_continues_stage_1_on_composites_and_replayed_singles(rep
     assert all(f"replay/{name}" in log.replace("\n", "").replace(" ", "") for name in replayed)
     said = " ".join(replay_run["prepare"].split())  # rich wraps at 80 columns in a pipe
     assert "of stage 2's images per epoch (--replay-share 0.25)" in said
+
+
+def test_evaluate_compares_the_joint_and_replay_runs_in_one_grid(joint_run: dict[str, Any],
+                                                                  replay_run: dict[str, Any]) -> None:
+    joint, replay = joint_run["run"], replay_run["run"]
+    done = cli("evaluate", str(joint), str(replay), "--seeds", "1", "--steps", "2", "--singles", "1", "--pairs", "1")
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-3000:]
+    summary = json.loads((joint / "eval" / "compare" / "comparison.json").read_text(encoding="utf-8"))
+    labels = [row["label"] for row in summary["rows"]]
+    assert labels[0] == "base model" and len(labels) == 4, labels  # the shared base row once
+    assert any(label.endswith("joint epoch 1 (final)") for label in labels)
+    assert any("(replay)" in label and "stage 1 final" in label for label in labels)
+    assert any("(replay)" in label and "stage 2 epoch 1 (final)" in label for label in labels)
+    for grid in summary["grids"].values():
+        assert (joint / grid).is_file()
+    page = (joint / "report.html").read_text(encoding="utf-8")
+    assert '<section id="comparison">' in page and "run replay (replay)" in page
