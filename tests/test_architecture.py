@@ -136,7 +136,8 @@ SD_SCRIPTS_STRINGS = (
     "network_weights", "output_dir", "output_name", "sample_prompts", "dataset_config", "caption_extension",
     "caption_prefix", "keep_tokens", "shuffle_caption", "enable_bucket", "bucket_reso_steps", "min_bucket_reso",
     "max_bucket_reso", "max_token_length", "pretrained_model_name_or_path", "image_dir", "num_repeats",
-    "save_model_as", "network_module", "network_args", "train_batch_size", "clip_skip",
+    "save_model_as", "network_module", "network_args", "train_batch_size", "clip_skip", "logging_dir", "is_reg",
+    "class_tokens", "prior_loss_weight",
     # gen_img.py's options (kohya.gen_img)
     "--ckpt", "--sdxl", "--v1", "--v2", "--v_parameterization", "max_embeddings_multiples", "--sampler", "--sdpa",
     "--xformers", "from_file", "--outdir", "--batch_size", "images_per_prompt", "network_mul", "network_merge",
