@@ -59,3 +59,16 @@ def remove_stale_temporaries(folder: Path) -> int:
             leftover.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Hard link when possible (no extra space; every writer of ours replaces files, never edits them, so a link
+    never changes a source), else a copy; an existing target is kept."""
+    import shutil
+
+    if target.exists():
+        return
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)

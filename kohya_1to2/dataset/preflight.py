@@ -24,7 +24,7 @@ from kohya_1to2.dataset.captions import split_tags
 from kohya_1to2.dataset.compose import RGB, has_transparent_pixels, is_sixteen_bit, load_source
 from kohya_1to2.dataset.scan import Problem, RegScan, ScanResult, Severity, apply_policy, decode_caption
 from kohya_1to2.errors import DatasetError
-from kohya_1to2.fsutil import TMP_PREFIX
+from kohya_1to2.fsutil import TMP_PREFIX, link_or_copy
 from kohya_1to2.models import Character, SourceImage, SourceSettings
 
 __all__ = ["Problem", "preflight", "raise_for_errors", "render_problems_table", "sort_problems", "write_fixed_sources"]
@@ -295,16 +295,6 @@ def render_problems_table(problems: Sequence[Problem]) -> Table:
 # ---------------------------------------------------------------- --fix-sources
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    """Hardlink when possible (no extra space; every writer of ours replaces files, never edits them)."""
-    if target.exists():  # a caption shared by a.png and a.webp, already linked
-        return
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
-
-
 def _write_transposed(source: Path, target: Path) -> None:
     with Image.open(source) as image:
         upright = ImageOps.exif_transpose(image)
@@ -347,7 +337,7 @@ def _fixed_character(character: Character, fixable: dict[Path, set[str]], settin
                 raise DatasetError(f"{image.path}: cannot write its corrected copy ({exc})",
                                    hint="run prepare again, or fix the image by hand") from None
         else:
-            _link_or_copy(image.path, new_path)
+            link_or_copy(image.path, new_path)
         new_caption: Path | None = None
         if image.caption_path is not None:
             new_caption = staging / image.caption_path.name
@@ -355,7 +345,7 @@ def _fixed_character(character: Character, fixable: dict[Path, set[str]], settin
                 text = image.caption_path.read_bytes().decode(settings.caption_encoding)
                 new_caption.write_bytes(text.encode("utf-8"))
             else:
-                _link_or_copy(image.caption_path, new_caption)
+                link_or_copy(image.caption_path, new_caption)
         elif "missing-caption" in fixable.get(image.path, set()):
             new_caption = staging / (new_path.stem + settings.caption_extension)
             new_caption.write_text(character.trigger + "\n", encoding="utf-8")

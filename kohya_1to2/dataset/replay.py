@@ -8,12 +8,12 @@ whole folder, so the drawn images need one of their own.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from kohya_1to2.fsutil import link_or_copy
 from kohya_1to2.models import Character, ReplayPick
 
 
@@ -48,14 +48,6 @@ def replay_share(picks: Sequence[ReplayPick], composite_samples: int) -> float:
     return singles / (singles + composite_samples) if singles + composite_samples else 0.0
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    """Hard link when possible; our writers replace files, never edit them, so a link never changes a source."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
-
-
 def _same_file(source: Path, target: Path) -> bool:
     try:
         a, b = source.stat(), target.stat()
@@ -88,6 +80,6 @@ def write_replay(picks: Sequence[ReplayPick], root: Path) -> int:
         for name, source in wanted.items():
             target = folder / name
             if not target.exists():
-                _link_or_copy(source, target)
+                link_or_copy(source, target)
                 written += 1
     return written

@@ -21,6 +21,29 @@ _MISSING_PACKAGE = {
 }
 
 
+DATASET_GROUP = r"""
+import json, sys
+request = json.load(sys.stdin)
+sys.path.insert(0, ".")
+import train_network
+from library import config_util, train_util
+
+
+def dataset_group(training_toml):
+    # (args, dataset group) as train_network builds them from a training TOML and its dataset_config
+    parser = train_network.setup_parser()
+    sys.argv = ["train_network.py", "--config_file", training_toml]
+    args = train_util.read_config_from_file(parser.parse_args(), parser)
+    user = config_util.load_user_config(args.dataset_config)
+    sanitizer = config_util.ConfigSanitizer(True, True, False, True)
+    blueprint = config_util.BlueprintGenerator(sanitizer).generate(user, args)
+    group, _ = config_util.generate_dataset_group_by_blueprint(blueprint.dataset_group)
+    return args, group
+"""
+"""The head of a child script that reads training TOMLs as train_network does: `request` (the JSON payload) and
+`dataset_group(path)`."""
+
+
 def requires_sd_scripts(package: str = "torch", marker: str = "train_network.py") -> list[pytest.MarkDecorator]:
     """`pytestmark` of a test module that runs sd-scripts code: integration, skipped with the reason when absent."""
     return [

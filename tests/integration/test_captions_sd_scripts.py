@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import write_image
-from sd_scripts_child import requires_sd_scripts, run_in_sd_scripts
+from sd_scripts_child import DATASET_GROUP, requires_sd_scripts, run_in_sd_scripts
 
 from kohya_1to2.configs.generate import render_run_files
 from kohya_1to2.configs.presets import load_preset
@@ -21,22 +21,12 @@ from kohya_1to2.models import CaptionRules, Job, SourceSettings, TrainingSetting
 
 pytestmark = requires_sd_scripts()
 
-READER = r"""
-import json, sys
-request = json.load(sys.stdin)
-sys.path.insert(0, ".")
-import train_network
-from library import config_util, train_util, lpw_stable_diffusion, sdxl_lpw_stable_diffusion
+READER = DATASET_GROUP + r"""
+from library import lpw_stable_diffusion, sdxl_lpw_stable_diffusion
 
 out = {"captions": [], "attention": []}
 for path in request["training"]:
-    parser = train_network.setup_parser()
-    sys.argv = ["train_network.py", "--config_file", path]
-    args = train_util.read_config_from_file(parser.parse_args(), parser)
-    user = config_util.load_user_config(args.dataset_config)
-    sanitizer = config_util.ConfigSanitizer(True, True, False, True)
-    blueprint = config_util.BlueprintGenerator(sanitizer).generate(user, args)
-    group, _ = config_util.generate_dataset_group_by_blueprint(blueprint.dataset_group)
+    args, group = dataset_group(path)
     captions = {}
     for dataset in group.datasets:
         for key, info in dataset.image_data.items():

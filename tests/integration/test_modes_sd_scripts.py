@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from conftest import write_image
 from rich.console import Console
-from sd_scripts_child import requires_sd_scripts, run_in_sd_scripts
+from sd_scripts_child import DATASET_GROUP, requires_sd_scripts, run_in_sd_scripts
 
 from kohya_1to2.commands.prepare import PrepareOptions, prepare
 from kohya_1to2.configs.generate import plans_from_run_dir
@@ -20,22 +20,10 @@ from kohya_1to2.rundir import RunDir
 
 pytestmark = requires_sd_scripts()
 
-READER = r"""
-import json, sys
-request = json.load(sys.stdin)
-sys.path.insert(0, ".")
-import train_network
-from library import config_util, train_util
-
+READER = DATASET_GROUP + r"""
 out = []
 for path in request["training"]:
-    parser = train_network.setup_parser()
-    sys.argv = ["train_network.py", "--config_file", path]
-    args = train_util.read_config_from_file(parser.parse_args(), parser)
-    user = config_util.load_user_config(args.dataset_config)
-    sanitizer = config_util.ConfigSanitizer(True, True, False, True)
-    blueprint = config_util.BlueprintGenerator(sanitizer).generate(user, args)
-    group, _ = config_util.generate_dataset_group_by_blueprint(blueprint.dataset_group)
+    args, group = dataset_group(path)
     stage = {"prior_loss_weight": args.prior_loss_weight, "batches": len(group), "datasets": []}
     for dataset in group.datasets:
         images = []
