@@ -178,14 +178,10 @@ def test_a_pooled_build_leaves_no_spill_and_starting_the_server_early_changes_no
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpg"])  # OpenCV (when installed) and Pillow
-@pytest.mark.parametrize("spill", [False, True])
-@pytest.mark.parametrize("cache_bytes", [1, pool.CACHE_BYTES])  # a one-entry cache: misses read the spill
-def test_a_worker_gives_the_bytes_of_encode_compose_pair_whatever_form_its_cache_keeps(
-    tmp_path: Path, fmt: str, spill: bool, cache_bytes: int
-) -> None:
+def test_a_worker_gives_the_bytes_of_encode_compose_pair_whatever_form_its_cache_keeps(tmp_path: Path,
+                                                                                        fmt: str) -> None:
     """Workers keep fitted halves as OpenCV arrays when OpenCV encodes (converted once, reused by many
-    composites; read from the spill as raw arrays): the bytes must stay those of the plain compose -> encode
-    path, resized or not, any gap, from the cache, the spill or a fresh decode."""
+    composites): the bytes must stay those of the plain compose -> encode path, resized or not, any gap."""
     from kohya_1to2.models import CompositeSettings
 
     sources = []
@@ -200,12 +196,9 @@ def test_a_worker_gives_the_bytes_of_encode_compose_pair_whatever_form_its_cache
                            caption_name=f"{i:06d}.txt", caption="c") for i, (a, b) in enumerate(pairs)]
     settings = CompositeSettings(gap=4, max_side=120, format=fmt)  # type: ignore[call-arg]
     subset = tmp_path / "subset"
-    subset.mkdir()
-    (tmp_path / "spill").mkdir()
     config = pool.WorkerConfig(background=settings.background_rgb, gap=4, max_side=120, format=fmt, quality=95,
-                               subset_dir=str(subset), cache_bytes=cache_bytes,
-                               spill_dir=str(tmp_path / "spill") if spill else None,
-                               spill_sources=frozenset(str(path) for path in sources))
+                               subset_dir=str(subset))  # each pair comes back: cache hits
+    subset.mkdir()
     pool.run_chunks(items, config, 1, lambda results: None)
     for item, (a, b) in zip(items, pairs, strict=True):
         left, right = (compose.load_source(sources[k], settings.background_rgb, 120) for k in (a, b))

@@ -287,21 +287,9 @@ def as_bgr(image: Image.Image) -> Any:
     (Pillow's export to numpy copies the pixels through its raw encoder)."""
     import numpy
 
-    return bgr_from_rgb(numpy.asarray(image))
-
-
-def rgb_array(data: bytes, size: Size, offset: int = 0) -> Any:
-    """Raw RGB pixels as `Image.tobytes` gives them (from `offset`) viewed as an array, without a copy."""
-    import numpy
-
-    return numpy.frombuffer(data, numpy.uint8, size[0] * size[1] * 3, offset).reshape(size[1], size[0], 3)
-
-
-def bgr_from_rgb(rgb: Any) -> Any:
-    """An RGB array (height x width x 3) as OpenCV's BGR array."""
     cv2 = _opencv()
-    assert cv2 is not None, "only called where uses_opencv()"
-    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    assert cv2 is not None, "as_bgr is only called where uses_opencv()"
+    return cv2.cvtColor(numpy.asarray(image), cv2.COLOR_RGB2BGR)
 
 
 def encode_pair(left: Any, right: Any, layout: PairLayout, background_rgb: RGB, fmt: str = "png",

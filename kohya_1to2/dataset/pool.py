@@ -205,8 +205,6 @@ class SourceCache:
         self._items: OrderedDict[Hashable, Any] = OrderedDict()
         self._bytes = 0
         self.loads = 0
-        self.sizes: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
-        """(decoded size, source size) per source, kept whatever is evicted: a few bytes each."""
 
     def get(self, key: Hashable, loader: Callable[[Any], Any]) -> Any:
         """`loader(key)` -> (image, extra), computed once while the entry stays in the cache."""
@@ -309,24 +307,6 @@ def _spill_path(config: WorkerConfig, source: str, size: tuple[int, int] | None)
     return Path(config.spill_dir) / f"{spill_stem(source)}{resized}.rgb"
 
 
-def _read_spill(path: Path | None) -> tuple[bytes, tuple[int, int], tuple[int, int]] | None:
-    """(file bytes, pixel size, source size) of a spill file, or None if there is none (yet)."""
-    if path is None:
-        return None
-    try:
-        data = path.read_bytes()
-        width, height, source_w, source_h = _SPILL_HEADER.unpack_from(data)
-    except (FileNotFoundError, struct.error):
-        return None
-    if len(data) != _SPILL_HEADER.size + 3 * width * height:
-        return None
-    return data, (width, height), (source_w, source_h)
-
-
-def _write_spill(path: Path, size: tuple[int, int], source_size: tuple[int, int], pixels: bytes) -> None:
-    atomic_write_bytes(path, _SPILL_HEADER.pack(*size, *source_size) + pixels)
-
-
 def _spilled(
     config: WorkerConfig, source: str, size: tuple[int, int] | None, make: Callable[[], tuple[Any, tuple[int, int]]]
 ) -> tuple[Any, tuple[int, int]]:
@@ -335,13 +315,17 @@ def _spilled(
     from PIL import Image
 
     path = _spill_path(config, source, size)
-    hit = _read_spill(path)
-    if hit is not None:
-        data, pixel_size, source_size = hit
-        return Image.frombytes("RGB", pixel_size, data[_SPILL_HEADER.size :]), source_size
+    if path is not None:
+        try:
+            data = path.read_bytes()
+            width, height, source_w, source_h = _SPILL_HEADER.unpack_from(data)
+            image = Image.frombytes("RGB", (width, height), data[_SPILL_HEADER.size :])
+            return image, (source_w, source_h)
+        except (FileNotFoundError, struct.error, ValueError):
+            pass
     image, source_size = make()
     if path is not None:
-        _write_spill(path, image.size, source_size, image.tobytes())
+        atomic_write_bytes(path, _SPILL_HEADER.pack(*image.size, *source_size) + image.tobytes())
     return image, source_size
 
 
@@ -358,68 +342,33 @@ def _load(path: str) -> tuple[Any, tuple[int, int]]:
     return _decoded(_worker_config, path)
 
 
-def _fitted(cache: SourceCache, path: str, image: Any, size: tuple[int, int]) -> Any:
-    """A source resized for one pair height; cached too, since a source meets the same few heights often."""
-    if image.size == size:
+def _fitted(cache: SourceCache, path: str, image: Any, size: tuple[int, int], bgr: bool) -> Any:
+    """A source resized for one pair height; cached too, since a source meets the same few heights often.
+
+    With `bgr` (OpenCV encodes) the cache holds the half as `compose.as_bgr` gives it, converted once per
+    cache entry instead of once per composite."""
+    assert _worker_config is not None
+    config = _worker_config
+    if not bgr and image.size == size:
         return image
-    assert _worker_config is not None
-    config = _worker_config
-    return cache.get((path, size), lambda _: _spilled(config, path, size, lambda: (compose.fit(image, size), size)))[0]
-
-
-def _sizes(cache: SourceCache, path: str) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(decoded size, source size) of a source: remembered, else from its spill file, else decoded."""
-    known = cache.sizes.get(path)
-    if known is None:
-        assert _worker_config is not None
-        hit = _read_spill(_spill_path(_worker_config, path, None))
-        if hit is not None:
-            known = hit[1], hit[2]
-        else:
-            image, source_size = cache.get(path, _load)
-            known = image.size, source_size
-        cache.sizes[path] = known
-    return known
-
-
-def _bgr_half(cache: SourceCache, path: str, decoded: tuple[int, int], size: tuple[int, int]) -> Any:
-    """A half as OpenCV's BGR array, cached: converted once per cache entry, not once per composite. From the
-    spill it goes raw bytes -> array (no Pillow image on the way); only a miss there decodes or resizes."""
-    assert _worker_config is not None
-    config = _worker_config
-    resized = size != decoded
 
     def make(_: object) -> tuple[Any, tuple[int, int]]:
-        spill = _spill_path(config, path, size if resized else None)
-        hit = _read_spill(spill)
-        if hit is not None:
-            return compose.bgr_from_rgb(compose.rgb_array(hit[0], hit[1], _SPILL_HEADER.size)), size
-        image = cache.get(path, _load)[0]
-        if not resized:
-            return compose.as_bgr(image), size
-        pixels = compose.fit(image, size).tobytes()
-        if spill is not None:
-            _write_spill(spill, size, size, pixels)
-        return compose.bgr_from_rgb(compose.rgb_array(pixels, size)), size
+        fitted = image if image.size == size else \
+            _spilled(config, path, size, lambda: (compose.fit(image, size), size))[0]
+        return (compose.as_bgr(fitted) if bgr else fitted), size
 
     return cache.get((path, size), make)[0]
 
 
 def _build_one(item: WorkItem) -> ItemResult:
     assert _worker_config is not None and _worker_cache is not None
-    config, cache = _worker_config, _worker_cache
-    halves: list[Any]
-    if compose.uses_opencv(config.format):
-        (left_decoded, left_size), (right_decoded, right_size) = _sizes(cache, item.left), _sizes(cache, item.right)
-        layout = compose.pair_layout(left_decoded, right_decoded, config.gap, config.max_side)
-        halves = [_bgr_half(cache, item.left, left_decoded, layout.left),
-                  _bgr_half(cache, item.right, right_decoded, layout.right)]
-    else:
-        left, left_size = cache.get(item.left, _load)
-        right, right_size = cache.get(item.right, _load)
-        layout = compose.pair_layout(left.size, right.size, config.gap, config.max_side)
-        halves = [_fitted(cache, path, image, size)
-                  for path, image, size in ((item.left, left, layout.left), (item.right, right, layout.right))]
+    config = _worker_config
+    left, left_size = _worker_cache.get(item.left, _load)
+    right, right_size = _worker_cache.get(item.right, _load)
+    layout = compose.pair_layout(left.size, right.size, config.gap, config.max_side)
+    bgr = compose.uses_opencv(config.format)
+    halves = [_fitted(_worker_cache, path, image, size, bgr)
+              for path, image, size in ((item.left, left, layout.left), (item.right, right, layout.right))]
     data = compose.encode_pair(halves[0], halves[1], layout, config.background, config.format, config.quality)
     atomic_write_bytes(Path(config.subset_dir, item.image_name), data)
     atomic_write_text(Path(config.subset_dir, item.caption_name), item.caption + "\n")
