@@ -175,32 +175,3 @@ def test_a_pooled_build_leaves_no_spill_and_starting_the_server_early_changes_no
         outputs[early] = {p.name: p.read_bytes() for p in subset.iterdir()}
     assert len(outputs[True]) == 60
     assert outputs[True] == outputs[False]
-
-
-@pytest.mark.parametrize("fmt", ["png", "jpg"])  # OpenCV (when installed) and Pillow
-def test_a_worker_gives_the_bytes_of_encode_compose_pair_whatever_form_its_cache_keeps(tmp_path: Path,
-                                                                                        fmt: str) -> None:
-    """Workers keep fitted halves as OpenCV arrays when OpenCV encodes (converted once, reused by many
-    composites): the bytes must stay those of the plain compose -> encode path, resized or not, any gap."""
-    from kohya_1to2.models import CompositeSettings
-
-    sources = []
-    for n, size in enumerate([(90, 60), (50, 60), (70, 44)]):
-        path = tmp_path / f"s{n}.png"
-        image = Image.effect_noise(size, 60).convert("RGB")
-        image.paste((n * 80, 30, 200), (3, 3, 20, 15))
-        image.save(path)
-        sources.append(path)
-    pairs = [(0, 1), (1, 0), (0, 2), (2, 1), (1, 2), (0, 1)] * 3
-    items = [pool.WorkItem(index=i, left=str(sources[a]), right=str(sources[b]), image_name=f"{i:06d}.{fmt}",
-                           caption_name=f"{i:06d}.txt", caption="c") for i, (a, b) in enumerate(pairs)]
-    settings = CompositeSettings(gap=4, max_side=120, format=fmt)  # type: ignore[call-arg]
-    subset = tmp_path / "subset"
-    config = pool.WorkerConfig(background=settings.background_rgb, gap=4, max_side=120, format=fmt, quality=95,
-                               subset_dir=str(subset))  # each pair comes back: cache hits
-    subset.mkdir()
-    pool.run_chunks(items, config, 1, lambda results: None)
-    for item, (a, b) in zip(items, pairs, strict=True):
-        left, right = (compose.load_source(sources[k], settings.background_rgb, 120) for k in (a, b))
-        expected = compose.encode(compose.compose_pair(left, right, settings), fmt, 95)
-        assert (subset / item.image_name).read_bytes() == expected

@@ -222,9 +222,7 @@ class SourceCache:
 
 
 def _pixel_bytes(image: Any) -> int:
-    """Bytes of pixels of a Pillow image or a numpy array (a half kept in OpenCV's form)."""
-    nbytes = getattr(image, "nbytes", None)
-    return int(nbytes) if nbytes is not None else int(image.width * image.height * len(image.getbands()))
+    return int(image.width * image.height * len(image.getbands()))
 
 
 _worker_config: WorkerConfig | None = None
@@ -342,22 +340,13 @@ def _load(path: str) -> tuple[Any, tuple[int, int]]:
     return _decoded(_worker_config, path)
 
 
-def _fitted(cache: SourceCache, path: str, image: Any, size: tuple[int, int], bgr: bool) -> Any:
-    """A source resized for one pair height; cached too, since a source meets the same few heights often.
-
-    With `bgr` (OpenCV encodes) the cache holds the half as `compose.as_bgr` gives it, converted once per
-    cache entry instead of once per composite."""
+def _fitted(cache: SourceCache, path: str, image: Any, size: tuple[int, int]) -> Any:
+    """A source resized for one pair height; cached too, since a source meets the same few heights often."""
+    if image.size == size:
+        return image
     assert _worker_config is not None
     config = _worker_config
-    if not bgr and image.size == size:
-        return image
-
-    def make(_: object) -> tuple[Any, tuple[int, int]]:
-        fitted = image if image.size == size else \
-            _spilled(config, path, size, lambda: (compose.fit(image, size), size))[0]
-        return (compose.as_bgr(fitted) if bgr else fitted), size
-
-    return cache.get((path, size), make)[0]
+    return cache.get((path, size), lambda _: _spilled(config, path, size, lambda: (compose.fit(image, size), size)))[0]
 
 
 def _build_one(item: WorkItem) -> ItemResult:
@@ -366,8 +355,7 @@ def _build_one(item: WorkItem) -> ItemResult:
     left, left_size = _worker_cache.get(item.left, _load)
     right, right_size = _worker_cache.get(item.right, _load)
     layout = compose.pair_layout(left.size, right.size, config.gap, config.max_side)
-    bgr = compose.uses_opencv(config.format)
-    halves = [_fitted(_worker_cache, path, image, size, bgr)
+    halves = [_fitted(_worker_cache, path, image, size)
               for path, image, size in ((item.left, left, layout.left), (item.right, right, layout.right))]
     data = compose.encode_pair(halves[0], halves[1], layout, config.background, config.format, config.quality)
     atomic_write_bytes(Path(config.subset_dir, item.image_name), data)
