@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -92,86 +90,3 @@ def test_the_worker_code_imports_neither_pydantic_nor_the_models() -> None:
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pydantic' or m == 'kohya_1to2.models'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
-
-
-def spill_config(tmp_path: Path, sources: set[str], max_side: int | None = None) -> pool.WorkerConfig:
-    spill = tmp_path / "spill"
-    spill.mkdir(exist_ok=True)
-    return pool.WorkerConfig(background=(255, 255, 255), gap=0, max_side=max_side, format="png", quality=95,
-                             subset_dir=str(tmp_path), spill_dir=str(spill), spill_sources=frozenset(sources))
-
-
-def item(index: int, left: str, right: str) -> pool.WorkItem:
-    return pool.WorkItem(index=index, left=left, right=right, image_name="", caption_name="", caption="")
-
-
-def test_a_sources_spill_files_go_when_its_last_chunk_is_done_not_before(tmp_path: Path) -> None:
-    config = spill_config(tmp_path, {"a", "b", "c"})
-    spill = Path(config.spill_dir or "")
-    for source in ("a", "b", "c"):  # decoded and resized copies
-        for suffix in (".rgb", ".10x20.rgb", ".7x20.rgb"):
-            (spill / f"{pool.spill_stem(source)}{suffix}").write_bytes(b"x")
-    unrelated = spill / "unrelated.rgb"
-    unrelated.write_bytes(b"x")
-    chunks = [[item(0, "a", "b")], [item(1, "a", "c"), item(2, "c", "d")], [item(3, "b", "b")]]
-    janitor = pool.SpillJanitor(chunks, config)
-
-    def stems_left() -> set[str]:
-        return {name.split(".")[0] for name in os.listdir(spill)}
-
-    janitor.chunk_done(chunks[0])
-    assert stems_left() == {pool.spill_stem(s) for s in "abc"} | {"unrelated"}
-    janitor.chunk_done(chunks[1])  # a and c used for the last time ("d" was never spilled)
-    assert stems_left() == {pool.spill_stem("b"), "unrelated"}
-    assert len(os.listdir(spill)) == 4  # all three of b's files kept
-    janitor.chunk_done(chunks[2])
-    assert os.listdir(spill) == ["unrelated.rgb"]
-
-
-def test_first_needs_lists_spilled_sources_in_the_order_the_first_workers_reach_them() -> None:
-    chunks = [[item(0, "a", "b"), item(1, "c", "a")], [item(2, "d", "e")], [item(3, "f", "g")]]
-    assert pool.first_needs(chunks, 2, frozenset("abcdefg") - {"e"}) == ["a", "b", "d", "c"]
-    assert pool.first_needs(chunks, 1, frozenset("abcdefg")) == ["a", "b", "c"]
-
-
-def test_prefill_decodes_into_the_spill_what_a_worker_would_and_skips_bad_sources(tmp_path: Path) -> None:
-    import threading
-
-    good = tmp_path / "good.png"
-    Image.new("RGB", (40, 30), (200, 10, 10)).save(good)
-    corrupt = tmp_path / "corrupt.png"
-    corrupt.write_bytes(b"not a png")
-    config = spill_config(tmp_path, {str(good), str(corrupt)}, max_side=20)
-    spill = Path(config.spill_dir or "")
-
-    done = threading.Event()
-    done.set()
-    pool._prefill_spill(config, [str(good)], done)  # the workers already run: the parent leaves it to them
-    assert os.listdir(spill) == []
-
-    pool._prefill_spill(config, [str(corrupt), str(good)], threading.Event())  # no raise: the worker reports
-    assert os.listdir(spill) == [pool.spill_stem(str(good)) + ".rgb"]
-    image, source_size = pool._decoded(config, str(good))  # what a worker reads back
-    assert source_size == (40, 30)
-    assert image.tobytes() == compose.load_source(good, (255, 255, 255), 20).tobytes()
-
-
-def test_a_pooled_build_leaves_no_spill_and_starting_the_server_early_changes_nothing(tmp_path: Path) -> None:
-    left, right = tmp_path / "l.png", tmp_path / "r.png"
-    Image.new("RGB", (30, 20), (1, 2, 3)).save(left)
-    Image.new("RGB", (16, 24), (9, 8, 7)).save(right)
-    items = items_for(left, right)
-    assert pool.uses_pool(len(items), 2) and not pool.uses_pool(len(items), 1)
-    outputs = {}
-    for early in (False, True):
-        subset = tmp_path / f"subset{early}"
-        subset.mkdir()
-        (tmp_path / f"run{early}").mkdir()
-        config = replace(spill_config(tmp_path / f"run{early}", {str(left), str(right)}), subset_dir=str(subset))
-        if early:
-            pool.start_server()
-        pool.run_chunks(items, config, 2, lambda results: None)
-        assert os.listdir(config.spill_dir or "") == []  # each source's files went with its last chunk
-        outputs[early] = {p.name: p.read_bytes() for p in subset.iterdir()}
-    assert len(outputs[True]) == 60
-    assert outputs[True] == outputs[False]

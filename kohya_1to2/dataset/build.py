@@ -247,9 +247,6 @@ def build_composites(
         fingerprints=fingerprints,
         on_disk=_file_sizes(subset),
     )
-    workers = workers or settings.worker_count
-    if pool.uses_pool(len(reuse.to_build), workers):
-        pool.start_server()  # it imports the worker code while this process finishes the set-up
     for caption_name, caption in reuse.captions:
         atomic_write_text(subset / caption_name, caption + "\n")
     removed += _remove_owned(subset, pattern, keep=reuse.expected_names)
@@ -262,7 +259,8 @@ def build_composites(
                        wanted=bool(plans) and (preview_stale or force or not layout.preview.is_file()))
     if to_build:
         try:
-            _build(to_build, layout, subset, settings, manifest, preview, console, workers, cache_bytes)
+            _build(to_build, layout, subset, settings, manifest, preview, console,
+                   workers or settings.worker_count, cache_bytes)
         except BaseException:
             preview.abandon()
             raise
@@ -320,8 +318,7 @@ def _build(
                             on_results=preview.start_when_ready if preview.wanted else None,
                             first_below=PREVIEW_ITEMS)
         finally:
-            shutil.rmtree(layout.spill, ignore_errors=True)  # what is left: the pool deletes a source's files
-            # as soon as its last chunk is done
+            shutil.rmtree(layout.spill, ignore_errors=True)
 
 
 class _Manifest:

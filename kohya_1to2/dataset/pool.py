@@ -9,14 +9,10 @@ at a time, and the heap trimmed after each chunk. Pool start-up does not grow wi
 forkserver imports this module (and the PNG encoder) once, workers fork from it on demand, and nothing heavy
 is imported per worker. This module's imports stay free of pydantic (`models`): the forkserver imports them
 before the first worker can start.
-
-The spill (decoded sources shared between workers as raw files) is filled by the parent while the pool starts
-(a core would idle there), and a source's files are deleted as soon as the last chunk that uses it is done.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import os
@@ -24,7 +20,6 @@ import shutil
 import signal
 import struct
 import sys
-import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -291,28 +286,21 @@ _libc = _load_libc() if sys.platform.startswith("linux") else None
 _SPILL_HEADER = struct.Struct("<4I")
 
 
-def spill_stem(source: str) -> str:
-    """Every spill file of one source (decoded, and resized per pair height) starts with this name, so the
-    parent can delete them all once the source's last chunk is done."""
-    return hashlib.sha1(source.encode("utf-8")).hexdigest()
-
-
-def _spill_path(config: WorkerConfig, source: str, size: tuple[int, int] | None) -> Path | None:
-    """Where a decoded source (or its copy resized to `size`) is shared; None: not shared."""
-    if config.spill_dir is None or source not in config.spill_sources:
+def _spill_path(key: str) -> Path | None:
+    """Where a decoded source (key = path) or a resized one (path + size) is shared; None: not shared."""
+    if _worker_config is None or _worker_config.spill_dir is None:
+        return None
+    if key.split("\n", 1)[0] not in _worker_config.spill_sources:
         return None  # used by one composite only: writing it would cost more than it saves
-    resized = f".{size[0]}x{size[1]}" if size is not None else ""
-    return Path(config.spill_dir) / f"{spill_stem(source)}{resized}.rgb"
+    return Path(_worker_config.spill_dir) / (hashlib.sha1(key.encode("utf-8")).hexdigest() + ".rgb")
 
 
-def _spilled(
-    config: WorkerConfig, source: str, size: tuple[int, int] | None, make: Callable[[], tuple[Any, tuple[int, int]]]
-) -> tuple[Any, tuple[int, int]]:
+def _spilled(key: str, make: Callable[[], tuple[Any, tuple[int, int]]]) -> tuple[Any, tuple[int, int]]:
     """Decoded pixels shared by all workers through raw files: each source is decoded (and each pair
     height resized) once per build instead of once per worker and cache miss."""
     from PIL import Image
 
-    path = _spill_path(config, source, size)
+    path = _spill_path(key)
     if path is not None:
         try:
             data = path.read_bytes()
@@ -327,26 +315,21 @@ def _spilled(
     return image, source_size
 
 
-def _decoded(config: WorkerConfig, path: str) -> tuple[Any, tuple[int, int]]:
+def _load(path: str) -> tuple[Any, tuple[int, int]]:
     def decode() -> tuple[Any, tuple[int, int]]:
-        image = compose.load_source(Path(path), config.background, config.max_side)
+        assert _worker_config is not None
+        image = compose.load_source(Path(path), _worker_config.background, _worker_config.max_side)
         return image, image.info.get(compose.SOURCE_SIZE_KEY, image.size)
 
-    return _spilled(config, path, None, decode)
-
-
-def _load(path: str) -> tuple[Any, tuple[int, int]]:
-    assert _worker_config is not None
-    return _decoded(_worker_config, path)
+    return _spilled(path, decode)
 
 
 def _fitted(cache: SourceCache, path: str, image: Any, size: tuple[int, int]) -> Any:
     """A source resized for one pair height; cached too, since a source meets the same few heights often."""
     if image.size == size:
         return image
-    assert _worker_config is not None
-    config = _worker_config
-    return cache.get((path, size), lambda _: _spilled(config, path, size, lambda: (compose.fit(image, size), size)))[0]
+    key = f"{path}\n{size[0]}x{size[1]}"
+    return cache.get(key, lambda _: _spilled(key, lambda: (compose.fit(image, size), size)))[0]
 
 
 def _build_one(item: WorkItem) -> ItemResult:
@@ -392,22 +375,6 @@ Record = Callable[[Iterable[ItemResult]], object]
 """Called in the parent with each finished chunk's results, in completion order."""
 
 
-def uses_pool(item_count: int, workers: int) -> bool:
-    """Whether `run_chunks` builds this many items on a process pool (else in this process)."""
-    return workers > 1 and -(-item_count // CHUNK_SIZE) > 2
-
-
-def start_server() -> None:
-    """Start the forkserver now, without waiting for it: it imports the worker code and the encoder while
-    the caller goes on (reuse checks, spill sizing, scheduling). `run_chunks` would otherwise start it at its
-    first submit and wait there. A no-op where forkserver does not exist or it already runs."""
-    context = _pool_context()
-    if context.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
-
-
 def run_chunks(
     items: list[WorkItem],
     config: WorkerConfig,
@@ -422,7 +389,7 @@ def run_chunks(
     `first_below` (the preview's) go first; the last chunks are cut smaller so the workers finish together.
     """
     chunks = schedule(items)
-    if not uses_pool(len(items), workers):
+    if workers <= 1 or len(chunks) <= 2:
         failure = _run_in_process(chunks, config, record)
     else:
         chunks = taper(first_items_first(chunks, first_below) if on_results else chunks, workers)
@@ -437,46 +404,14 @@ def run_chunks(
         raise failure.error()
 
 
-class SpillJanitor:
-    """Deletes a source's spill files as soon as the last chunk that uses it is done, so the build does not
-    end with one core deleting them all while the other idles. Works in the parent; `None` spill: no-op."""
-
-    def __init__(self, chunks: Sequence[list[WorkItem]], config: WorkerConfig) -> None:
-        self.folder = Path(config.spill_dir) if config.spill_dir is not None else None
-        self._left: Counter[str] = Counter()
-        if self.folder is not None:
-            for chunk in chunks:
-                self._left.update({p for item in chunk for p in (item.left, item.right)} & config.spill_sources)
-
-    def chunk_done(self, chunk: Sequence[WorkItem]) -> None:
-        if self.folder is None:
-            return
-        retired = []
-        for source in {p for item in chunk for p in (item.left, item.right)}:
-            if source in self._left:
-                self._left[source] -= 1
-                if self._left[source] == 0:
-                    del self._left[source]
-                    retired.append(spill_stem(source))
-        if retired:
-            stems = tuple(retired)
-            with contextlib.suppress(FileNotFoundError), os.scandir(self.folder) as entries:
-                for entry in entries:
-                    if entry.name.startswith(stems):
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(entry.path)
-
-
 def _run_in_process(chunks: list[list[WorkItem]], config: WorkerConfig, record: Record) -> WorkerFailure | None:
     _init_worker(config, None, pool_worker=False)
-    janitor = SpillJanitor(chunks, config)
     try:
         for chunk in chunks:
             results, failure = build_chunk(chunk)
             record(results)
             if failure is not None:
                 return failure
-            janitor.chunk_done(chunk)
     except KeyboardInterrupt:
         raise interrupted() from None
     finally:
@@ -484,10 +419,8 @@ def _run_in_process(chunks: list[list[WorkItem]], config: WorkerConfig, record: 
     return None
 
 
-def _submit(
-    executor: ProcessPoolExecutor, queue: Iterator[list[WorkItem]], count: int
-) -> dict[Future[Any], list[WorkItem]]:
-    return {executor.submit(build_chunk, chunk): chunk for chunk in itertools.islice(queue, max(0, count))}
+def _submit(executor: ProcessPoolExecutor, queue: Iterator[list[WorkItem]], count: int) -> set[Future[Any]]:
+    return {executor.submit(build_chunk, chunk) for chunk in itertools.islice(queue, max(0, count))}
 
 
 def _pool_context() -> Any:
@@ -502,62 +435,28 @@ def _pool_context() -> Any:
     return context
 
 
-def first_needs(chunks: Sequence[list[WorkItem]], workers: int, sources: frozenset[str]) -> list[str]:
-    """Spilled sources in the order the first `workers` chunks (one per worker, run side by side) need them."""
-    order: dict[str, None] = {}
-    for row in itertools.zip_longest(*chunks[:workers]):
-        for item in row:
-            if item is not None:
-                order.update((p, None) for p in (item.left, item.right) if p in sources)
-    return list(order)
-
-
-def _prefill_spill(config: WorkerConfig, sources: Sequence[str], until: threading.Event) -> None:
-    """Decode sources into the spill in this process while the pool starts (the forkserver imports, a core
-    idles): the first workers then read them instead of decoding. Stops once a worker runs; errors are left
-    for the worker that needs the source to report."""
-    for source in sources:
-        if until.is_set():
-            break
-        try:
-            _decoded(config, source)
-        except (OneToTwoError, OSError):
-            continue
-    release_freed_memory()
-
-
 def _run_pool(chunks: list[list[WorkItem]], config: WorkerConfig, workers: int, record: Record) -> WorkerFailure | None:
     context = _pool_context()
     stop = context.Event()
     executor = ProcessPoolExecutor(
         max_workers=min(workers, len(chunks)), mp_context=context, initializer=_init_worker, initargs=(config, stop)
     )
-    janitor = SpillJanitor(chunks, config)
     failure: WorkerFailure | None = None
-    pending: dict[Future[Any], list[WorkItem]] = {}
+    pending: set[Future[Any]] = set()
     queue = iter(chunks)
     window = workers * WINDOW_PER_WORKER
-    workers_run = threading.Event()
-    prefill = None
-    if config.spill_dir is not None:
-        prefill = threading.Thread(target=_prefill_spill, name="1to2-prefill", daemon=True,
-                                   args=(config, first_needs(chunks, workers, config.spill_sources), workers_run))
-        prefill.start()
     try:
-        pending = _submit(executor, queue, window)  # returns once the forkserver is up and the workers forked
-        workers_run.set()
+        pending = _submit(executor, queue, window)
         while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                chunk = pending.pop(future)
                 results, chunk_failure = future.result()
                 record(results)
                 failure = failure or chunk_failure
-                janitor.chunk_done(chunk)
             if failure:
                 stop.set()
             else:
-                pending.update(_submit(executor, queue, window - len(pending)))
+                pending |= _submit(executor, queue, window - len(pending))
     except KeyboardInterrupt:
         stop.set()
         for future in pending:
@@ -573,8 +472,5 @@ def _run_pool(chunks: list[list[WorkItem]], config: WorkerConfig, workers: int, 
         executor.shutdown(wait=True, cancel_futures=True)
         raise interrupted() from None
     finally:
-        workers_run.set()
-        if prefill is not None:
-            prefill.join()
         executor.shutdown(wait=True, cancel_futures=True)
     return failure
