@@ -291,10 +291,7 @@ def metrics_html(records: Sequence[Mapping[str, Any]], stages: Sequence[int] = S
     if calibration:
         body += (f"<p>Composite detector: calibrated on {calibration['positives']} of the run's composites vs "
                  f"{calibration['negatives']} stage-1 sources, accuracy {calibration['accuracy']:.1%}.</p>")
-        body += table(["row", "prompt kind", "images", "judged composites", "composite rate", "detector accuracy"],
-                      [(r["label"], r["kind"], r["images"], r["composites"],
-                        "-" if r["rate"] is None else f"{r['rate']:.0%}", f"{r['detector_accuracy']:.1%}")
-                       for r in rates], numeric=[2, 3, 4, 5])
+        body += composite_rate_table(rates)
     else:
         body += '<p class="missing">No composite rate: the run has no composites or sources to calibrate on.</p>'
     for best in (r for r in records if r["metric"] == "best_epoch"):
@@ -305,6 +302,14 @@ def metrics_html(records: Sequence[Mapping[str, Any]], stages: Sequence[int] = S
     if identity_rows:
         body += table(headers, identity_rows, numeric=range(1, len(headers)))
     return body
+
+
+def composite_rate_table(rates: Sequence[Mapping[str, Any]]) -> str:
+    """One row per (weights row, prompt kind): images, judged composites, rate, and the detector's accuracy."""
+    return table(["row", "prompt kind", "images", "judged composites", "composite rate", "detector accuracy"],
+                 [(r["label"], r["kind"], r["images"], r["composites"],
+                   "-" if r["rate"] is None else f"{r['rate']:.0%}", f"{r['detector_accuracy']:.1%}")
+                  for r in rates], numeric=[2, 3, 4, 5])
 
 
 def best_epoch_html(best: Mapping[str, Any], stages: Sequence[int], mode: str) -> str:
@@ -334,10 +339,7 @@ def comparison_section(run: RunDir) -> str | None:
             f"of runs with the same base model and settings) is shown once.</p>")
     rates = [r for r in records if r["metric"] == "composite_rate"]
     if rates:
-        body += table(["row", "prompt kind", "images", "judged composites", "composite rate", "detector accuracy"],
-                      [(r["label"], r["kind"], r["images"], r["composites"],
-                        "-" if r["rate"] is None else f"{r['rate']:.0%}", f"{r['detector_accuracy']:.1%}")
-                       for r in rates], numeric=[2, 3, 4, 5])
+        body += composite_rate_table(rates)
     else:
         body += '<p class="missing">No composite rate: the runs have no composites or sources to calibrate on.</p>'
     notes = []
