@@ -183,7 +183,10 @@ Mode = Literal["sequential", "joint", "replay"]
 
 StageNumber = Literal[1, 2]
 
-MODE_STAGES: dict[str, tuple[StageNumber, ...]] = {"sequential": (1, 2), "replay": (1, 2), "joint": (1,)}
+STAGES: tuple[StageNumber, ...] = (1, 2)
+"""Every stage the tool knows, in order; a run trains those of its mode (`MODE_STAGES`)."""
+
+MODE_STAGES: dict[str, tuple[StageNumber, ...]] = {"sequential": STAGES, "replay": STAGES, "joint": (1,)}
 """The stages each mode trains; the last one's network is the run's result."""
 
 

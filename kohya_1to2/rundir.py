@@ -20,9 +20,8 @@ from typing import IO, Any
 from pydantic import ValidationError
 
 from kohya_1to2.errors import UsageError
-from kohya_1to2.models import Family, Job, StageNumber, validation_message
+from kohya_1to2.models import STAGES, Family, Job, StageNumber, validation_message
 
-STAGES: tuple[StageNumber, ...] = (1, 2)
 MARKER_FORMAT = 1
 
 

@@ -25,6 +25,7 @@ from kohya_1to2.flags import model_overrides
 from kohya_1to2.fsutil import atomic_write_text
 from kohya_1to2.kohya import base_model_problem
 from kohya_1to2.models import (
+    STAGES,
     CaptionRules,
     Character,
     CompositePlan,
@@ -36,7 +37,7 @@ from kohya_1to2.models import (
     TrainingSettings,
     validation_message,
 )
-from kohya_1to2.rundir import STAGES, RunDir, check_out_dir, claim, refuse_foreign_files, writer_lock
+from kohya_1to2.rundir import RunDir, check_out_dir, claim, refuse_foreign_files, writer_lock
 
 
 def job_from_args(args: argparse.Namespace) -> Job:

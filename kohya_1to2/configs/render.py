@@ -34,7 +34,6 @@ from kohya_1to2.rundir import RunDir
 Stage = StageNumber
 Role = Literal["character", "composites", "replay", "reg"]
 """What a subset holds: a character's folder, the composites, a character's replayed images, a reg class."""
-STAGES: tuple[Stage, Stage] = (1, 2)
 
 STAGE_SPECIFIC_KEYS = frozenset(
     {opt.TRAIN_BATCH_SIZE, opt.NETWORK_WEIGHTS, opt.OUTPUT_DIR, opt.OUTPUT_NAME, opt.DATASET_CONFIG, opt.LOGGING_DIR}

@@ -30,7 +30,8 @@ from kohya_1to2.evaluate.compare import COMPARE_FOLDER, COMPARISON_FILE
 from kohya_1to2.evaluate.curves import Series, log_losses, tensorboard_scalars
 from kohya_1to2.evaluate.rows import stage_title
 from kohya_1to2.fsutil import atomic_path, atomic_write_text
-from kohya_1to2.rundir import STAGES, RunDir
+from kohya_1to2.models import STAGES
+from kohya_1to2.rundir import RunDir
 
 THUMB_SIDE = 256
 GRID_THUMB_WIDTH = 1100

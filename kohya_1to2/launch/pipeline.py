@@ -27,9 +27,8 @@ from kohya_1to2.launch.argv import StageCommand
 from kohya_1to2.launch.inputs import Attempt, Decision, Record, StageInputs, collect_inputs, decide
 from kohya_1to2.launch.run import run_child
 from kohya_1to2.launch.substitutions import Capabilities, Substitution, apply_substitutions, plan_substitutions
+from kohya_1to2.models import STAGES
 from kohya_1to2.rundir import RunDir
-
-STAGES = (1, 2)
 
 
 @dataclass(frozen=True)
