@@ -1,4 +1,4 @@
-"""Small filesystem helpers of the imperative shell: atomic writes, hashing."""
+"""Small filesystem helpers of the imperative shell: atomic writes, free names, hashing."""
 
 from __future__ import annotations
 
@@ -41,6 +41,16 @@ def atomic_write_bytes(final: Path, data: bytes) -> None:
 
 def atomic_write_text(final: Path, text: str) -> None:
     atomic_write_bytes(final, text.encode("utf-8"))
+
+
+def free_path(folder: Path, stem: str, suffix: str = "") -> Path:
+    """`folder/<stem><suffix>`, or `<stem>-1<suffix>`, `-2`... if taken: a backup never overwrites an earlier one."""
+    path = folder / f"{stem}{suffix}"
+    counter = 1
+    while path.exists():
+        path = folder / f"{stem}-{counter}{suffix}"
+        counter += 1
+    return path
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

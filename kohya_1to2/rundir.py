@@ -13,16 +13,22 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
 from pydantic import ValidationError
 
 from kohya_1to2.errors import UsageError
+from kohya_1to2.fsutil import atomic_write_text, free_path
 from kohya_1to2.models import STAGES, Family, Job, StageNumber, validation_message
 
 MARKER_FORMAT = 1
+
+
+def backup_stamp() -> str:
+    """The UTC time that names the backups of one command (see `RunDir.backup_path`)."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,10 @@ class RunDir:
     def backups(self) -> Path:
         return self.state / "backup"
 
+    def backup_path(self, name: str, stamp: str) -> Path:
+        """Where a backup of the run file `name` taken at `stamp` goes: `<name>.<stamp>`, numbered if taken."""
+        return free_path(self.backups, f"{name}.{stamp}")
+
     @property
     def strays(self) -> Path:
         """Files found in a subset folder that the run did not write, moved out of training."""
@@ -219,8 +229,6 @@ def claim(run: RunDir, command: str) -> None:
     refuse_foreign_files(run)
     if run.is_run_dir():
         return
-    from kohya_1to2.fsutil import atomic_write_text
-
     try:
         atomic_write_text(run.marker, json.dumps({"format": MARKER_FORMAT, "created_by": command}) + "\n")
     except OSError as exc:

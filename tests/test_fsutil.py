@@ -7,7 +7,14 @@ import stat
 
 import pytest
 
-from kohya_1to2.fsutil import TMP_PREFIX, atomic_path, atomic_write_text, remove_stale_temporaries, sha256_file
+from kohya_1to2.fsutil import (
+    TMP_PREFIX,
+    atomic_path,
+    atomic_write_text,
+    free_path,
+    remove_stale_temporaries,
+    sha256_file,
+)
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):
@@ -44,3 +51,11 @@ def test_stale_temporaries_are_removed_and_hash_is_sha256(tmp_path):
     assert remove_stale_temporaries(tmp_path) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["keep.png"]
     assert sha256_file(tmp_path / "keep.png") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_free_path_numbers_a_taken_name_before_its_suffix(tmp_path):
+    assert free_path(tmp_path, "stage1.20260101", ".log") == tmp_path / "stage1.20260101.log"
+    (tmp_path / "stage1.20260101.log").write_text("a")
+    (tmp_path / "stage1.20260101-1.log").write_text("b")
+    assert free_path(tmp_path, "stage1.20260101", ".log") == tmp_path / "stage1.20260101-2.log"
+    assert free_path(tmp_path, "other") == tmp_path / "other"

@@ -175,6 +175,23 @@ def test_switching_modes_moves_stale_stage_files_and_replay_folders_away(tmp_pat
     assert "stage2" not in capsys.readouterr().out
 
 
+def test_stale_stage_files_moved_twice_in_one_second_keep_both_backups(tmp_path):
+    from rich.console import Console
+
+    from kohya_1to2.commands.prepare import write_mode_folders
+    from kohya_1to2.models import Job, SourceSettings, TrainingSettings
+
+    out = tmp_path / "run"
+    job = Job(out=out, sources=SourceSettings(roots=[tmp_path / "src"]), training=TrainingSettings(mode="joint"))
+    for text in ("first", "second"):
+        out.mkdir(exist_ok=True)
+        (out / "stage2.train.toml").write_text(text, encoding="utf-8")
+        write_mode_folders(job, [], 0, Console(file=None, quiet=True), "20260101T000000Z")
+    kept = {p.name: p.read_text(encoding="utf-8") for p in (out / ".1to2" / "backup").iterdir()}
+    assert kept == {"stage2.train.toml.20260101T000000Z": "first", "stage2.train.toml.20260101T000000Z-1": "second"}
+    assert not (out / "stage2.train.toml").exists()
+
+
 def test_a_reg_folder_inside_the_sources_is_offered_not_used(kohya_dataset, tmp_path, capsys):
     src = kohya_dataset({"alice": 2, "bob": 2})
     (src / "reg" / "1_person").mkdir(parents=True)

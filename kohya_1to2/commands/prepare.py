@@ -37,7 +37,7 @@ from kohya_1to2.models import (
     TrainingSettings,
     validation_message,
 )
-from kohya_1to2.rundir import RunDir, check_out_dir, claim, refuse_foreign_files, writer_lock
+from kohya_1to2.rundir import RunDir, backup_stamp, check_out_dir, claim, refuse_foreign_files, writer_lock
 
 
 def job_from_args(args: argparse.Namespace) -> Job:
@@ -198,7 +198,7 @@ def prepare_run(args: PrepareOptions, console: Console, job: Job, take_run_dir: 
         return 0
 
     built = build_composites(plans, characters, built_job, run_dir, force=args.force, console=console)
-    write_mode_folders(job, replay, len(plans) * repeats, console)
+    write_mode_folders(job, replay, len(plans) * repeats, console, backup_stamp())
     check_plan(job, characters, built.subset_dir, repeats, built.sizes, reg_sets=reg.sets, replay=replay)
     report = write_run_configs(
         job,
@@ -261,11 +261,12 @@ def mode_replay(job: Job, characters: Sequence[Character], composite_samples: in
     return plan_replay(characters, composite_samples, job.training.replay_share, job.composites.seed)
 
 
-def write_mode_folders(job: Job, replay: Sequence[ReplayPick], composite_samples: int, console: Console) -> None:
+def write_mode_folders(job: Job, replay: Sequence[ReplayPick], composite_samples: int, console: Console,
+                       stamp: str) -> None:
     """Mirror replay's picks into <run>/replay/ (removed in other modes: it only holds links and copies), and
-    move generated files of stages the mode does not train to the backups, so nothing stale is launched."""
+    move generated files of stages the mode does not train to the backups (named by `stamp`), so nothing stale
+    is launched."""
     import shutil
-    from datetime import datetime, timezone
 
     from kohya_1to2.dataset.replay import write_replay
 
@@ -280,14 +281,13 @@ def write_mode_folders(job: Job, replay: Sequence[ReplayPick], composite_samples
                       f"(--replay-share {job.training.replay_share:g})")
     elif layout.replay.is_dir():
         shutil.rmtree(layout.replay)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     for stage in STAGES:
         if stage in job.stages:
             continue
         for path in (layout.train_toml(stage), layout.dataset_toml(stage)):
             if path.is_file():
                 layout.backups.mkdir(parents=True, exist_ok=True)
-                target = layout.backups / f"{path.name}.{stamp}"
+                target = layout.backup_path(path.name, stamp)
                 path.replace(target)
                 (layout.generated / path.name).unlink(missing_ok=True)
                 console.print(Text(f"{job.training.mode} mode trains no stage {stage}: moved {path.name} to {target}",

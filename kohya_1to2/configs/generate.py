@@ -8,7 +8,6 @@ Inputs are the job and the scanned characters only (no dataset-module imports), 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,7 +46,7 @@ from kohya_1to2.fsutil import atomic_write_text
 from kohya_1to2.imagefiles import image_sizes, list_images
 from kohya_1to2.kohya import flatten_training_config
 from kohya_1to2.models import Character, Job, RegSet, ReplayPick
-from kohya_1to2.rundir import RunDir, run_stages
+from kohya_1to2.rundir import RunDir, backup_stamp, run_stages
 
 Status = Literal["written", "updated", "unchanged", "merged", "kept", "overwritten"]
 
@@ -135,12 +134,7 @@ def render_run_files(
 
 
 def _backup(run_dir: Path, name: str, text: str, stamp: str) -> Path:
-    folder = RunDir(run_dir).backups
-    path = folder / f"{name}.{stamp}"
-    counter = 1
-    while path.exists():
-        path = folder / f"{name}.{stamp}-{counter}"
-        counter += 1
+    path = RunDir(run_dir).backup_path(name, stamp)
     atomic_write_text(path, text)
     return path
 
@@ -209,7 +203,7 @@ def write_run_configs(
                              composite_count=len(composite_sizes), run_dir=run_dir,
                              composite_aspects=[w / h for w, h in composite_sizes if h], reg_sets=reg_sets,
                              replay=replay)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = backup_stamp()
     results = [
         write_generated_file(run_dir, name, text, overwrite_edits=overwrite_edits, stamp=stamp)
         for name, text in files.items()

@@ -21,7 +21,7 @@ import tomlkit.exceptions
 from kohya_1to2 import kohya
 from kohya_1to2.configs.prompts import rotating_sample_prompts
 from kohya_1to2.errors import SetupError, TrainingError, UsageError
-from kohya_1to2.fsutil import atomic_write_text
+from kohya_1to2.fsutil import atomic_write_text, free_path
 from kohya_1to2.kohya import options
 from kohya_1to2.launch.argv import StageCommand
 from kohya_1to2.launch.inputs import Attempt, Decision, Record, StageInputs, collect_inputs, decide
@@ -196,11 +196,7 @@ def rotate_log(log_path: Path) -> Path | None:
     if not log_path.is_file():
         return None
     stamp = datetime.fromtimestamp(log_path.stat().st_mtime).strftime("%Y%m%d-%H%M%S")
-    target = log_path.with_name(f"{log_path.stem}.{stamp}{log_path.suffix}")
-    counter = 1
-    while target.exists():
-        target = log_path.with_name(f"{log_path.stem}.{stamp}-{counter}{log_path.suffix}")
-        counter += 1
+    target = free_path(log_path.parent, f"{log_path.stem}.{stamp}", log_path.suffix)
     log_path.rename(target)
     return target
 
