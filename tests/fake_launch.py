@@ -68,6 +68,13 @@ for line in (l for l in open(prompts, encoding="utf-8").read().splitlines() if l
 weights only, and the same inputs give the same image)."""
 
 
+def make_fake_base_model(root: Path) -> Path:
+    """A base-model file `prepare` accepts; the fakes never load it (the fake gen_img.py hashes its bytes)."""
+    base = root / "base.safetensors"
+    base.write_bytes(b"fake model")
+    return base
+
+
 def make_fake_gen_img(root: Path) -> Path:
     """An sd-scripts folder holding only the fake gen_img.py (pass it as `--sd-scripts`)."""
     sd = root / "sd-scripts-gen"

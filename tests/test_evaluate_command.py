@@ -15,7 +15,7 @@ from kohya_1to2.commands.evaluate import evaluation_rows
 from kohya_1to2.errors import UsageError
 from kohya_1to2.evaluate.grid import HEADER_HEIGHT, PAD
 from kohya_1to2.rundir import RunDir
-from tests.fake_launch import make_fake_gen_img
+from tests.fake_launch import make_fake_base_model, make_fake_gen_img
 from tests.test_evaluate_rows import write_network
 
 
@@ -73,11 +73,21 @@ def fake_gen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return make_fake_gen_img(tmp_path)
 
 
-def prepare(src: Path, out: Path, base: Path, mode: str) -> Path:
-    code = main(["prepare", str(src), "--out", str(out), "--base-model", str(base), "--workers", "1", "--mode", mode,
-                 "--preset", "smoke"])
-    assert code == 0
-    return out
+Prepare = Callable[[Path, Path, str], Path]
+
+
+@pytest.fixture
+def prepare(tmp_path: Path) -> Prepare:
+    """`prepare(src, out, mode)`: a run of `src` in `mode` on one fake base model, ready for evaluate."""
+    base = make_fake_base_model(tmp_path)
+
+    def run(src: Path, out: Path, mode: str) -> Path:
+        code = main(["prepare", str(src), "--out", str(out), "--base-model", str(base), "--workers", "1",
+                     "--mode", mode, "--preset", "smoke"])
+        assert code == 0
+        return out
+
+    return run
 
 
 def trained(run: Path, stage: int, name: str, epochs: int) -> None:
@@ -98,13 +108,11 @@ EVAL = ("--seeds", "2", "--singles", "1", "--pairs", "1", "--epochs", "all", "--
 
 
 def test_two_runs_of_the_same_sources_in_one_grid_per_prompt_and_one_metrics_table(
-        tmp_path: Path, fake_gen: Path, kohya_dataset: Callable[..., Path],
+        tmp_path: Path, fake_gen: Path, kohya_dataset: Callable[..., Path], prepare: Prepare,
         capsys: pytest.CaptureFixture[str]) -> None:
     src = kohya_dataset({"alice": 2, "bob": 2})
-    base = tmp_path / "base.safetensors"
-    base.write_bytes(b"fake model")
-    seq = prepare(src, tmp_path / "run_seq", base, "sequential")
-    joint = prepare(src, tmp_path / "run_joint", base, "joint")
+    seq = prepare(src, tmp_path / "run_seq", "sequential")
+    joint = prepare(src, tmp_path / "run_joint", "joint")
     trained(seq, 1, "1to2_stage1", 1)
     trained(seq, 2, "1to2", 2)
     trained(joint, 1, "1to2", 2)
@@ -167,13 +175,10 @@ def test_two_runs_of_the_same_sources_in_one_grid_per_prompt_and_one_metrics_tab
 
 
 def test_runs_of_other_sources_are_refused_before_any_image(
-        tmp_path: Path, fake_gen: Path, kohya_dataset: Callable[..., Path],
+        tmp_path: Path, fake_gen: Path, kohya_dataset: Callable[..., Path], prepare: Prepare,
         capsys: pytest.CaptureFixture[str]) -> None:
-    base = tmp_path / "base.safetensors"
-    base.write_bytes(b"fake model")
-    first = prepare(kohya_dataset({"alice": 2, "bob": 2}), tmp_path / "a", base, "sequential")
-    other = prepare(kohya_dataset({"alice": 2, "bob": 2, "carol": 2}, root_name="src2"), tmp_path / "b", base,
-                    "joint")
+    first = prepare(kohya_dataset({"alice": 2, "bob": 2}), tmp_path / "a", "sequential")
+    other = prepare(kohya_dataset({"alice": 2, "bob": 2, "carol": 2}, root_name="src2"), tmp_path / "b", "joint")
     capsys.readouterr()
     assert main(["evaluate", str(first), str(other), "--sd-scripts", str(fake_gen), *EVAL]) == 2
     err = capsys.readouterr().err
@@ -183,11 +188,9 @@ def test_runs_of_other_sources_are_refused_before_any_image(
 
 
 def test_a_joint_run_alone_has_the_base_then_its_epochs_and_no_comparison(
-        tmp_path: Path, fake_gen: Path, kohya_dataset: Callable[..., Path],
+        tmp_path: Path, fake_gen: Path, kohya_dataset: Callable[..., Path], prepare: Prepare,
         capsys: pytest.CaptureFixture[str]) -> None:
-    base = tmp_path / "base.safetensors"
-    base.write_bytes(b"fake model")
-    joint = prepare(kohya_dataset({"alice": 1, "bob": 1}), tmp_path / "run_joint", base, "joint")
+    joint = prepare(kohya_dataset({"alice": 1, "bob": 1}), tmp_path / "run_joint", "joint")
     trained(joint, 1, "1to2", 3)
     assert main(["evaluate", str(joint), "--sd-scripts", str(fake_gen), "--seeds", "1", "--epochs", "1,3"]) == 0
     out = capsys.readouterr().out

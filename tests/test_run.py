@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fake_launch import DRIVER, make_fake_sd_scripts, q
+from fake_launch import DRIVER, make_fake_base_model, make_fake_sd_scripts, q
 
 from kohya_1to2.cli import main
 from kohya_1to2.commands import launch as launch_command
@@ -72,8 +72,7 @@ def fake_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def make_run(run: Path) -> Path:
-    base = run.parent / "base.safetensors"
-    base.write_bytes(b"fake model")
+    base = make_fake_base_model(run.parent)
     for stage in (1, 2):
         (run / f"stage{stage}.dataset.toml").parent.mkdir(parents=True, exist_ok=True)
         (run / f"stage{stage}.dataset.toml").write_text("[general]\nenable_bucket = true\n", encoding="utf-8")

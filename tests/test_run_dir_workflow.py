@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import write_image
-from fake_launch import make_fake_sd_scripts
+from fake_launch import make_fake_base_model, make_fake_sd_scripts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_run import FAKE_TRAIN, calls
@@ -64,8 +64,7 @@ def decisions(text: str) -> dict[int, bool]:
 @pytest.fixture
 def prepared(tmp_path: Path, fake_sd: Path) -> tuple[Path, Path, Path]:
     src = make_sources(tmp_path / "src", {"alice": 2, "bob": 2, "carol": 2})
-    base = tmp_path / "base.safetensors"
-    base.write_bytes(b"fake model")
+    base = make_fake_base_model(tmp_path)
     out = tmp_path / "run"
     assert prepare(src, out, base) == 0
     return src, out, base
@@ -164,8 +163,7 @@ def _tree_digest(root: Path) -> dict[str, str]:
 @pytest.mark.slow
 def test_two_concurrent_prepares_one_refused_and_the_run_dir_equals_a_clean_runs(tmp_path: Path) -> None:
     src = make_sources(tmp_path / "src", {"alice": 6, "bob": 6, "carol": 6})
-    base = tmp_path / "base.safetensors"
-    base.write_bytes(b"fake model")
+    base = make_fake_base_model(tmp_path)
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "kohya_1to2", "prepare", str(src), "--out", str(out), "--base-model", str(base),
             "--budget", "120"]
@@ -339,8 +337,7 @@ def test_property_the_stages_that_run_are_exactly_those_whose_inputs_changed(
 ) -> None:
     tmp = tmp_path_factory.mktemp("prop")
     src = make_sources(tmp / "src", {"alice": 2, "bob": 2, "carol": 2})
-    base = tmp / "base.safetensors"
-    base.write_bytes(b"fake model")
+    base = make_fake_base_model(tmp)
     out = tmp / "run"
     assert prepare(src, out, base) == 0
     assert launch(out, fake_sd) == 0
