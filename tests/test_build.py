@@ -355,7 +355,7 @@ def test_kill_9_of_a_pooled_build_mid_way_then_rerun_equals_a_clean_build(tmp_pa
 
 def test_ctrl_c_in_process_leaves_no_partial_file(src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "run"
-    real_encode = compose.encode_pair
+    real_encode = compose.encode_canvas
     calls = {"n": 0}
 
     def interrupted_encode(*args: object, **kwargs: object) -> bytes:
@@ -364,12 +364,12 @@ def test_ctrl_c_in_process_leaves_no_partial_file(src: Path, tmp_path: Path, mon
             raise KeyboardInterrupt
         return real_encode(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(compose, "encode_pair", interrupted_encode)
+    monkeypatch.setattr(compose, "encode_canvas", interrupted_encode)
     with pytest.raises(Interrupted, match="interrupted"):
         run_build(src, out)
     assert not list(out.rglob(TMP_PREFIX + "*"))
     assert not RunDir(out).manifest.exists()
-    monkeypatch.setattr(compose, "encode_pair", real_encode)
+    monkeypatch.setattr(compose, "encode_canvas", real_encode)
     run_build(src, out)
     run_build(src, tmp_path / "clean")
     assert tree_hashes(out) == tree_hashes(tmp_path / "clean")
@@ -555,3 +555,27 @@ def test_a_caption_only_change_rewrites_the_caption_and_keeps_the_image(built_st
     assert decided.entries[2] == previous[2]  # the entry carries the plan's caption again
     assert decided.captions[0][1] == previous[2].caption
     assert decided.preview_stale  # composite 2 is on the preview
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_preview_comes_from_the_workers_thumbnails_and_equals_one_made_from_the_files(
+    tmp_path: Path, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh build never decodes a composite again for the preview (its workers made the thumbnails from the
+    pixels they encoded); a preview made later from the files is byte for byte the same."""
+    from kohya_1to2.dataset import preview
+
+    src = make_sources(tmp_path / "src", {"a": 5, "b": 5, "c": 5}, size=(160, 200))
+    out = tmp_path / "run"
+
+    def no_decoding(path: Path) -> None:
+        raise AssertionError(f"the preview decoded {path}")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(preview, "_thumbnail", no_decoding)
+        run_build(src, out, budget=40, workers=workers)
+    made_by_workers = RunDir(out).preview.read_bytes()
+    RunDir(out).preview.unlink()
+    again = run_build(src, out, budget=40, workers=workers)  # all reused: the preview decodes the files
+    assert again.written == 0
+    assert RunDir(out).preview.read_bytes() == made_by_workers

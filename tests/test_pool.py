@@ -90,3 +90,47 @@ def test_the_worker_code_imports_neither_pydantic_nor_the_models() -> None:
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pydantic' or m == 'kohya_1to2.models'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg"])  # OpenCV (when installed) and Pillow
+@pytest.mark.parametrize("spill", [False, True])
+@pytest.mark.parametrize("cache_bytes", [1, pool.CACHE_BYTES])  # a one-entry cache: misses read the spill
+def test_a_worker_gives_the_bytes_of_encode_compose_pair_whatever_form_its_cache_keeps(
+    tmp_path: Path, fmt: str, spill: bool, cache_bytes: int
+) -> None:
+    """Workers keep fitted halves as OpenCV arrays when OpenCV encodes (converted once, reused by many
+    composites; read from the spill as raw arrays): the bytes must stay those of the plain compose -> encode
+    path, resized or not, any gap, from the cache, the spill or a fresh decode; so must the thumbnails."""
+    from kohya_1to2.dataset import preview
+    from kohya_1to2.models import CompositeSettings
+
+    sources = []
+    for n, size in enumerate([(90, 60), (50, 60), (70, 44)]):
+        path = tmp_path / f"s{n}.png"
+        image = Image.effect_noise(size, 60).convert("RGB")
+        image.paste((n * 80, 30, 200), (3, 3, 20, 15))
+        image.save(path)
+        sources.append(path)
+    pairs = [(0, 1), (1, 0), (0, 2), (2, 1), (1, 2), (0, 1)] * 3
+    items = [pool.WorkItem(index=i, left=str(sources[a]), right=str(sources[b]), image_name=f"{i:06d}.{fmt}",
+                           caption_name=f"{i:06d}.txt", caption="c", thumbnail=i % 2 == 0)
+             for i, (a, b) in enumerate(pairs)]
+    settings = CompositeSettings(gap=4, max_side=120, format=fmt)  # type: ignore[call-arg]
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    (tmp_path / "spill").mkdir()
+    config = pool.WorkerConfig(background=settings.background_rgb, gap=4, max_side=120, format=fmt, quality=95,
+                               subset_dir=str(subset), cache_bytes=cache_bytes,
+                               spill_dir=str(tmp_path / "spill") if spill else None,
+                               spill_sources=frozenset(str(path) for path in sources))
+    results: list[pool.ItemResult] = []
+    pool.run_chunks(items, config, 1, results.extend)
+    thumbnails = {result[0]: result[6] for result in results}
+    for item, (a, b) in zip(items, pairs, strict=True):
+        left, right = (compose.load_source(sources[k], settings.background_rgb, 120) for k in (a, b))
+        expected = compose.encode(compose.compose_pair(left, right, settings), fmt, 95)
+        assert (subset / item.image_name).read_bytes() == expected
+        if item.thumbnail and fmt == "png":  # what the parent would get by decoding the file
+            assert thumbnails[item.index] == preview.thumbnail_data(Image.open(subset / item.image_name).convert("RGB"))
+        else:  # not on the preview, or lossy: the parent decodes the file itself
+            assert thumbnails[item.index] is None

@@ -6,7 +6,7 @@ runs its journal and the spill of decoded sources.
 
 `build_composites` is a pipeline: tidy the subset folder -> `reuse_or_rebuild` (pure: which outputs are still
 valid, which captions need rewriting, what to build) -> build the rest on workers (`pool`), journaling each
-result -> write the manifest -> the preview (on a thread while the pool works, or at the end).
+result -> write the manifest -> the preview (from thumbnails the workers made of the composites they built).
 
 A re-run trusts an output only if its manifest (or journal) line matches the current plan, the sources'
 size + mtime are unchanged and the file has the recorded size; it then never decodes an image. Encoding is
@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,8 @@ from rich.progress import (
 from rich.text import Text
 
 from kohya_1to2.dataset import captions, compose, pool
-from kohya_1to2.dataset.pool import CACHE_BYTES, ItemResult, WorkItem
+from kohya_1to2.dataset.pool import CACHE_BYTES, ItemResult, Thumbnail, WorkItem
+from kohya_1to2.dataset.preview import contact_sheet
 from kohya_1to2.errors import DatasetError
 from kohya_1to2.fsutil import TMP_PREFIX, atomic_write_text, remove_stale_temporaries
 from kohya_1to2.models import Character, CompositePlan, CompositeSettings, Job
@@ -209,6 +209,7 @@ def reuse_or_rebuild(
                 image_name=name,
                 caption_name=caption_name,
                 caption=caption,
+                thumbnail=plan.index < PREVIEW_ITEMS,
             )
         )
     return Reuse(entries, rewrites, to_build, frozenset(expected), preview_stale)
@@ -255,19 +256,15 @@ def build_composites(
     to_build, preview_stale = reuse.to_build, reuse.preview_stale
     del reuse  # the previous entries: the manifest's lines are all that is needed from here on
 
-    preview = _Preview(layout.preview, manifest.lines,
-                       wanted=bool(plans) and (preview_stale or force or not layout.preview.is_file()))
+    preview_wanted = bool(plans) and (preview_stale or force or not layout.preview.is_file())
     if to_build:
-        try:
-            _build(to_build, layout, subset, settings, manifest, preview, console,
-                   workers or settings.worker_count, cache_bytes)
-        except BaseException:
-            preview.abandon()
-            raise
+        _build(to_build, layout, subset, settings, manifest, console, workers or settings.worker_count, cache_bytes)
 
     atomic_write_text(layout.manifest, manifest.text())
     layout.journal.unlink(missing_ok=True)
-    head = preview.finish()
+    head = head_entries(manifest.lines)
+    if head and preview_wanted:
+        contact_sheet(head, layout.preview, max_items=PREVIEW_ITEMS, thumbnails=manifest.thumbnails)
     return BuildResult(
         subset_dir=subset,
         manifest_path=layout.manifest,
@@ -288,7 +285,6 @@ def _build(
     subset: Path,
     settings: CompositeSettings,
     manifest: _Manifest,
-    preview: _Preview,
     console: Console | None,
     workers: int,
     cache_bytes: int,
@@ -314,9 +310,7 @@ def _build(
             advance(manifest.add_built(results, items, journal))
 
         try:
-            pool.run_chunks(items, config, workers, record,
-                            on_results=preview.start_when_ready if preview.wanted else None,
-                            first_below=PREVIEW_ITEMS)
+            pool.run_chunks(items, config, workers, record)
         finally:
             shutil.rmtree(layout.spill, ignore_errors=True)
 
@@ -330,6 +324,8 @@ class _Manifest:
         self.lines: list[str | None] = [None] * len(plans)
         self.sizes: list[tuple[int, int]] = [(0, 0)] * len(plans)
         self._items: dict[int, WorkItem] | None = None
+        self.thumbnails: dict[str, Thumbnail] = {}
+        """Thumbnails the workers made of the preview's composites, by manifest `file`."""
 
     def add_reused(self, entries: Iterable[ManifestEntry]) -> None:
         for entry in entries:
@@ -341,11 +337,14 @@ class _Manifest:
         if self._items is None:
             self._items = {item.index: item for item in items}
         done = 0
-        for index, size, nbytes, digest, left_size, right_size in results:
+        for index, size, nbytes, digest, left_size, right_size, thumbnail in results:
             plan, item = self.plans[index], self._items[index]
+            file = f"{self.subset}/{item.image_name}"
+            if thumbnail is not None:
+                self.thumbnails[file] = thumbnail
             entry = ManifestEntry(
                 index=index,
-                file=f"{self.subset}/{item.image_name}",
+                file=file,
                 caption=item.caption,
                 left=SourceRecord(path=str(plan.left.path), size=left_size,
                                   fingerprint=self.fingerprints[plan.left.path]),
@@ -371,44 +370,6 @@ class _Manifest:
 def head_entries(lines: Sequence[str | None]) -> list[ManifestEntry]:
     """The preview's entries: the first `PREVIEW_ITEMS` composites that exist."""
     return [ManifestEntry.model_validate_json(line) for line in lines[:PREVIEW_ITEMS] if line is not None]
-
-
-class _Preview:
-    """The contact sheet of the first composites: on a pool it is made on a thread as soon as they exist,
-    while the workers build the rest; otherwise (or if that never happened) at the end."""
-
-    def __init__(self, path: Path, lines: Sequence[str | None], *, wanted: bool) -> None:
-        self.path, self.lines, self.wanted = path, lines, wanted
-        self._thread: ThreadPoolExecutor | None = None
-        self._future: Future[None] | None = None
-
-    def start_when_ready(self) -> None:
-        if self.wanted and self._future is None and all(line is not None for line in self.lines[:PREVIEW_ITEMS]):
-            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="1to2-preview")
-            self._future = self._thread.submit(_make_preview, head_entries(self.lines), self.path, True)
-
-    def abandon(self) -> None:
-        """Wait for a running preview without raising what it raised (the build's own error wins)."""
-        if self._thread is not None:
-            self._thread.shutdown(wait=True)
-
-    def finish(self) -> list[ManifestEntry]:
-        """Wait for (or make) the preview; return its entries."""
-        head = head_entries(self.lines)
-        if self._future is not None and self._thread is not None:
-            self._thread.shutdown(wait=True)
-            self._future.result()
-        elif head and self.wanted:
-            _make_preview(head, self.path, False)
-        return head
-
-
-def _make_preview(entries: list[ManifestEntry], path: Path, release_memory: bool) -> None:
-    from kohya_1to2.dataset.preview import contact_sheet
-
-    contact_sheet(entries, path, max_items=PREVIEW_ITEMS)
-    if release_memory:  # made beside the pool: the decoded composites' buffers would stay in prepare's heap
-        pool.release_freed_memory()
 
 
 @contextmanager

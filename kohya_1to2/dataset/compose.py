@@ -276,23 +276,78 @@ def _png_with_opencv(cv2: Any, bgr: Any) -> bytes:
     return bytes(encoded.tobytes())
 
 
-def encode_pair(
-    left: Image.Image, right: Image.Image, layout: PairLayout, background_rgb: RGB, fmt: str = "png", quality: int = 95
-) -> bytes:
-    """`encode(join(...))`, same bytes; with OpenCV the fitted halves go straight into one BGR buffer
-    (no RGB canvas and no whole-image copy: ~2 ms and ~12 MB less per 2 MP composite)."""
-    cv2 = _opencv() if fmt == "png" and opencv_version() else None
-    if cv2 is None:
-        return encode(join(left, right, layout, background_rgb), fmt, quality)
+def is_lossless(fmt: str) -> bool:
+    """Whether a composite file of `fmt` decodes to exactly the pixels that were encoded."""
+    return fmt == "png"
+
+
+def uses_opencv(fmt: str) -> bool:
+    """Whether `encode_pair` encodes `fmt` with OpenCV; it then also takes halves already in `as_bgr` form."""
+    return fmt == "png" and opencv_version() is not None and _opencv() is not None
+
+
+def as_bgr(image: Image.Image) -> Any:
+    """An RGB image as OpenCV's BGR array, what `encode_pair` copies into its canvas. A worker keeps a fitted
+    half in this form, so a half shared by many composites is converted once, not once per composite
+    (Pillow's export to numpy copies the pixels through its raw encoder)."""
+    import numpy
+
+    return bgr_from_rgb(numpy.asarray(image))
+
+
+def rgb_array(data: bytes, size: Size, offset: int = 0) -> Any:
+    """Raw RGB pixels as `Image.tobytes` gives them (from `offset`) viewed as an array, without a copy."""
+    import numpy
+
+    return numpy.frombuffer(data, numpy.uint8, size[0] * size[1] * 3, offset).reshape(size[1], size[0], 3)
+
+
+def bgr_from_rgb(rgb: Any) -> Any:
+    """An RGB array (height x width x 3) as OpenCV's BGR array."""
+    cv2 = _opencv()
+    assert cv2 is not None, "only called where uses_opencv()"
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+
+
+def canvas_image(canvas: Any) -> Image.Image:
+    """`composite_canvas`'s canvas as an RGB image (the pixels the encoded file decodes to, for lossless formats)."""
+    if isinstance(canvas, Image.Image):
+        return canvas
+    cv2 = _opencv()
+    assert cv2 is not None, "a BGR canvas only exists where uses_opencv()"
+    return Image.fromarray(cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB))
+
+
+def composite_canvas(left: Any, right: Any, layout: PairLayout, background_rgb: RGB, fmt: str = "png") -> Any:
+    """Two fitted halves on one canvas, in the form `encode_canvas` takes for `fmt`: an RGB image, or (where
+    `uses_opencv(fmt)`) one BGR array the halves go straight into (no RGB canvas, no whole-image copy).
+
+    `left` and `right` are RGB images, or (only where `uses_opencv(fmt)`) their `as_bgr` arrays.
+    """
+    if not uses_opencv(fmt):
+        return join(left, right, layout, background_rgb)
     import numpy
 
     width, height = layout.size
     split = layout.left[0] + layout.gap
     canvas = numpy.empty((height, width, 3), numpy.uint8)
     canvas[:, layout.left[0] : split] = background_rgb[::-1]
-    canvas[:, : layout.left[0]] = cv2.cvtColor(numpy.asarray(left), cv2.COLOR_RGB2BGR)
-    canvas[:, split:] = cv2.cvtColor(numpy.asarray(right), cv2.COLOR_RGB2BGR)
-    return _png_with_opencv(cv2, canvas)
+    canvas[:, : layout.left[0]] = left if isinstance(left, numpy.ndarray) else as_bgr(left)
+    canvas[:, split:] = right if isinstance(right, numpy.ndarray) else as_bgr(right)
+    return canvas
+
+
+def encode_canvas(canvas: Any, fmt: str = "png", quality: int = 95) -> bytes:
+    """The bytes of a `composite_canvas` canvas: the same as `encode(canvas_image(canvas))`."""
+    if isinstance(canvas, Image.Image):
+        return encode(canvas, fmt, quality)
+    return _png_with_opencv(_opencv(), canvas)
+
+
+def encode_pair(left: Any, right: Any, layout: PairLayout, background_rgb: RGB, fmt: str = "png",
+                quality: int = 95) -> bytes:
+    """`encode(join(...))`, same bytes; see `composite_canvas` for the forms the halves may take."""
+    return encode_canvas(composite_canvas(left, right, layout, background_rgb, fmt), fmt, quality)
 
 
 _SEPARATORS = re.compile(r"[\s_]+")

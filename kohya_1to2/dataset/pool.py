@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kohya_1to2.dataset import compose
+from kohya_1to2.dataset import compose, preview
 from kohya_1to2.errors import (
     CheckError,
     DatasetError,
@@ -71,10 +71,14 @@ class WorkItem:
     image_name: str
     caption_name: str
     caption: str
+    thumbnail: bool = False
+    """On the preview: the worker also returns its thumbnail, made from the pixels it has (for PNG)."""
 
 
-ItemResult = tuple[int, tuple[int, int], int, str, tuple[int, int], tuple[int, int]]
-"""(index, output size, output bytes, sha256, left source size, right source size)"""
+Thumbnail = tuple[tuple[int, int], bytes]
+"""A preview thumbnail as (size, raw RGB bytes): plain data, cheap to pickle."""
+ItemResult = tuple[int, tuple[int, int], int, str, tuple[int, int], tuple[int, int], Thumbnail | None]
+"""(index, output size, output bytes, sha256, left source size, right source size, thumbnail or None)"""
 
 
 def schedule(
@@ -94,14 +98,6 @@ def schedule(
 
     ordered = sorted(items, key=key)
     return [ordered[start : start + chunk_size] for start in range(0, len(ordered), chunk_size)]
-
-
-def first_items_first(chunks: Sequence[list[WorkItem]], below: int) -> list[list[WorkItem]]:
-    """Composites with an index below `below` pulled into one leading chunk (the preview can then be made
-    while the rest builds); the other chunks keep their order."""
-    head = sorted((item for chunk in chunks for item in chunk if item.index < below), key=lambda item: item.index)
-    rest = [kept for chunk in chunks if (kept := [item for item in chunk if item.index >= below])]
-    return [head, *rest] if head else rest
 
 
 def taper(chunks: Sequence[list[WorkItem]], workers: int) -> list[list[WorkItem]]:
@@ -200,6 +196,8 @@ class SourceCache:
         self._items: OrderedDict[Hashable, Any] = OrderedDict()
         self._bytes = 0
         self.loads = 0
+        self.sizes: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
+        """(decoded size, source size) per source, kept whatever is evicted: a few bytes each."""
 
     def get(self, key: Hashable, loader: Callable[[Any], Any]) -> Any:
         """`loader(key)` -> (image, extra), computed once while the entry stays in the cache."""
@@ -217,7 +215,9 @@ class SourceCache:
 
 
 def _pixel_bytes(image: Any) -> int:
-    return int(image.width * image.height * len(image.getbands()))
+    """Bytes of pixels of a Pillow image or a numpy array (a half kept in OpenCV's form)."""
+    nbytes = getattr(image, "nbytes", None)
+    return int(nbytes) if nbytes is not None else int(image.width * image.height * len(image.getbands()))
 
 
 _worker_config: WorkerConfig | None = None
@@ -295,23 +295,41 @@ def _spill_path(key: str) -> Path | None:
     return Path(_worker_config.spill_dir) / (hashlib.sha1(key.encode("utf-8")).hexdigest() + ".rgb")
 
 
+def _resized_key(path: str, size: tuple[int, int]) -> str:
+    return f"{path}\n{size[0]}x{size[1]}"
+
+
+def _read_spill(path: Path | None) -> tuple[bytes, tuple[int, int], tuple[int, int]] | None:
+    """(file bytes, pixel size, source size) of a spill file, or None if there is none (yet)."""
+    if path is None:
+        return None
+    try:
+        data = path.read_bytes()
+        width, height, source_w, source_h = _SPILL_HEADER.unpack_from(data)
+    except (FileNotFoundError, struct.error):
+        return None
+    if len(data) != _SPILL_HEADER.size + 3 * width * height:
+        return None
+    return data, (width, height), (source_w, source_h)
+
+
+def _write_spill(path: Path, size: tuple[int, int], source_size: tuple[int, int], pixels: bytes) -> None:
+    atomic_write_bytes(path, _SPILL_HEADER.pack(*size, *source_size) + pixels)
+
+
 def _spilled(key: str, make: Callable[[], tuple[Any, tuple[int, int]]]) -> tuple[Any, tuple[int, int]]:
     """Decoded pixels shared by all workers through raw files: each source is decoded (and each pair
     height resized) once per build instead of once per worker and cache miss."""
     from PIL import Image
 
     path = _spill_path(key)
-    if path is not None:
-        try:
-            data = path.read_bytes()
-            width, height, source_w, source_h = _SPILL_HEADER.unpack_from(data)
-            image = Image.frombytes("RGB", (width, height), data[_SPILL_HEADER.size :])
-            return image, (source_w, source_h)
-        except (FileNotFoundError, struct.error, ValueError):
-            pass
+    hit = _read_spill(path)
+    if hit is not None:
+        data, pixel_size, source_size = hit
+        return Image.frombytes("RGB", pixel_size, data[_SPILL_HEADER.size :]), source_size
     image, source_size = make()
     if path is not None:
-        atomic_write_bytes(path, _SPILL_HEADER.pack(*image.size, *source_size) + image.tobytes())
+        _write_spill(path, image.size, source_size, image.tobytes())
     return image, source_size
 
 
@@ -328,22 +346,69 @@ def _fitted(cache: SourceCache, path: str, image: Any, size: tuple[int, int]) ->
     """A source resized for one pair height; cached too, since a source meets the same few heights often."""
     if image.size == size:
         return image
-    key = f"{path}\n{size[0]}x{size[1]}"
+    key = _resized_key(path, size)
     return cache.get(key, lambda _: _spilled(key, lambda: (compose.fit(image, size), size)))[0]
+
+
+def _sizes(cache: SourceCache, path: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(decoded size, source size) of a source: remembered, else from its spill file, else decoded."""
+    known = cache.sizes.get(path)
+    if known is None:
+        hit = _read_spill(_spill_path(path))
+        if hit is not None:
+            known = hit[1], hit[2]
+        else:
+            image, source_size = cache.get(path, _load)
+            known = image.size, source_size
+        cache.sizes[path] = known
+    return known
+
+
+def _bgr_half(cache: SourceCache, path: str, decoded: tuple[int, int], size: tuple[int, int]) -> Any:
+    """A half as OpenCV's BGR array, cached: converted once per cache entry, not once per composite. From the
+    spill it goes raw bytes -> array (no Pillow image on the way); only a miss there decodes or resizes."""
+    resized = size != decoded
+    key = _resized_key(path, size) if resized else path
+
+    def make(_: object) -> tuple[Any, tuple[int, int]]:
+        spill = _spill_path(key)
+        hit = _read_spill(spill)
+        if hit is not None:
+            return compose.bgr_from_rgb(compose.rgb_array(hit[0], hit[1], _SPILL_HEADER.size)), size
+        image = cache.get(path, _load)[0]
+        if not resized:
+            return compose.as_bgr(image), size
+        pixels = compose.fit(image, size).tobytes()
+        if spill is not None:
+            _write_spill(spill, size, size, pixels)
+        return compose.bgr_from_rgb(compose.rgb_array(pixels, size)), size
+
+    return cache.get(("bgr", key), make)[0]
 
 
 def _build_one(item: WorkItem) -> ItemResult:
     assert _worker_config is not None and _worker_cache is not None
-    config = _worker_config
-    left, left_size = _worker_cache.get(item.left, _load)
-    right, right_size = _worker_cache.get(item.right, _load)
-    layout = compose.pair_layout(left.size, right.size, config.gap, config.max_side)
-    halves = [_fitted(_worker_cache, path, image, size)
-              for path, image, size in ((item.left, left, layout.left), (item.right, right, layout.right))]
-    data = compose.encode_pair(halves[0], halves[1], layout, config.background, config.format, config.quality)
+    config, cache = _worker_config, _worker_cache
+    halves: list[Any]
+    if compose.uses_opencv(config.format):
+        (left_decoded, left_size), (right_decoded, right_size) = _sizes(cache, item.left), _sizes(cache, item.right)
+        layout = compose.pair_layout(left_decoded, right_decoded, config.gap, config.max_side)
+        halves = [_bgr_half(cache, item.left, left_decoded, layout.left),
+                  _bgr_half(cache, item.right, right_decoded, layout.right)]
+    else:
+        left, left_size = cache.get(item.left, _load)
+        right, right_size = cache.get(item.right, _load)
+        layout = compose.pair_layout(left.size, right.size, config.gap, config.max_side)
+        halves = [_fitted(cache, path, image, size)
+                  for path, image, size in ((item.left, left, layout.left), (item.right, right, layout.right))]
+    canvas = compose.composite_canvas(halves[0], halves[1], layout, config.background, config.format)
+    data = compose.encode_canvas(canvas, config.format, config.quality)
+    thumbnail = None
+    if item.thumbnail and compose.is_lossless(config.format):  # else the file's pixels differ: the parent decodes it
+        thumbnail = preview.thumbnail_data(compose.canvas_image(canvas))
     atomic_write_bytes(Path(config.subset_dir, item.image_name), data)
     atomic_write_text(Path(config.subset_dir, item.caption_name), item.caption + "\n")
-    return (item.index, layout.size, len(data), hashlib.sha256(data).hexdigest(), left_size, right_size)
+    return (item.index, layout.size, len(data), hashlib.sha256(data).hexdigest(), left_size, right_size, thumbnail)
 
 
 def build_chunk(chunk: list[WorkItem]) -> tuple[list[ItemResult], WorkerFailure | None]:
@@ -380,26 +445,16 @@ def run_chunks(
     config: WorkerConfig,
     workers: int,
     record: Record,
-    on_results: Callable[[], None] | None = None,
-    first_below: int = 0,
 ) -> None:
     """Build `items` in-process (one worker or a tiny job) or on a process pool; raise what a worker hit.
 
-    On the pool, `on_results` is called after each finished chunk and, with it, the composites indexed below
-    `first_below` (the preview's) go first; the last chunks are cut smaller so the workers finish together.
+    On the pool the last chunks are cut smaller so the workers finish together.
     """
     chunks = schedule(items)
     if workers <= 1 or len(chunks) <= 2:
         failure = _run_in_process(chunks, config, record)
     else:
-        chunks = taper(first_items_first(chunks, first_below) if on_results else chunks, workers)
-
-        def record_and_notify(results: Iterable[ItemResult]) -> None:
-            record(results)
-            if on_results is not None:
-                on_results()
-
-        failure = _run_pool(chunks, config, workers, record_and_notify)
+        failure = _run_pool(taper(chunks, workers), config, workers, record)
     if failure is not None:
         raise failure.error()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -41,18 +41,36 @@ def wrap_caption(caption: str, width_chars: int, max_lines: int = MAX_CAPTION_LI
     return lines
 
 
-def _thumbnail(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        image.draft("RGB", (CELL_WIDTH, THUMB_HEIGHT))
-        rgb = image.convert("RGB")
+def thumbnail(rgb: Image.Image) -> Image.Image:
+    """`rgb` shrunk in place to fit a cell (the image is consumed)."""
     rgb.thumbnail((CELL_WIDTH, THUMB_HEIGHT), Image.Resampling.LANCZOS, reducing_gap=2.0)
     return rgb
 
 
+def thumbnail_data(rgb: Image.Image) -> tuple[tuple[int, int], bytes]:
+    """A cell's thumbnail as plain data: a build worker makes it from the composite it has just encoded
+    (lossless, so the same pixels as decoding the file), and the parent need not decode the file again."""
+    small = thumbnail(rgb)
+    return small.size, small.tobytes()
+
+
+def _thumbnail(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        image.draft("RGB", (CELL_WIDTH, THUMB_HEIGHT))
+        rgb = image.convert("RGB")
+    return thumbnail(rgb)
+
+
 def contact_sheet(
-    entries: Sequence[PreviewEntry], out_path: Path, max_items: int = 12, base_dir: Path | None = None
+    entries: Sequence[PreviewEntry],
+    out_path: Path,
+    max_items: int = 12,
+    base_dir: Path | None = None,
+    thumbnails: Mapping[str, tuple[tuple[int, int], bytes]] | None = None,
 ) -> Path:
-    """Write a grid of the first `max_items` composites, each with its caption below (atomic PNG)."""
+    """Write a grid of the first `max_items` composites, each with its caption below (atomic PNG).
+
+    `thumbnails` (by entry file, as `thumbnail_data` gives them) are used instead of decoding those files."""
     base = base_dir if base_dir is not None else out_path.parent
     shown = list(entries[:max_items])
     font = ImageFont.load_default()
@@ -66,7 +84,8 @@ def contact_sheet(
     for n, (entry, lines) in enumerate(zip(shown, wrapped, strict=True)):
         x, y = (n % columns) * CELL_WIDTH, (n // columns) * cell_height
         try:
-            thumb = _thumbnail(base / entry.file)
+            made = (thumbnails or {}).get(entry.file)
+            thumb = Image.frombytes("RGB", *made) if made is not None else _thumbnail(base / entry.file)
             sheet.paste(thumb, (x + (CELL_WIDTH - thumb.width) // 2, y + PADDING))
         except OSError:
             draw.text((x + PADDING, y + PADDING), f"(missing {Path(entry.file).name})", fill=TEXT, font=font)
