@@ -134,21 +134,15 @@ def test_failure_of_stage_1_stops_the_chain_with_the_log_tail(
     assert not (run / "logs" / "stage2.log").exists(), "stage 2 never started"
 
 
-def test_exit_0_with_no_data_is_a_failure(fake_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("fake_mode", "message"), [("nodata", "trained nothing"),
+                                                    ("noweights", "wrote no final network")])
+def test_exit_0_with_no_data_or_no_final_weights_is_a_failure(
+        fake_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        fake_mode: str, message: str) -> None:
     run = make_run(tmp_path / "run")
-    monkeypatch.setenv("FAKE_MODE", "nodata")
+    monkeypatch.setenv("FAKE_MODE", fake_mode)
     assert launch(run, fake_env) == 6
-    assert "trained nothing" in capsys.readouterr().err
-
-
-def test_exit_0_without_final_weights_is_a_failure(fake_env: Path, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    run = make_run(tmp_path / "run")
-    monkeypatch.setenv("FAKE_MODE", "noweights")
-    assert launch(run, fake_env) == 6
-    assert "wrote no final network" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_stage_2_with_missing_keys_is_stopped_at_once(fake_env: Path, tmp_path: Path,
