@@ -275,11 +275,18 @@ def evaluation_section(run: RunDir) -> str:
             f"(seeds {', '.join(map(str, summary['seeds']))}; {summary['steps']} steps; network multiplier "
             f"{summary['multiplier']}). Same seeds in every row: rows differ only by weights.</p>")
     body += metrics_html(records, *stages_and_mode(run))
+    return body + prompt_grids(run, summary, "weights", 900)
+
+
+def prompt_grids(run: RunDir, summary: Mapping[str, Any], rows: str, max_height: int) -> str:
+    """One grid per prompt of an evaluation or comparison summary, under its kind and text."""
+    body = ""
     for prompt in summary["prompts"]:
         grid = summary["grids"].get(prompt["id"])
         if grid:
             body += f"<h3>{esc(prompt['kind'])}: {esc(prompt['text'])}</h3><div class=strip>" + figure(
-                run, run.root / grid, f"{prompt['id']} (rows: weights, columns: seeds)", GRID_THUMB_WIDTH, 900)
+                run, run.root / grid, f"{prompt['id']} (rows: {rows}, columns: seeds)", GRID_THUMB_WIDTH,
+                max_height)
             body += "</div>"
     return body
 
@@ -357,13 +364,7 @@ def comparison_section(run: RunDir) -> str | None:
     headers, identity_rows = metric.identity_table(records)
     if identity_rows:  # each row's identity numbers, relabelled with its run like the composite rates
         body += table(headers, identity_rows, numeric=range(1, len(headers)))
-    for prompt in summary["prompts"]:
-        grid = summary["grids"].get(prompt["id"])
-        if grid:
-            body += f"<h3>{esc(prompt['kind'])}: {esc(prompt['text'])}</h3><div class=strip>" + figure(
-                run, run.root / grid, f"{prompt['id']} (rows: runs' weights, columns: seeds)", GRID_THUMB_WIDTH, 1400)
-            body += "</div>"
-    return body
+    return body + prompt_grids(run, summary, "runs' weights", 1400)
 
 
 def build_report(run_dir: Path) -> str:
