@@ -69,12 +69,16 @@ def test_probe_runs_in_a_child_python() -> None:
     assert "torch" in facts
 
 
-def test_doctor_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                           capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture
+def sd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """`--sd-scripts` of a pinned-looking tree, on a machine whose probe finds CPU_FACTS."""
     monkeypatch.setattr("kohya_1to2.commands.doctor.probe_environment", lambda: dict(CPU_FACTS))
     monkeypatch.setattr("kohya_1to2.commands.doctor.pin_mismatches", lambda path: [])
     (tmp_path / "train_network.py").write_text("")
-    sd = ["--sd-scripts", str(tmp_path)]
+    return ["--sd-scripts", str(tmp_path)]
+
+
+def test_doctor_exit_codes(sd: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["doctor", *sd]) == 0
     out = capsys.readouterr().out
     assert "AdamW8bit' -> 'AdamW'" in out
@@ -100,13 +104,8 @@ def test_base_model_problems(tmp_path: Path) -> None:
     assert "not a diffusers model" in str(base_model_problem(tmp_path / "empty"))
 
 
-def test_doctor_reports_a_missing_base_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_doctor_reports_a_missing_base_model(tmp_path: Path, sd: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     """Why 5: a nonexistent base model passed doctor; launch then failed ~20 s in with a tokenizer TypeError."""
-    monkeypatch.setattr("kohya_1to2.commands.doctor.probe_environment", lambda: dict(CPU_FACTS))
-    monkeypatch.setattr("kohya_1to2.commands.doctor.pin_mismatches", lambda path: [])
-    (tmp_path / "train_network.py").write_text("")
-    sd = ["--sd-scripts", str(tmp_path)]
     assert main(["doctor", *sd, "--base-model", str(tmp_path / "train_network.py")]) == 5
     assert "base model" in capsys.readouterr().err
     run = tmp_path / "run"
