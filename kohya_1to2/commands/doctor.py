@@ -13,6 +13,8 @@ from kohya_1to2 import kohya
 from kohya_1to2.environment.probe import Finding, base_model_finding, findings, planned_substitutions, probe_environment
 from kohya_1to2.environment.vendor import default_sd_scripts, pin_mismatches
 from kohya_1to2.errors import SetupError, UsageError
+from kohya_1to2.models import STAGES
+from kohya_1to2.rundir import RunDir
 
 
 def base_model_lines(args: argparse.Namespace) -> list[Finding]:
@@ -27,8 +29,8 @@ def base_model_lines(args: argparse.Namespace) -> list[Finding]:
     if run_dir is not None:
         if not run_dir.is_dir():
             raise UsageError(f"run directory {run_dir} not found", hint="pass a run directory made by prepare")
-        for stage in (1, 2):
-            path = run_dir / f"stage{stage}.train.toml"
+        for stage in STAGES:
+            path = RunDir(run_dir).train_toml(stage)
             if path.is_file():
                 model = flatten_training_config(read_toml(path)).get(kohya.PRETRAINED_MODEL)
                 out.append(base_model_finding(str(model or ""), str(path)))
