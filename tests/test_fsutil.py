@@ -10,6 +10,7 @@ import pytest
 from kohya_1to2.fsutil import (
     TMP_PREFIX,
     atomic_path,
+    atomic_write_bytes,
     atomic_write_text,
     free_path,
     remove_stale_temporaries,
@@ -32,6 +33,20 @@ def test_failure_inside_the_block_keeps_the_old_file_and_no_temporary(tmp_path):
         tmp.write_text("half")
         raise RuntimeError("killed")
     assert target.read_text() == "old"
+    assert not list(tmp_path.glob(TMP_PREFIX + "*"))
+
+
+def test_a_write_that_fails_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "file.bin"
+    target.write_bytes(b"old")
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"old"
     assert not list(tmp_path.glob(TMP_PREFIX + "*"))
 
 

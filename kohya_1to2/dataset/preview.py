@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import textwrap
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -93,6 +94,7 @@ def contact_sheet(
             draw.text((x + PADDING, y + PADDING + THUMB_HEIGHT + 4 + line_no * LINE_HEIGHT), line, fill=TEXT,
                       font=font)
     buffer = io.BytesIO()
-    sheet.save(buffer, "PNG", compress_level=1)  # Pillow here: the main process never loads OpenCV
+    # Pillow here (the main process never loads OpenCV), with the composites' fast setting: zlib level 1, RLE.
+    sheet.save(buffer, "PNG", compress_level=1, compress_type=zlib.Z_RLE)
     atomic_write_bytes(out_path, buffer.getvalue())
     return out_path
