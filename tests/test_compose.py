@@ -285,9 +285,12 @@ def test_slug_never_escapes_or_hides(name: str) -> None:
 
 
 @pytest.mark.parametrize("gap", [0, 5])
-def test_encode_pair_gives_the_bytes_of_encode_join(png_encoder: str, gap: int) -> None:
+def test_the_composite_canvas_encodes_to_the_bytes_of_encode_join(png_encoder: str, gap: int) -> None:
     left, right = _realistic((40, 30)), _realistic((24, 30)).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     layout = compose.pair_layout(left.size, right.size, gap, None)
     joined = compose.join(left, right, layout, BG)
-    assert compose.encode_pair(left, right, layout, BG) == compose.encode(joined, "png")
-    assert Image.open(io.BytesIO(compose.encode_pair(left, right, layout, BG))).tobytes() == joined.tobytes()
+    canvas = compose.composite_canvas(left, right, layout, BG)
+    data = compose.encode_canvas(canvas)
+    assert data == compose.encode(joined, "png")
+    assert Image.open(io.BytesIO(data)).tobytes() == joined.tobytes()
+    assert compose.canvas_image(canvas).tobytes() == joined.tobytes()  # what a worker's thumbnail is made from

@@ -282,12 +282,12 @@ def is_lossless(fmt: str) -> bool:
 
 
 def uses_opencv(fmt: str) -> bool:
-    """Whether `encode_pair` encodes `fmt` with OpenCV; it then also takes halves already in `as_bgr` form."""
+    """Whether `fmt` is encoded with OpenCV; `composite_canvas` then also takes halves in `as_bgr` form."""
     return fmt == "png" and opencv_version() is not None and _opencv() is not None
 
 
 def as_bgr(image: Image.Image) -> Any:
-    """An RGB image as OpenCV's BGR array, what `encode_pair` copies into its canvas. A worker keeps a fitted
+    """An RGB image as OpenCV's BGR array, what `composite_canvas` copies into its canvas. A worker keeps a fitted
     half in this form, so a half shared by many composites is converted once, not once per composite
     (Pillow's export to numpy copies the pixels through its raw encoder)."""
     import numpy
@@ -342,12 +342,6 @@ def encode_canvas(canvas: Any, fmt: str = "png", quality: int = 95) -> bytes:
     if isinstance(canvas, Image.Image):
         return encode(canvas, fmt, quality)
     return _png_with_opencv(_opencv(), canvas)
-
-
-def encode_pair(left: Any, right: Any, layout: PairLayout, background_rgb: RGB, fmt: str = "png",
-                quality: int = 95) -> bytes:
-    """`encode(join(...))`, same bytes; see `composite_canvas` for the forms the halves may take."""
-    return encode_canvas(composite_canvas(left, right, layout, background_rgb, fmt), fmt, quality)
 
 
 _SEPARATORS = re.compile(r"[\s_]+")
