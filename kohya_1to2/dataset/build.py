@@ -41,8 +41,8 @@ from rich.progress import (
 from rich.text import Text
 
 from kohya_1to2.dataset import captions, compose, pool
-from kohya_1to2.dataset.pool import CACHE_BYTES, ItemResult, Thumbnail, WorkItem
-from kohya_1to2.dataset.preview import contact_sheet
+from kohya_1to2.dataset.pool import CACHE_BYTES, ItemResult, WorkItem
+from kohya_1to2.dataset.preview import Thumbnail, contact_sheet
 from kohya_1to2.errors import DatasetError
 from kohya_1to2.fsutil import TMP_PREFIX, atomic_write_text, remove_stale_temporaries
 from kohya_1to2.models import Character, CompositePlan, CompositeSettings, Job

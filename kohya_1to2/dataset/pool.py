@@ -75,9 +75,7 @@ class WorkItem:
     """On the preview: the worker also returns its thumbnail, made from the pixels it has (for PNG)."""
 
 
-Thumbnail = tuple[tuple[int, int], bytes]
-"""A preview thumbnail as (size, raw RGB bytes): plain data, cheap to pickle."""
-ItemResult = tuple[int, tuple[int, int], int, str, tuple[int, int], tuple[int, int], Thumbnail | None]
+ItemResult = tuple[int, tuple[int, int], int, str, tuple[int, int], tuple[int, int], preview.Thumbnail | None]
 """(index, output size, output bytes, sha256, left source size, right source size, thumbnail or None)"""
 
 

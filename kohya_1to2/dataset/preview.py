@@ -42,13 +42,17 @@ def wrap_caption(caption: str, width_chars: int, max_lines: int = MAX_CAPTION_LI
     return lines
 
 
+Thumbnail = tuple[tuple[int, int], bytes]
+"""A cell's thumbnail as (size, raw RGB bytes): plain data, cheap to pickle from a build worker."""
+
+
 def thumbnail(rgb: Image.Image) -> Image.Image:
     """`rgb` shrunk in place to fit a cell (the image is consumed)."""
     rgb.thumbnail((CELL_WIDTH, THUMB_HEIGHT), Image.Resampling.LANCZOS, reducing_gap=2.0)
     return rgb
 
 
-def thumbnail_data(rgb: Image.Image) -> tuple[tuple[int, int], bytes]:
+def thumbnail_data(rgb: Image.Image) -> Thumbnail:
     """A cell's thumbnail as plain data: a build worker makes it from the composite it has just encoded
     (lossless, so the same pixels as decoding the file), and the parent need not decode the file again."""
     small = thumbnail(rgb)
@@ -67,7 +71,7 @@ def contact_sheet(
     out_path: Path,
     max_items: int = 12,
     base_dir: Path | None = None,
-    thumbnails: Mapping[str, tuple[tuple[int, int], bytes]] | None = None,
+    thumbnails: Mapping[str, Thumbnail] | None = None,
 ) -> Path:
     """Write a grid of the first `max_items` composites, each with its caption below (atomic PNG).
 
