@@ -42,19 +42,13 @@ def test_ids(tree: Path) -> set[str]:
     return {line.strip() for line in done.stdout.splitlines() if "::" in line}
 
 
-def run_suite(tree: Path, ids: list[str] | None = None) -> tuple[float, int, str]:
-    """(wall seconds, tests passed, pytest's summary line) of one fast-suite run in `tree` (only `ids` if
-    given, read from a file so the command line stays short)."""
-    args = ["-m", "not integration"]
-    if ids is not None:
-        id_file = tree / ".bench-test-ids"
-        id_file.write_text("\n".join(ids) + "\n", encoding="utf-8")
-        args = [f"@{id_file}"]
+def run_suite(tree: Path, id_file: Path | None = None) -> tuple[float, int, str]:
+    """(wall seconds, tests passed, pytest's summary line) of one fast-suite run in `tree` (only the test ids
+    listed in `id_file` if given: a file keeps the command line short)."""
+    args = ["-m", "not integration"] if id_file is None else [f"@{id_file}"]
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
                           cwd=tree, env=_env(), capture_output=True, text=True)
-    if ids is not None:
-        (tree / ".bench-test-ids").unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-500:]
     passed = re.search(r"(\d+) passed", summary)
@@ -81,8 +75,10 @@ def main() -> int:
         try:
             common = sorted(test_ids(old) & test_ids(ROOT))
             print(f"{len(common)} test ids in both trees", flush=True)
+            id_file = Path(tmp) / "shared-test-ids"
+            id_file.write_text("\n".join(common) + "\n", encoding="utf-8")
             results = {scope: compare(old, args.rounds, ids) for scope, ids in (("whole suites", None),
-                                                                                   ("shared tests", common))}
+                                                                                   ("shared tests", id_file))}
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False)
 
@@ -96,7 +92,7 @@ def main() -> int:
     return 0
 
 
-def compare(old: Path, rounds: int, ids: list[str] | None) -> tuple[dict[str, list[float]], dict[str, int]]:
+def compare(old: Path, rounds: int, ids: Path | None) -> tuple[dict[str, list[float]], dict[str, int]]:
     """Alternating runs (before, now, now, before, ...): wall times and tests passed per side."""
     times: dict[str, list[float]] = {"before": [], "now": []}
     counts: dict[str, int] = {}
