@@ -264,6 +264,19 @@ def load_job(root: Path) -> Job:
         raise UsageError(f"{path}: {validation_message(exc)}", hint="re-run prepare to rewrite it") from None
 
 
+def require_run_dir(root: Path) -> Path:
+    """`root`, resolved, if it is a prepared run directory (job.json, or a hand-assembled one: a stage TOML);
+    else the one-line usage error every command that reads a run gives."""
+    root = root.expanduser().resolve()
+    if not root.is_dir():
+        raise UsageError(f"run directory {root} not found", hint="create it with `python -m kohya_1to2 prepare`")
+    layout = RunDir(root)
+    if not layout.job_file.is_file() and not any(layout.train_toml(s).is_file() for s in STAGES):
+        raise UsageError(f"{root} is not a prepared run directory (no job.json, no stage TOML)",
+                         hint="run `python -m kohya_1to2 prepare ... --out <run dir>` first")
+    return root
+
+
 def run_stages(root: Path) -> tuple[StageNumber, ...]:
     """The stages a prepared run trains (its job's mode); both without job.json (a hand-assembled run)."""
     return load_job(root).stages if RunDir(root).job_file.is_file() else STAGES
@@ -293,8 +306,9 @@ def _holder(handle: IO[str]) -> str:
 
 
 @contextmanager
-def writer_lock(run: RunDir, command: str) -> Iterator[None]:
-    """Hold the run directory's exclusive lock for a whole command; the kernel drops it when the process dies."""
+def writer_lock(run: RunDir, command: str) -> Iterator[int]:
+    """Hold the run directory's exclusive lock for a whole command; yields its descriptor, which a child's
+    watchdog keeps open (launch.run): the kernel drops the lock when the last process holding it is gone."""
     run.state.mkdir(parents=True, exist_ok=True)
     handle = run.lock_file.open("a+", encoding="utf-8")
     try:
@@ -309,7 +323,7 @@ def writer_lock(run: RunDir, command: str) -> Iterator[None]:
         handle.truncate()
         handle.write(json.dumps({"command": command, "pid": os.getpid(), "since": time.time()}))
         handle.flush()
-        yield
+        yield handle.fileno()
     finally:
         handle.close()  # closing the descriptor releases the lock
 

@@ -116,9 +116,8 @@ def evaluate_run(args: EvaluateOptions, console: Console) -> int:
                          "only at 1.0",
                          hint="leave --multiplier at 1")
     with ExitStack() as locks:
-        for run_dir in run_dirs:
-            locks.enter_context(writer_lock(RunDir(run_dir), "evaluate"))
-        evaluate(args, console, run_dirs)
+        held = tuple(locks.enter_context(writer_lock(RunDir(run_dir), "evaluate")) for run_dir in run_dirs)
+        evaluate(args, console, run_dirs, hold=held)
     from kohya_1to2.evaluate.report import write_report
 
     for run_dir in run_dirs:
@@ -192,8 +191,10 @@ def plan_run(args: EvaluateOptions, run: RunInputs, prompts: Sequence[EvalPrompt
     return RunPlan(run, rows, jobs)
 
 
-def evaluate(args: EvaluateOptions, console: Console, run_dirs: Sequence[Path]) -> None:
-    """Plan every run (sources compared, stage configs read, rows chosen) before generating any image."""
+def evaluate(args: EvaluateOptions, console: Console, run_dirs: Sequence[Path], hold: tuple[int, ...] = ()) -> None:
+    """Plan every run (sources compared, stage configs read, rows chosen) before generating any image.
+
+    `hold`: the runs' lock descriptors, kept open until the last gen_img process is gone (launch.run)."""
     sd_scripts = require_sd_scripts(args.sd_scripts)
     caps = probe_capabilities()
     runs = [load_run(run_dir) for run_dir in run_dirs]
@@ -209,7 +210,7 @@ def evaluate(args: EvaluateOptions, console: Console, run_dirs: Sequence[Path]) 
     records = []
     for name, plan in zip(names, plans, strict=True):
         records.append(evaluate_planned(args, console, plan, prompts, seeds, steps,
-                                        f"{name}: " if len(plans) > 1 else ""))
+                                        f"{name}: " if len(plans) > 1 else "", hold))
     if len(plans) == 1:
         console.print(rates_table(records[0]))
         return
@@ -218,12 +219,12 @@ def evaluate(args: EvaluateOptions, console: Console, run_dirs: Sequence[Path]) 
 
 
 def evaluate_planned(args: EvaluateOptions, console: Console, plan: RunPlan, prompts: Sequence[EvalPrompt],
-                     seeds: Sequence[int], steps: int, prefix: str) -> list[dict[str, Any]]:
+                     seeds: Sequence[int], steps: int, prefix: str, hold: tuple[int, ...] = ()) -> list[dict[str, Any]]:
     """Generate one run's stale images, then write its grids, metrics.jsonl and evaluation.json."""
     layout, rows = plan.run.layout, plan.rows
     if len(rows) == 1:
         console.print(f"evaluate: {prefix}no trained network yet; only the base model row (run `launch` first)")
-    generated, reused = run_rows(plan.jobs, console, layout.eval_logs)
+    generated, reused = run_rows(plan.jobs, console, layout.eval_logs, hold)
     console.print(f"evaluate: {prefix}{generated} image(s) generated, {reused} reused, {len(rows)} row(s) x "
                   f"{len(prompts)} prompt(s) x {len(seeds)} seed(s)")
     grids = write_grids(layout.eval_grids, [(row.label, layout.eval_images / row.id) for row in rows], prompts, seeds)

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kohya_1to2.environment.vendor import require_sd_scripts
-from kohya_1to2.errors import CheckError, SetupError, UsageError
+from kohya_1to2.errors import CheckError, SetupError
 from kohya_1to2.flags import model_overrides
 from kohya_1to2.kohya import NETWORK_ARGS, NETWORK_MODULE, installed_lycoris_version, lycoris_sd1_problem
 from kohya_1to2.launch.argv import AccelerateOptions, StageCommand, build_stage_command
@@ -37,7 +37,7 @@ from kohya_1to2.launch.pipeline import (
 )
 from kohya_1to2.launch.substitutions import Capabilities, probe_capabilities
 from kohya_1to2.models import Family
-from kohya_1to2.rundir import RunDir, run_family, run_stages, writer_lock
+from kohya_1to2.rundir import RunDir, require_run_dir, run_family, run_stages, writer_lock
 
 
 def lint_problems(run_dir: Path) -> list[str]:
@@ -114,18 +114,19 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
 def launch(args: LaunchOptions, console: Console) -> int:
     """`launch` for callers that hold options, not a command line (`demo`)."""
-    run_dir = args.run_dir.expanduser().resolve()
-    if not run_dir.is_dir():
-        raise UsageError(f"run directory {run_dir} not found", hint="create it with `python -m kohya_1to2 prepare`")
+    run_dir = require_run_dir(args.run_dir)
     selected = select_stages(args.stage, args.from_stage, run_stages(run_dir))
     if args.dry_run:
         return launch_stages(args, console, run_dir, selected)
-    with writer_lock(RunDir(run_dir), "launch"):
-        return launch_stages(args, console, run_dir, selected)
+    with writer_lock(RunDir(run_dir), "launch") as lock:
+        return launch_stages(args, console, run_dir, selected, hold=(lock,))
 
 
-def launch_stages(args: LaunchOptions, console: Console, run_dir: Path, selected: tuple[int, ...]) -> int:
-    """Check, decide which stages run (the same decision for --dry-run), then run them in order."""
+def launch_stages(args: LaunchOptions, console: Console, run_dir: Path, selected: tuple[int, ...],
+                  hold: tuple[int, ...] = ()) -> int:
+    """Check, decide which stages run (the same decision for --dry-run), then run them in order.
+
+    `hold`: the run directory's lock descriptor, kept open until the last process of a stage is gone."""
     problems = lint_problems(run_dir)
     if problems:
         raise CheckError(
@@ -181,7 +182,7 @@ def launch_stages(args: LaunchOptions, console: Console, run_dir: Path, selected
                 hint="run stage 1 first (`launch` without --stage)",
             )
         console.print(Text(f"stage {number}: {commands[number].shell()}", style="bold"), soft_wrap=True)
-        results.append(execute_stage(run_dir, stage, commands[number]))
+        results.append(execute_stage(run_dir, stage, commands[number], hold))
     console.print(summary_table(results))
     from kohya_1to2.evaluate.report import write_report
 

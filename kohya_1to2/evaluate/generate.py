@@ -102,8 +102,8 @@ class _RateColumn(ProgressColumn):
         return Text(f"{speed:.2f} images/s" if speed else "-- images/s")
 
 
-def run_rows(jobs: Sequence[Job], console: Console, logs: Path) -> tuple[int, int]:
-    """Generate every stale cell of every row; returns (generated, reused)."""
+def run_rows(jobs: Sequence[Job], console: Console, logs: Path, hold: tuple[int, ...] = ()) -> tuple[int, int]:
+    """Generate every stale cell of every row; returns (generated, reused). `hold`: see `run_child`."""
     todo = {job.row.id: stale_cells(job) for job in jobs}
     total = sum(len(job.cells) for job in jobs)
     reused = total - sum(len(cells) for cells in todo.values())
@@ -138,7 +138,7 @@ def run_rows(jobs: Sequence[Job], console: Console, logs: Path) -> tuple[int, in
             with open(os.devnull, "wb") as quiet:
                 result = run_child(job.command.argv, cwd=job.command.cwd, env=job.command.env,
                                    log_path=logs / f"{job.row.id}.log", check=check,
-                                   echo=quiet)
+                                   echo=quiet, hold=hold)
             count("")
             missing = sorted(names - {n for n in os.listdir(job.folder) if n in names})
             recorded = _recorded(job.folder)

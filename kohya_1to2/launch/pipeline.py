@@ -291,8 +291,8 @@ def write_effective_toml(stage: StageConfig) -> None:
     atomic_write_text(stage.effective_toml, stage.effective_text)
 
 
-def execute_stage(run_dir: Path, stage: StageConfig, command: StageCommand) -> StageResult:
-    """Run one stage and check its outcome; raises TrainingError / Interrupted."""
+def execute_stage(run_dir: Path, stage: StageConfig, command: StageCommand, hold: tuple[int, ...] = ()) -> StageResult:
+    """Run one stage and check its outcome; raises TrainingError / Interrupted. `hold`: see `run_child`."""
     log_path = RunDir(run_dir).log(stage.stage)
     rotate_log(log_path)
     record_attempt(run_dir, stage)
@@ -303,7 +303,7 @@ def execute_stage(run_dir: Path, stage: StageConfig, command: StageCommand) -> S
     check = weights_line_check(stage) if stage.network_weights is not None else None
     with rotating_sample_prompts(stage.flat.get(options.SAMPLE_PROMPTS), check) as check:  # pair rounds per epoch
         result = run_child(command.argv, cwd=command.cwd, env=command.env, log_path=log_path, check=check,
-                           header="\n".join(header_lines) + "\n")
+                           header="\n".join(header_lines) + "\n", hold=hold)
     seconds = time.monotonic() - started
     log_text = log_path.read_text(encoding="utf-8", errors="replace")
     judge_outcome(stage, result.returncode, result.stopped_because, log_text, result.tail, log_path)

@@ -2,7 +2,8 @@
 
 The child starts in its own process group (accelerate and its worker share it); SIGINT/SIGTERM to the
 wrapper are forwarded to the whole group, the wrapper waits, escalates to SIGKILL after a timeout, and
-reports `Interrupted` (exit 130).
+reports `Interrupted` (exit 130). A SIGKILL of the wrapper runs none of that: the watchdog (watchdog.py),
+started before the child, then stops the group and holds the run directory's lock until it is gone.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from types import FrameType
 from typing import IO
 
 from kohya_1to2.errors import Interrupted
+from kohya_1to2.launch import watchdog
 
 KILL_TIMEOUT_S = 20.0
 TAIL_LINES = 30
@@ -119,6 +121,36 @@ def stop_group(proc: subprocess.Popen[bytes], kill_timeout: float) -> None:
     _signal_group(proc, signal.SIGKILL)  # stragglers that ignored SIGTERM but left the leader
 
 
+@contextmanager
+def _watchdog(hold: tuple[int, ...]) -> Iterator[Callable[[int], None]]:
+    """A watchdog for the block's child: yields `watch(pgid)`; on a normal exit the watchdog is told "done".
+
+    Started before the child, so no moment exists where the child runs unwatched but for the instant
+    between its start and `watch`. The pipe's write end is not inheritable: only this process holds it.
+    """
+    read_end, write_end = os.pipe()
+    try:
+        dog = subprocess.Popen([sys.executable, "-S", watchdog.__file__, str(read_end)], pass_fds=(read_end, *hold),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+    finally:
+        os.close(read_end)
+
+    def watch(pgid: int) -> None:
+        os.write(write_end, f"{pgid}\n".encode())
+
+    try:
+        yield watch
+    finally:
+        with suppress(OSError):
+            os.write(write_end, b"done\n")
+        os.close(write_end)
+        try:
+            dog.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            dog.kill()
+            dog.wait()
+
+
 def run_child(
     argv: list[str] | tuple[str, ...],
     *,
@@ -129,11 +161,15 @@ def run_child(
     echo: IO[bytes] | None = None,
     kill_timeout: float = KILL_TIMEOUT_S,
     header: str = "",
+    hold: tuple[int, ...] = (),
 ) -> ChildResult:
-    """Run `argv` to completion, teeing output to `echo` (default: our stdout) and `log_path`."""
+    """Run `argv` to completion, teeing output to `echo` (default: our stdout) and `log_path`.
+
+    `hold`: descriptors (the run directory's lock) the watchdog keeps open until the child's group is gone.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     out = echo if echo is not None else sys.stdout.buffer
-    with log_path.open("wb") as log:
+    with log_path.open("wb") as log, _watchdog(hold) as guard:
         if header:
             log.write(header.encode("utf-8"))
             log.flush()
@@ -147,6 +183,7 @@ def run_child(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        guard(proc.pid)
         stream = proc.stdout
         assert isinstance(stream, io.BufferedReader)
         stopped: str | None = None
