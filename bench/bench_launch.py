@@ -1,7 +1,8 @@
 """Benchmark `launch`: the wrapper's own overhead before the child starts, and a smoke run's figures.
 
     python bench/bench_launch.py overhead          # wrapper start -> child start, vs a bare Python start
-    python bench/bench_launch.py smoke RUN_DIR     # per-stage wall time and s/step of a finished run
+    python bench/bench_launch.py smoke [RUN_DIR]   # per-stage wall time, s/step: measured vs plan's estimate
+                                                   # (no RUN_DIR: trains the bundled example's smoke run first)
     python bench/bench_launch.py dryrun RUN_DIR    # all pre-child work on a real prepared run (check included)
 
 `overhead` uses a fake sd-scripts (a script that records when it starts) behind a stand-in
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -91,24 +91,54 @@ def dryrun(run: Path, repeats: int) -> None:
           "includes check, TOML reads, capability probe, argv)")
 
 
-STEP_RE = re.compile(r"steps: 100%.*?(\d+)/(\d+) \[([\d:]+)<[^,]*,\s*([\d.]+)(s/it|it/s)")
+
+
+def train_smoke_run(out: Path) -> Path:
+    """Prepare the bundled example with the smoke preset on the tiny model and launch both stages (~3 min on 2
+    cores); returns the run directory."""
+    root = Path(__file__).resolve().parents[1]
+    model = root / ".cache" / "tiny-model"
+    cli = [sys.executable, "-m", "kohya_1to2"]
+    if not (model / ".complete").is_file():
+        subprocess.run([*cli, "make-tiny-model", str(model)], check=True, cwd=root)
+    run = out / "smoke run"
+    subprocess.run([*cli, "prepare", str(root / "examples" / "dataset"), "--out", str(run), "--preset", "smoke",
+                    "--base-model", str(model)], check=True, cwd=root, stdout=subprocess.DEVNULL)
+    subprocess.run([*cli, "launch", str(run)], check=True, cwd=root, stdout=subprocess.DEVNULL)
+    return run
+
+
+PLAN_TOLERANCE = 0.15
+"""The plan's stage-2/stage-1 step-time ratio should be within 15% of the measured one (issue 18)."""
 
 
 def smoke(run: Path) -> None:
-    rates = {}
-    for stage in (1, 2):
+    """Per stage: wall time, the measured s/step (sd-scripts' progress line in the log) beside `plan`'s estimate
+    (the cost model plan prints), and the stage-2/stage-1 ratio of both."""
+    from kohya_1to2.configs.generate import plans_from_run_dir
+    from kohya_1to2.configs.stage_plans import step_cost_for, step_cost_ratio, step_seconds
+    from kohya_1to2.kohya import measured_seconds_per_step
+
+    plans = {plan.stage: plan for plan in plans_from_run_dir(run)}
+    measured: dict[int, float] = {}
+    for stage, plan in sorted(plans.items()):
         record = json.loads((run / ".1to2" / "launch" / f"stage{stage}.complete.json").read_text())
         log = (run / "logs" / f"stage{stage}.log").read_text(encoding="utf-8", errors="replace")
-        matches = STEP_RE.findall(log.replace("\r", "\n"))
-        if matches:
-            _, total, _, value, unit = matches[-1]
-            rates[stage] = float(value) if unit == "s/it" else 1 / float(value)
-            per_step = f"{rates[stage]:.1f} s/step over {total} steps"
-        else:
-            per_step = "no step timing in the log"
-        print(f"stage {stage}: wall {record.get('seconds', 0):6.0f} s, {per_step}")
-    if len(rates) == 2:
-        print(f"stage-2 / stage-1 time per step: {rates[2] / rates[1]:.2f}")
+        found = measured_seconds_per_step(log)
+        estimate = step_seconds(plan, step_cost_for("sd1", plan.mixed_precision))
+        if found is None:
+            print(f"stage {stage}: wall {record.get('seconds', 0):6.0f} s, no step timing in the log")
+            continue
+        measured[stage] = found[0]
+        print(f"stage {stage}: wall {record.get('seconds', 0):6.0f} s, measured {found[0]:.1f} s/step over "
+              f"{found[1]} steps, plan {estimate:.1f} s/step (plan / measured {estimate / found[0]:.2f})")
+    if len(measured) == 2:
+        planned = step_cost_ratio(plans[1], plans[2], step_cost_for("sd1", plans[1].mixed_precision))
+        actual = measured[2] / measured[1]
+        off = planned / actual - 1
+        verdict = "within" if abs(off) <= PLAN_TOLERANCE else "NOT within"
+        print(f"stage-2 / stage-1 time per step: plan {planned:.2f}, measured {actual:.2f} "
+              f"(plan / measured {planned / actual:.2f}: {verdict} {PLAN_TOLERANCE:.0%})")
 
 
 def main() -> None:
@@ -117,7 +147,7 @@ def main() -> None:
     o = sub.add_parser("overhead")
     o.add_argument("--repeats", type=int, default=5)
     s = sub.add_parser("smoke")
-    s.add_argument("run_dir", type=Path)
+    s.add_argument("run_dir", type=Path, nargs="?", help="a finished smoke run (default: train one in a temp dir)")
     d = sub.add_parser("dryrun")
     d.add_argument("run_dir", type=Path)
     d.add_argument("--repeats", type=int, default=5)
@@ -126,8 +156,11 @@ def main() -> None:
         overhead(args.repeats)
     elif args.what == "dryrun":
         dryrun(args.run_dir, args.repeats)
-    else:
+    elif args.run_dir is not None:
         smoke(args.run_dir)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            smoke(train_smoke_run(Path(tmp)))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,11 @@ PROBE = """<script>
 </script>"""
 
 
+MISSING = ("headless Chromium not installed: `sudo apt-get install chromium` (Debian's package) lets these browser "
+           "tests run; .ci/run installs it and fails where they skip")
+"""The skip reason of every browser test: it names the command that makes it run."""
+
+
 def chromium() -> str | None:
     for name in ("chromium", "chromium-browser"):
         if found := shutil.which(name):

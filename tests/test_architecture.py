@@ -237,3 +237,59 @@ def test_argv_modules_spell_no_flag() -> None:
     found = [f"{name}:{line}: {text!r}" for name in ARGV_MODULES
              for line, text in flags_spelled((ROOT.parent / name).read_text(encoding="utf-8"))]
     assert found == [], "spell flags as kohya.flag(kohya.NAME):\n" + "\n".join(found)
+
+
+# ---------------------------------------------------------------- tests assert behaviour, never wall-clock time
+
+TESTS = Path(__file__).resolve().parent
+CLOCKS = {"time", "perf_counter", "monotonic", "perf_counter_ns", "monotonic_ns", "time_ns"}
+TIMINGS = {"measured_seconds_per_step"}
+"""Functions that return measured wall-clock figures (sd-scripts' s/step from a log of a real run)."""
+TIMED_ASSERT_EXCEPTIONS: dict[str, str] = {
+    "test_plan.py::test_measured_seconds_per_step_from_sd_scripts_progress_lines":
+        "parses fixed progress lines written in the test: the s/step figures are its inputs, not measurements",
+}
+"""`path::function` -> why it may assert on a clock reading. Nothing else: a timed assertion passes or fails with
+the machine's load (issue 18); speed belongs in bench/, and a wait for an event goes through waiting.wait_for."""
+
+
+def _reads_a_clock(node: ast.AST, timed: set[str]) -> bool:
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Call):
+            func = sub.func
+            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+            if name in TIMINGS or (name in CLOCKS and not (isinstance(func, ast.Attribute) and isinstance(
+                    func.value, ast.Name) and func.value.id not in ("time", "_time"))):
+                return True
+        if isinstance(sub, ast.Name) and sub.id in timed:
+            return True
+    return False
+
+
+def timed_assertions(source: str) -> list[str]:
+    """Functions with an `assert` on a clock reading, directly or through a variable assigned from one."""
+    found = []
+    for func in ast.walk(ast.parse(source)):
+        if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        timed: set[str] = set()
+        for _ in range(2):  # a variable computed from a timed one is timed too (assigned in any order)
+            for node in ast.walk(func):
+                if isinstance(node, ast.Assign | ast.AnnAssign) and node.value and _reads_a_clock(node.value, timed):
+                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                    timed |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        if any(isinstance(node, ast.Assert) and _reads_a_clock(node.test, timed) for node in ast.walk(func)):
+            found.append(func.name)
+    return found
+
+
+def test_the_timed_assertion_scan_finds_one() -> None:
+    assert timed_assertions("import time\ndef t():\n    s = time.monotonic()\n    assert time.monotonic() - s < 3\n")
+    assert timed_assertions("def t():\n    took = perf_counter() - s\n    ratio = took / 2\n    assert ratio < 1\n")
+    assert not timed_assertions("import time\ndef t():\n    wait_for(done, 5, 'x')\n    assert run(5) == 0\n")
+
+
+def test_no_test_asserts_on_wall_clock_time() -> None:
+    found = [f"{path.relative_to(TESTS)}::{name}" for path in sorted(TESTS.rglob("*.py"))
+             for name in timed_assertions(path.read_text(encoding="utf-8"))]
+    assert [f for f in found if f not in TIMED_ASSERT_EXCEPTIONS] == []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import toml
-from conftest import write_image
+from sample_images import write_image
 
 from kohya_1to2.configs.generate import plans_from_documents, render_run_files
 from kohya_1to2.configs.modes import joint_composite_repeats, singles_samples, stage_datasets

@@ -16,7 +16,7 @@ from kohya_1to2.evaluate import metrics as metric
 from kohya_1to2.evaluate.report import build_report, config_difference, line_chart, write_report
 from kohya_1to2.evaluate.seams import Calibration
 from kohya_1to2.rundir import RunDir
-from tests.browser import check_page, chromium
+from tests.browser import MISSING, check_page, chromium
 from tests.test_curves import scalar_event, write_events
 
 
@@ -94,7 +94,7 @@ def test_pure_helpers() -> None:
 
 def browser_skip_reason() -> str | None:
     if chromium() is None:
-        return "headless Chromium not installed (Debian package `chromium`; .ci/run installs it)"
+        return MISSING
     return None
 
 

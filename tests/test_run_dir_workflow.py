@@ -14,10 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import write_image
 from fake_launch import make_fake_base_model, make_fake_sd_scripts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sample_images import write_image
 from test_run import FAKE_TRAIN, calls
 
 from kohya_1to2.cli import main
@@ -303,6 +303,7 @@ def test_an_unexpected_exception_is_one_internal_error_line(monkeypatch: pytest.
         raise RuntimeError("kaput")
 
     monkeypatch.setattr("kohya_1to2.commands.plan.plans_from_run_dir", boom)
+    (tmp_path / "stage1.train.toml").write_text("", encoding="utf-8")  # a (hand-assembled) run directory
     assert main(["plan", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.strip() == "internal error: RuntimeError: kaput; run with --debug for the traceback"

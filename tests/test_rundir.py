@@ -77,7 +77,7 @@ def test_out_problems_are_one_line_usage_errors(tmp_path: Path, monkeypatch: pyt
 def test_an_unwritable_out_is_a_one_line_error_before_the_preflight(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from conftest import write_image
+    from sample_images import write_image
 
     from kohya_1to2.cli import main
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import write_image
 from rich.console import Console
+from sample_images import write_image
 
 from kohya_1to2.dataset.scan import (
     ScanResult,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from conftest import write_image
+from sample_images import write_image
 from sd_scripts_child import DATASET_GROUP, requires_sd_scripts, run_in_sd_scripts
 
 from kohya_1to2.configs.generate import render_run_files

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_image
 from rich.console import Console
+from sample_images import write_image
 from sd_scripts_child import DATASET_GROUP, requires_sd_scripts, run_in_sd_scripts
 
 from kohya_1to2.commands.prepare import PrepareOptions, prepare
