@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import random
+from pathlib import Path
+
 import pytest
+from bucket_mixes import planned_run, random_mix
 
 from kohya_1to2.configs.buckets import (
     MAX_CROP,
@@ -14,6 +18,7 @@ from kohya_1to2.configs.buckets import (
     make_bucket_resolutions,
     select_bucket,
 )
+from kohya_1to2.dataset.compose import bucket_crop
 from kohya_1to2.models import Stage2Scale
 
 
@@ -84,3 +89,41 @@ def test_character_scale_gives_each_half_stage_1_pixels_for_square_sources() -> 
 def test_stage2_choice_covers_the_run_aspects_given() -> None:
     choice = choose_stage2_buckets(512, "area", [4 / 3] * 3)
     assert choice.max_crop <= MAX_CROP and [a for a, _, _ in choice.landing] == [1.33]
+
+
+# ---------------------------------------------------------------- issue 19: any source mix, no composite cut > 2%
+
+
+@pytest.mark.parametrize("preset", ["seed", "sdxl"])
+@pytest.mark.parametrize("scale", ["area", "character"])
+def test_property_every_planned_composite_lands_in_a_bucket_that_crops_at_most_2_percent(
+        tmp_path: Path, preset: str, scale: str) -> None:
+    """Random mixes (1:4 .. 4:1, portrait to landscape): where no bucket set holds every composite's aspect, the
+    misfits are padded to their bucket's aspect, so the port of sd-scripts' selection cuts <= MAX_CROP off each."""
+    rng = random.Random(f"{preset}-{scale}")
+    padded_somewhere = False
+    for case in range(60):
+        settings, planned = planned_run(tmp_path / str(case), preset, scale, random_mix(rng))
+        resos = buckets_for(settings)
+        for natural, size, bucket in zip(planned.natural, planned.sizes, planned.pad_to, strict=True):
+            chosen, crop = select_bucket(size, resos)
+            assert crop <= MAX_CROP, (preset, scale, natural, size, chosen, settings)
+            if bucket is not None:
+                padded_somewhere = True
+                assert bucket_crop(size, bucket) <= MAX_CROP, "padded to its bucket's aspect (rounding aside)"
+                assert size[0] >= natural[0] * 0.999 or size[1] >= natural[1] * 0.999, "padded, not shrunk to fit"
+                assert max(size) <= 2048, "the padded canvas stays within composites.max_side"
+            else:
+                assert size == natural, "a composite that fits its bucket is built as it is"
+    assert padded_somewhere, "the mixes include aspects no bucket set can hold"
+
+
+def test_padding_centres_the_pair_and_never_crops_it() -> None:
+    from kohya_1to2.dataset.compose import pad_to_aspect, pair_layout
+
+    natural = pair_layout((300, 400), (300, 400), 8, None)  # 1.52:1
+    padded = pad_to_aspect((300, 400), (300, 400), 8, None, (704, 320))  # a 2.2:1 bucket: pad left and right
+    assert padded.content == natural.content and padded.size == (round(400 * 704 / 320), 400)
+    assert padded.origin == ((padded.size[0] - natural.size[0]) // 2, 0)
+    tall = pad_to_aspect((1000, 250), (1000, 250), 0, 1024, (512, 512))  # 8:1 into a square, within 1024 px
+    assert tall.size[0] == tall.size[1] <= 1024 and tall.origin[0] == 0 and tall.content[0] <= 1024

@@ -139,17 +139,18 @@ def test_fix_sources_trains_both_stages_on_corrected_copies(kohya_dataset, tmp_p
 
 
 def test_dry_run_size_estimate_matches_the_real_build(tmp_path):
-    from kohya_1to2.commands.prepare import _estimated_sizes
+    from kohya_1to2.commands.prepare import _header_sizes
+    from kohya_1to2.configs.render import plan_composites
     from kohya_1to2.dataset.build import read_manifest
     from kohya_1to2.dataset.pairing import plan_pairs
     from kohya_1to2.dataset.scan import scan_sources
-    from kohya_1to2.models import CompositeSettings, SourceSettings
+    from kohya_1to2.models import CompositeSettings, Job, SourceSettings
 
     out = tmp_path / "run"
     assert main(["prepare", str(EXAMPLE), "--out", str(out), "--max-side", "300", "--gap", "7"]) == 0
-    settings = CompositeSettings(max_side=300, gap=7)
-    plans = plan_pairs(scan_sources(SourceSettings(roots=[EXAMPLE])).characters, None, 0)
-    assert _estimated_sizes(plans, settings) == [tuple(entry.size) for entry in read_manifest(out)]
+    job = Job(out=out, sources=SourceSettings(roots=[EXAMPLE]), composites=CompositeSettings(max_side=300, gap=7))
+    plans = plan_pairs(scan_sources(job.sources).characters, None, 0)
+    assert plan_composites(job, _header_sizes(plans)).sizes == [tuple(entry.size) for entry in read_manifest(out)]
 
 
 def test_switching_modes_moves_stale_stage_files_and_replay_folders_away(tmp_path, capsys):
@@ -207,3 +208,49 @@ def test_shares_outside_their_mode_are_one_line_errors(tmp_path, capsys):
     assert main(["prepare", str(EXAMPLE), "--out", str(tmp_path / "r"), "--replay-share", "0.3"]) == 2
     err = capsys.readouterr().err
     assert "replay_share applies to mode 'replay'" in err and "Traceback" not in err
+
+
+def test_composites_no_bucket_set_holds_are_padded_not_cropped(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 19: portrait, square and wide sources give composites of many aspects; those stage 2's buckets
+    would cut by more than 2% are built padded to their bucket's aspect, which plan, check and the manifest
+    agree on."""
+    import toml
+    from fake_launch import make_fake_base_model
+    from sample_images import write_image
+
+    from kohya_1to2.configs.buckets import MAX_CROP, BucketSettings, buckets_for, select_bucket
+    from kohya_1to2.dataset.build import read_manifest
+
+    src = tmp_path / "src"
+    shapes = {"alice": [(300, 400), (400, 300)], "bob": [(600, 150), (200, 200)], "cara": [(150, 500), (500, 360)]}
+    for name, sizes in shapes.items():
+        for i, size in enumerate(sizes):
+            write_image(src / f"1_{name}" / f"{name}{i}.png", size=size).with_suffix(".txt").write_text(
+                f"{name}, tag{i}", encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["prepare", str(src), "--out", str(out), "--background", "#00ff00", "--gap", "0",
+                 "--base-model", str(make_fake_base_model(tmp_path))]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    entries = read_manifest(out)
+    padded = [e for e in entries if e.padded_to]
+    assert padded and len(padded) < len(entries), "some composites fit their bucket as they are, some do not"
+    assert f"{len(padded)} of {len(entries)} composites have an aspect stage 2's buckets would crop" in said
+    general = toml.loads((out / "stage2.dataset.toml").read_text(encoding="utf-8"))["general"]
+    res = general["resolution"]
+    settings = BucketSettings(resolution=(res, res) if isinstance(res, int) else tuple(res),
+                              min_bucket_reso=general["min_bucket_reso"], max_bucket_reso=general["max_bucket_reso"],
+                              bucket_reso_steps=general["bucket_reso_steps"])
+    for entry in entries:
+        with Image.open(out / entry.file) as image:
+            assert image.size == tuple(entry.size)
+            assert select_bucket(image.size, buckets_for(settings))[1] <= MAX_CROP, entry.file
+            if entry.padded_to:  # the padding is the background colour, on two opposite edges
+                rgb = image.convert("RGB")
+                corners = {rgb.getpixel((0, 0)), rgb.getpixel((image.width - 1, image.height - 1))}
+                assert corners == {(0, 255, 0)}, entry.file
+    assert main(["check", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["plan", str(out)]) == 0
+    assert f"{len(padded)} composite(s) padded to their stage-2 bucket's aspect" in " ".join(
+        capsys.readouterr().out.split())

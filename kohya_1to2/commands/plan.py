@@ -4,6 +4,7 @@ has run, its measured s/step (from its log) beside the estimate."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from rich.console import Console
@@ -11,7 +12,7 @@ from rich.console import Console
 from kohya_1to2.configs.generate import plans_from_run_dir
 from kohya_1to2.configs.stage_plans import check_stage_plans, render_stage_plans
 from kohya_1to2.kohya import measured_seconds_per_step
-from kohya_1to2.rundir import RunDir, run_family, run_stages
+from kohya_1to2.rundir import RunDir, require_run_dir, run_family, run_stages
 
 
 def measured_steps(run_dir: Path) -> dict[int, tuple[float, int]]:
@@ -28,8 +29,21 @@ def measured_steps(run_dir: Path) -> dict[int, tuple[float, int]]:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    run_dir = args.run_dir.expanduser().resolve()
+    run_dir = require_run_dir(args.run_dir)
     plans = plans_from_run_dir(run_dir)
     console.print(render_stage_plans(plans, family=run_family(run_dir), measured=measured_steps(run_dir)))
+    padded = padded_composites(run_dir)
+    if padded:
+        console.print(f"{padded} composite(s) padded to their stage-2 bucket's aspect, which their own aspect would "
+                      "have had cropped by more than 2% (manifest.jsonl: padded_to)")
     check_stage_plans(plans)
     return 0
+
+
+def padded_composites(run_dir: Path) -> int:
+    """How many of the run's composites `prepare` padded to a bucket's aspect (from the manifest)."""
+    manifest = RunDir(run_dir).manifest
+    if not manifest.is_file():
+        return 0
+    return sum(1 for line in manifest.read_text(encoding="utf-8").splitlines()
+               if line.strip() and json.loads(line).get("padded_to"))

@@ -139,6 +139,7 @@ def prepare_run(args: PrepareOptions, console: Console, job: Job, take_run_dir: 
     """Scan, pre-flight, then (not on a dry run) take the run directory and build and write into it."""
     from kohya_1to2.configs.generate import check_plan, render_plan, write_run_configs
     from kohya_1to2.configs.prompts import check_trigger
+    from kohya_1to2.configs.render import plan_composites
     from kohya_1to2.dataset.build import build_composites
     from kohya_1to2.dataset.captions import validate_triggers
     from kohya_1to2.dataset.preflight import (
@@ -188,18 +189,29 @@ def prepare_run(args: PrepareOptions, console: Console, job: Job, take_run_dir: 
     built_job = mode_job(job, characters, reg.sets, len(plans))
     repeats = built_job.composites.repeats
     replay = mode_replay(job, characters, len(plans) * repeats)
+    # Stage 2's buckets are chosen for the composites' own aspects; one its buckets would crop by more than
+    # MAX_CROP is padded to its bucket's aspect instead (both from image headers, before any pixel is decoded).
+    planned = plan_composites(built_job, _header_sizes(plans))
+    aspects, pad_to = planned.aspects, planned.pad_to
+    if any(pad_to):
+        console.print(Text(f"{sum(1 for b in pad_to if b)} of {len(plans)} composites have an aspect stage 2's "
+                           "buckets would crop by more than 2%: they are padded to their bucket's aspect "
+                           f"(--background {job.composites.background}; manifest: padded_to)", style="yellow"),
+                      soft_wrap=True)
     if args.dry_run:
-        sizes = _estimated_sizes(plans, job.composites)
+        sizes = planned.sizes
         composite_dir = RunDir(run_dir).composite_subset(repeats)
-        check_plan(job, scan.characters, composite_dir, repeats, sizes, reg_sets=reg.sets, replay=replay)
+        check_plan(job, scan.characters, composite_dir, repeats, sizes, reg_sets=reg.sets, replay=replay,
+                   composite_aspects=aspects)
         console.print(render_plan(job, scan.characters, composite_dir, repeats, sizes, reg_sets=reg.sets,
-                                  replay=replay))
+                                  replay=replay, composite_aspects=aspects))
         console.print(f"[bold]dry run:[/] {len(plans)} composites planned; nothing written to {run_dir}")
         return 0
 
-    built = build_composites(plans, characters, built_job, run_dir, force=args.force, console=console)
+    built = build_composites(plans, characters, built_job, run_dir, force=args.force, console=console, pad_to=pad_to)
     write_mode_folders(job, replay, len(plans) * repeats, console, backup_stamp())
-    check_plan(job, characters, built.subset_dir, repeats, built.sizes, reg_sets=reg.sets, replay=replay)
+    check_plan(job, characters, built.subset_dir, repeats, built.sizes, reg_sets=reg.sets, replay=replay,
+               composite_aspects=aspects)
     report = write_run_configs(
         job,
         characters,
@@ -210,6 +222,7 @@ def prepare_run(args: PrepareOptions, console: Console, job: Job, take_run_dir: 
         overwrite_edits=args.overwrite_edits,
         reg_sets=reg.sets,
         replay=replay,
+        composite_aspects=aspects,
     )
     write_job(job, run_dir)
     for stray in built.strays:
@@ -217,7 +230,7 @@ def prepare_run(args: PrepareOptions, console: Console, job: Job, take_run_dir: 
                            f"would have trained it): now {stray}", style="yellow"), soft_wrap=True)
     console.print(report)
     console.print(render_plan(job, characters, built.subset_dir, repeats, built.sizes, reg_sets=reg.sets,
-                              replay=replay))
+                              replay=replay, composite_aspects=aspects))
     console.print(
         _summary_table(
             [
@@ -294,11 +307,9 @@ def write_mode_folders(job: Job, replay: Sequence[ReplayPick], composite_samples
                                    style="yellow"), soft_wrap=True)
 
 
-def _estimated_sizes(plans: list[CompositePlan], settings: CompositeSettings) -> list[tuple[int, int]]:
-    """Composite sizes for the dry-run plan from image headers alone (no pixel decode)."""
+def _header_sizes(plans: list[CompositePlan]) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """(left, right) upright source sizes of each composite from image headers alone (no pixel decode)."""
     from PIL import Image
-
-    from kohya_1to2.dataset.compose import pair_layout
 
     header_sizes: dict[Path, tuple[int, int]] = {}
 
@@ -310,9 +321,7 @@ def _estimated_sizes(plans: list[CompositePlan], settings: CompositeSettings) ->
                 header_sizes[path] = (height, width) if image.getexif().get(0x0112) in (5, 6, 7, 8) else (width, height)
         return header_sizes[path]
 
-    return [
-        pair_layout(size_of(p.left.path), size_of(p.right.path), settings.gap, settings.max_side).size for p in plans
-    ]
+    return [(size_of(p.left.path), size_of(p.right.path)) for p in plans]
 
 
 def _progress(console: Console) -> Progress:

@@ -73,6 +73,17 @@ def _candidate(resolution: tuple[int, int], steps: int, min_reso: int, max_reso:
     return settings, tuple(landing)
 
 
+def bucket_fits(sizes: Sequence[tuple[int, int]], settings: BucketSettings) -> list[tuple[int, int] | None]:
+    """Per composite size: the bucket sd-scripts puts it in when that would crop more than MAX_CROP (the
+    composite is then padded to that bucket's aspect, compose.pad_to_aspect), else None (built as it is)."""
+    resos = buckets_for(settings)
+    fits: list[tuple[int, int] | None] = []
+    for size in sizes:
+        bucket, crop = select_bucket(size, resos) if size[0] and size[1] else (size, 0.0)
+        fits.append(bucket if crop > MAX_CROP else None)
+    return fits
+
+
 def _round_down(value: float, step: int) -> int:
     return max(step, int(value // step) * step)
 

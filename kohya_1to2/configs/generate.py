@@ -196,12 +196,14 @@ def write_run_configs(
     overwrite_edits: bool = False,
     reg_sets: Sequence[RegSet] = (),
     replay: Sequence[ReplayPick] = (),
+    composite_aspects: Sequence[float] | None = None,
 ) -> GenerateReport:
-    """Render and write the job's stage TOMLs and the sample prompts into the run directory."""
+    """Render and write the job's stage TOMLs and the sample prompts into the run directory. `composite_aspects`:
+    the composites' natural aspects the bucket keys are chosen for (default: `composite_sizes`' own)."""
     run_dir = run_dir.expanduser().resolve()
     files = render_run_files(job, characters, composite_dir=composite_dir, composite_repeats=composite_repeats,
                              composite_count=len(composite_sizes), run_dir=run_dir,
-                             composite_aspects=[w / h for w, h in composite_sizes if h], reg_sets=reg_sets,
+                             composite_aspects=_aspects(composite_sizes, composite_aspects), reg_sets=reg_sets,
                              replay=replay)
     stamp = backup_stamp()
     results = [
@@ -260,14 +262,19 @@ def plans_from_documents(
     return plans
 
 
+def _aspects(sizes: Sequence[tuple[int, int]], aspects: Sequence[float] | None) -> Sequence[float]:
+    return aspects if aspects is not None else [w / h for w, h in sizes if h]
+
+
 def _in_memory_plans(
     job: Job, characters: Sequence[Character], composite_dir: Path, composite_repeats: int,
     composite_sizes: Sequence[tuple[int, int]], reg_sets: Sequence[RegSet] = (), replay: Sequence[ReplayPick] = (),
+    composite_aspects: Sequence[float] | None = None,
 ) -> list[StagePlan]:
     run_dir = job.out.expanduser().resolve()
     files = render_run_files(job, characters, composite_dir=composite_dir, composite_repeats=composite_repeats,
                              composite_count=len(composite_sizes), run_dir=run_dir,
-                             composite_aspects=[w / h for w, h in composite_sizes if h], reg_sets=reg_sets,
+                             composite_aspects=_aspects(composite_sizes, composite_aspects), reg_sets=reg_sets,
                              replay=replay)
     known: dict[Path, tuple[int, tuple[tuple[int, int], ...]]] = {
         composite_dir.expanduser().resolve(): (len(composite_sizes), tuple(composite_sizes))
@@ -286,19 +293,20 @@ def _in_memory_plans(
 
 def render_plan(job: Job, characters: Sequence[Character], composite_dir: Path, composite_repeats: int,
                 composite_sizes: Sequence[tuple[int, int]], reg_sets: Sequence[RegSet] = (),
-                replay: Sequence[ReplayPick] = ()) -> Group:
+                replay: Sequence[ReplayPick] = (), composite_aspects: Sequence[float] | None = None) -> Group:
     """The plan preview printed by `prepare` (also for --dry-run)."""
     family = resolved_family(job, load_preset(job.training.preset))
-    plans = _in_memory_plans(job, characters, composite_dir, composite_repeats, composite_sizes, reg_sets, replay)
+    plans = _in_memory_plans(job, characters, composite_dir, composite_repeats, composite_sizes, reg_sets, replay,
+                             composite_aspects)
     return render_stage_plans(plans, family=family)
 
 
 def check_plan(job: Job, characters: Sequence[Character], composite_dir: Path, composite_repeats: int,
                composite_sizes: Sequence[tuple[int, int]], reg_sets: Sequence[RegSet] = (),
-               replay: Sequence[ReplayPick] = ()) -> None:
+               replay: Sequence[ReplayPick] = (), composite_aspects: Sequence[float] | None = None) -> None:
     """Raise DatasetError when a subset has no images or a stage would train on nothing."""
     check_stage_plans(_in_memory_plans(job, characters, composite_dir, composite_repeats, composite_sizes,
-                                       reg_sets, replay))
+                                       reg_sets, replay, composite_aspects))
 
 
 def plans_from_run_dir(run_dir: Path) -> list[StagePlan]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import textwrap
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any, Literal
 
@@ -22,9 +23,17 @@ from kohya_1to2.configs.buckets import (
     MAX_CROP,
     STEPS_BY_FAMILY,
     Stage2Buckets,
+    bucket_fits,
     choose_stage2_buckets,
 )
-from kohya_1to2.configs.presets import PRESET_SECTION, Preset, effective_settings, key_comments, resolved_family
+from kohya_1to2.configs.presets import (
+    PRESET_SECTION,
+    Preset,
+    effective_settings,
+    key_comments,
+    load_preset,
+    resolved_family,
+)
 from kohya_1to2.errors import UsageError
 from kohya_1to2.kohya import final_weights_path
 from kohya_1to2.kohya import options as opt
@@ -320,13 +329,45 @@ def stage2_bucket_choice(job: Job, preset: Preset, resolution: int, aspects: Seq
                                  min_bucket_reso=int(low), max_bucket_reso=high)
 
 
+@dataclass(frozen=True)
+class PlannedComposites:
+    """The run's composites before the build: their natural sizes (side by side, `compose.pair_layout`), the
+    bucket each is padded to where stage 2's buckets would crop it by more than MAX_CROP, and the sizes built."""
+
+    natural: list[tuple[int, int]]
+    pad_to: list[tuple[int, int] | None]
+    sizes: list[tuple[int, int]]
+
+    @property
+    def aspects(self) -> list[float]:
+        """What stage 2's bucket keys are chosen for: the natural aspects (so keys and padding agree)."""
+        return [w / h for w, h in self.natural if h]
+
+
+def plan_composites(job: Job, pairs: Sequence[tuple[tuple[int, int], tuple[int, int]]]) -> PlannedComposites:
+    """From each composite's (left, right) upright source sizes: natural sizes, stage 2's bucket choice for
+    their aspects, then a bucket to pad to for those the choice would crop by more than MAX_CROP."""
+    from kohya_1to2.dataset.compose import pad_to_aspect, pair_layout
+
+    gap, max_side = job.composites.gap, job.composites.max_side
+    natural = [pair_layout(left, right, gap, max_side).size for left, right in pairs]
+    preset = load_preset(job.training.preset)
+    resolution = effective_settings(job, preset).resolution
+    choice = stage2_bucket_choice(job, preset, resolution, [w / h for w, h in natural if h])
+    pad_to = bucket_fits(natural, choice.settings)
+    sizes = [pad_to_aspect(left, right, gap, max_side, bucket).size if bucket else size
+             for (left, right), size, bucket in zip(pairs, natural, pad_to, strict=True)]
+    return PlannedComposites(natural, pad_to, sizes)
+
+
 def stage2_bucket_keys(job: Job, preset: Preset, resolution: int,
                        aspects: Sequence[float] = ()) -> dict[str, tuple[Any, str]]:
     """Key -> (value, comment) of stage 2's resolution and bucket keys."""
     choice = stage2_bucket_choice(job, preset, resolution, aspects)
     settings = choice.settings
     width, height = settings.resolution
-    landing = ", ".join(f"{aspect:g}:1 -> {w}x{h}" for aspect, (w, h), _ in choice.landing)
+    landing = ", ".join(f"{aspect:g}:1 -> {w}x{h}" + (" (padded to its aspect)" if crop > MAX_CROP else "")
+                        for aspect, (w, h), crop in choice.landing)
     if choice.scale == "character":
         why = (f"--stage2-scale character: each half of a composite gets about stage 1's {resolution}x{resolution} "
                f"pixels, so a 2:1 composite trains at {width}x{height}")

@@ -81,6 +81,8 @@ class ManifestEntry(BaseModel):
     bytes: int
     sha256: str
     settings: str
+    padded_to: tuple[int, int] | None = None
+    """The stage-2 bucket whose aspect the composite was padded to (its own aspect would be cropped there)."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ class BuildResult:
     written: int
     removed: int
     preview_path: Path | None = None
+    padded: int = 0
+    """Composites padded to their bucket's aspect (see `pad_to`)."""
     strays: list[Path] = field(default_factory=list)
     """Files found in subset folders that this run did not write, moved to `.1to2/strays/` (new places)."""
     entries_head: list[ManifestEntry] = field(default_factory=list)
@@ -155,13 +159,15 @@ def reuse_or_rebuild(
     previous: Mapping[int, ManifestEntry],
     fingerprints: Mapping[Path, str],
     on_disk: Mapping[str, int],
+    pad_to: Sequence[tuple[int, int] | None] = (),
 ) -> Reuse:
     """Decide, without touching the disk, which planned composites are reused and which are built.
 
     `subset` is the subset folder relative to the run directory (posix), `previous` the manifest and journal
     entries by index, `fingerprints` every source's `source_fingerprint`, `on_disk` the subset folder's files
-    (name -> size in bytes). An output is reused only if its entry names the same file, settings and sources,
-    the sources' fingerprints are unchanged and the file has the recorded size.
+    (name -> size in bytes), `pad_to` each composite's bucket to pad to (None: its own aspect). An output is
+    reused only if its entry names the same file, settings, padding and sources, the sources' fingerprints are
+    unchanged and the file has the recorded size.
     """
     by_name = {c.name: c for c in characters}
     entries: dict[int, ManifestEntry] = {}
@@ -182,10 +188,12 @@ def reuse_or_rebuild(
         expected.update((name, caption_name))
         caption = captions.composite_caption(left, right, plan.left, plan.right, settings.captions)
         old = previous.get(plan.index)
+        padded = pad_to[plan.index] if plan.index < len(pad_to) else None
         if (
             old is not None
             and Path(old.file).name == name
             and old.settings == settings_id
+            and old.padded_to == padded
             and old.left.path == str(plan.left.path)
             and old.right.path == str(plan.right.path)
             and old.left.fingerprint == fingerprints[plan.left.path]
@@ -210,6 +218,7 @@ def reuse_or_rebuild(
                 caption_name=caption_name,
                 caption=caption,
                 thumbnail=plan.index < PREVIEW_ITEMS,
+                pad_to=padded,
             )
         )
     return Reuse(entries, rewrites, to_build, frozenset(expected), preview_stale)
@@ -228,8 +237,10 @@ def build_composites(
     console: Console | None = None,
     workers: int | None = None,
     cache_bytes: int = CACHE_BYTES,
+    pad_to: Sequence[tuple[int, int] | None] = (),
 ) -> BuildResult:
-    """Make `run_dir/composites/{repeats}_composite/` match `plans`, reusing what is still valid."""
+    """Make `run_dir/composites/{repeats}_composite/` match `plans`, reusing what is still valid; `pad_to`: per
+    composite, the bucket to pad it to (configs.render.plan_composites), None for its own aspect."""
     settings = job.composites
     layout = RunDir(run_dir.resolve())
     subset = layout.composite_subset(settings.repeats)
@@ -247,6 +258,7 @@ def build_composites(
         previous={} if force else _previous_entries(layout),
         fingerprints=fingerprints,
         on_disk=_file_sizes(subset),
+        pad_to=pad_to,
     )
     for caption_name, caption in reuse.captions:
         atomic_write_text(subset / caption_name, caption + "\n")
@@ -276,6 +288,7 @@ def build_composites(
         preview_path=layout.preview if head else None,
         entries_head=head,
         strays=strays,
+        padded=sum(1 for bucket in pad_to if bucket is not None),
     )
 
 
@@ -329,7 +342,7 @@ class _Manifest:
 
     def add_reused(self, entries: Iterable[ManifestEntry]) -> None:
         for entry in entries:
-            self.lines[entry.index] = entry.model_dump_json()
+            self.lines[entry.index] = entry.model_dump_json(exclude_none=True)
             self.sizes[entry.index] = entry.size
 
     def add_built(self, results: Iterable[ItemResult], items: Sequence[WorkItem], journal: IO[str]) -> int:
@@ -354,8 +367,9 @@ class _Manifest:
                 bytes=nbytes,
                 sha256=digest,
                 settings=self.settings_id,
+                padded_to=item.pad_to,
             )
-            line = entry.model_dump_json()
+            line = entry.model_dump_json(exclude_none=True)
             journal.write(line + "\n")
             self.lines[index] = line
             self.sizes[index] = size

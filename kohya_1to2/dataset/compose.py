@@ -150,19 +150,32 @@ def load_source(path: Path, background_rgb: RGB, max_side: int | None = None) ->
 
 @dataclass(frozen=True)
 class PairLayout:
-    """Where each half goes: both halves share `height`; the gap sits between them."""
+    """Where each half goes: both halves share `height`; the gap sits between them. `canvas`, when set, is a
+    larger frame the pair sits centred in (padding in the background colour, see `pad_to_aspect`)."""
 
     left: Size
     right: Size
     gap: int
+    canvas: Size | None = None
+
+    @property
+    def content(self) -> Size:
+        return (self.left[0] + self.gap + self.right[0], self.left[1])
 
     @property
     def size(self) -> Size:
-        return (self.left[0] + self.gap + self.right[0], self.left[1])
+        return self.canvas or self.content
+
+    @property
+    def origin(self) -> tuple[int, int]:
+        """Top-left corner of the left half on the canvas."""
+        (width, height), (content_w, content_h) = self.size, self.content
+        return ((width - content_w) // 2, (height - content_h) // 2)
 
 
-def pair_layout(left: Size, right: Size, gap: int, max_side: int | None) -> PairLayout:
-    """Common height = the smaller height (never upscale); then everything shrinks to fit `max_side`."""
+def pair_layout(left: Size, right: Size, gap: int, max_side: int | None, max_height: int | None = None) -> PairLayout:
+    """Common height = the smaller height (never upscale); then everything shrinks to fit `max_side` (and the
+    height to `max_height`, which `pad_to_aspect` uses to leave room for padding)."""
     height = min(left[1], right[1])
     widths = [max(1, round(w * height / h)) for w, h in (left, right)]
     if max_side is not None:
@@ -172,7 +185,7 @@ def pair_layout(left: Size, right: Size, gap: int, max_side: int | None) -> Pair
                 f"composites.gap ({gap}) leaves no room in composites.max_side ({max_side})",
                 hint="lower --gap or raise --max-side",
             )
-        scale = min(1.0, room / sum(widths), max_side / height)
+        scale = min(1.0, room / sum(widths), min(max_side, max_height or max_side) / height)
         if scale < 1.0:
             height = max(1, math.floor(height * scale))
             widths = [max(1, math.floor(w * height / h)) for w, h in (left, right)]
@@ -186,6 +199,38 @@ def pair_layout(left: Size, right: Size, gap: int, max_side: int | None) -> Pair
     return PairLayout(left=(widths[0], height), right=(widths[1], height), gap=gap)
 
 
+def bucket_crop(size: Size, bucket: Size) -> float:
+    """The share of an image of `size` that sd-scripts cuts away in `bucket`: it scales the image to cover the
+    bucket, then crops the overflow (BucketManager.select_bucket; rounding aside)."""
+    aspect, target = size[0] / size[1], bucket[0] / bucket[1]
+    return 1.0 - min(aspect, target) / max(aspect, target)
+
+
+def _padded(content: Size, target: float) -> Size:
+    if content[0] / content[1] > target:
+        return (content[0], max(content[1], round(content[0] / target)))
+    return (max(content[0], round(content[1] * target)), content[1])
+
+
+def pad_to_aspect(left: Size, right: Size, gap: int, max_side: int | None, bucket: Size) -> PairLayout:
+    """The pair's layout centred on a canvas of `bucket`'s aspect, padded (never cropped), for a composite whose
+    own aspect the run's buckets cannot hold within MAX_CROP: sd-scripts then cuts nothing off a character.
+
+    Too wide for the bucket: padding above and below; too tall: left and right. The canvas keeps within
+    `max_side`: where padding would push it over, the pair shrinks first.
+    """
+    target = bucket[0] / bucket[1]
+    layout = pair_layout(left, right, gap, max_side)
+    for _ in range(16):
+        canvas = _padded(layout.content, target)
+        if max_side is None or max(canvas) <= max_side or layout.content[1] == 1:
+            break
+        height = layout.content[1]
+        layout = pair_layout(left, right, gap, max_side,
+                             max_height=max(1, min(height - 1, math.floor(height * max_side / max(canvas)))))
+    return PairLayout(layout.left, layout.right, layout.gap, canvas if canvas != layout.content else None)
+
+
 def fit(image: Image.Image, size: Size) -> Image.Image:
     """`image` resized to `size` with high-quality resampling; the same object if already that size."""
     if image.size == size:
@@ -196,8 +241,9 @@ def fit(image: Image.Image, size: Size) -> Image.Image:
 def join(left: Image.Image, right: Image.Image, layout: PairLayout, background_rgb: RGB) -> Image.Image:
     """Paste two already-fitted halves side by side on the background colour."""
     canvas = Image.new("RGB", layout.size, background_rgb)
-    canvas.paste(left, (0, 0))
-    canvas.paste(right, (layout.left[0] + layout.gap, 0))
+    x, y = layout.origin
+    canvas.paste(left, (x, y))
+    canvas.paste(right, (x + layout.left[0] + layout.gap, y))
     return canvas
 
 
@@ -329,6 +375,15 @@ def composite_canvas(left: Any, right: Any, layout: PairLayout, background_rgb: 
     import numpy
 
     width, height = layout.size
+    if layout.canvas is not None:
+        x, y = layout.origin
+        canvas = numpy.empty((height, width, 3), numpy.uint8)
+        canvas[:] = background_rgb[::-1]
+        rows = slice(y, y + layout.left[1])
+        split = x + layout.left[0] + layout.gap
+        canvas[rows, x : x + layout.left[0]] = left if isinstance(left, numpy.ndarray) else as_bgr(left)
+        canvas[rows, split : split + layout.right[0]] = right if isinstance(right, numpy.ndarray) else as_bgr(right)
+        return canvas
     split = layout.left[0] + layout.gap
     canvas = numpy.empty((height, width, 3), numpy.uint8)
     canvas[:, layout.left[0] : split] = background_rgb[::-1]

@@ -73,6 +73,8 @@ class WorkItem:
     caption: str
     thumbnail: bool = False
     """On the preview: the worker also returns its thumbnail, made from the pixels it has (for PNG)."""
+    pad_to: tuple[int, int] | None = None
+    """A bucket (w, h) whose aspect the composite is padded to (compose.pad_to_aspect), or its own aspect."""
 
 
 ItemResult = tuple[int, tuple[int, int], int, str, tuple[int, int], tuple[int, int], preview.Thumbnail | None]
@@ -384,19 +386,25 @@ def _bgr_half(cache: SourceCache, path: str, decoded: tuple[int, int], size: tup
     return cache.get(("bgr", key), make)[0]
 
 
+def _layout(item: WorkItem, left: tuple[int, int], right: tuple[int, int], config: WorkerConfig) -> compose.PairLayout:
+    if item.pad_to is None:
+        return compose.pair_layout(left, right, config.gap, config.max_side)
+    return compose.pad_to_aspect(left, right, config.gap, config.max_side, item.pad_to)
+
+
 def _build_one(item: WorkItem) -> ItemResult:
     assert _worker_config is not None and _worker_cache is not None
     config, cache = _worker_config, _worker_cache
     halves: list[Any]
     if compose.uses_opencv(config.format):
         (left_decoded, left_size), (right_decoded, right_size) = _sizes(cache, item.left), _sizes(cache, item.right)
-        layout = compose.pair_layout(left_decoded, right_decoded, config.gap, config.max_side)
+        layout = _layout(item, left_decoded, right_decoded, config)
         halves = [_bgr_half(cache, item.left, left_decoded, layout.left),
                   _bgr_half(cache, item.right, right_decoded, layout.right)]
     else:
         left, left_size = cache.get(item.left, _load)
         right, right_size = cache.get(item.right, _load)
-        layout = compose.pair_layout(left.size, right.size, config.gap, config.max_side)
+        layout = _layout(item, left.size, right.size, config)
         halves = [_fitted(cache, path, image, size)
                   for path, image, size in ((item.left, left, layout.left), (item.right, right, layout.right))]
     canvas = compose.composite_canvas(halves[0], halves[1], layout, config.background, config.format)

@@ -5,12 +5,14 @@ composites of the seed and sdxl presets land in buckets of their own aspect (<= 
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import toml
+from bucket_mixes import planned_run, random_mix
 from sd_scripts_child import SD_SCRIPTS, requires_sd_scripts
 
 from kohya_1to2.configs.buckets import MAX_CROP, BucketSettings
@@ -109,3 +111,24 @@ def test_plan_figures_match_sd_scripts(tmp_path: Path) -> None:
         ours = sorted(((b.width, b.height), b.mean_crop) for b in plan.buckets for _ in range(b.images))
         assert [r[0] for r in real] == [o[0] for o in ours]
         assert [round(max(0.0, r[1]), 6) for r in real] == [round(o[1], 6) for o in ours]
+
+
+def test_property_200_random_source_mixes_lose_at_most_2_percent_in_sd_scripts_buckets(tmp_path: Path) -> None:
+    """Issue 19: for random mixes of source sizes (1:4 .. 4:1), every composite `prepare` plans, fed with the
+    generated stage-2 keys through sd-scripts' own BucketManager, is cropped by at most MAX_CROP."""
+    requests, cases = [], []
+    for preset in ("seed", "sdxl"):
+        rng = random.Random(f"sd-scripts-{preset}")
+        for case in range(200):
+            scale = "area" if case % 2 else "character"
+            settings, planned = planned_run(tmp_path / f"{preset}{case}", preset, scale, random_mix(rng))
+            requests.append([list(settings.resolution), settings.min_bucket_reso, settings.max_bucket_reso,
+                             settings.bucket_reso_steps, [list(size) for size in planned.sizes]])
+            cases.append((preset, scale, planned))
+    padded = 0
+    for (preset, scale, planned), results in zip(cases, _sd_scripts_buckets(requests), strict=True):
+        padded += sum(1 for bucket in planned.pad_to if bucket)
+        for size, (bucket, resized) in zip(planned.sizes, results, strict=True):
+            crop = 1 - bucket[0] * bucket[1] / (resized[0] * resized[1])
+            assert crop <= MAX_CROP, (preset, scale, size, bucket)
+    assert padded, "the mixes include composites no bucket set holds at their own aspect"
