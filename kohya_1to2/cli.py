@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 from rich.console import Console
 from rich.text import Text
@@ -22,6 +26,7 @@ from kohya_1to2.commands.launch import LaunchOptions
 from kohya_1to2.commands.prepare import PrepareOptions
 from kohya_1to2.errors import EXIT_CODES, INTERNAL_ERROR_EXIT, Interrupted, OneToTwoError, UsageError
 from kohya_1to2.flags import add_model_flags, model_overrides
+from kohya_1to2.fsutil import MACHINE_ERRNOS, write_error
 from kohya_1to2.launch.argv import AccelerateOptions
 from kohya_1to2.models import CaptionRules, CompositeSettings, SourceSettings, TrainingSettings
 
@@ -97,6 +102,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, taken like Ctrl-C: every command stops the same way (workers, children, locks) and says so."""
+
+
+def _terminate(_signum: int, _frame: FrameType | None) -> None:
+    raise Terminated
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While a command runs, SIGTERM raises `Terminated` in the main thread (Python's default would end the
+    process at once, exit 143, with no message and nothing cleaned up)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -104,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     errors = Console(stderr=True, highlight=False)
     try:
         module = importlib.import_module(f"kohya_1to2.commands.{args.command.replace('-', '_')}")
-        return int(module.run(args, console))
+        with _sigterm_interrupts():
+            return int(module.run(args, console))
     except OneToTwoError as exc:
         if args.debug:
             raise
@@ -113,9 +141,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.hint:
             errors.print(Text.assemble(("hint: ", "yellow"), exc.hint), soft_wrap=True)
         return exc.exit_code
-    except KeyboardInterrupt:
-        errors.print("[bold red]interrupted[/]", markup=True)
+    except KeyboardInterrupt as exc:
+        errors.print("[bold red]interrupted[/]" + (" by SIGTERM" if isinstance(exc, Terminated) else ""), markup=True)
         return Interrupted.exit_code
+    except OSError as exc:
+        if args.debug or exc.errno not in MACHINE_ERRNOS:
+            raise
+        # disk full or read-only somewhere no writer named the path: still the machine's, not a bug
+        error = write_error(exc.filename or "a file", exc)
+        errors.print(Text.assemble(("error: ", "bold red"), error.message), soft_wrap=True)
+        errors.print(Text.assemble(("hint: ", "yellow"), error.hint or ""), soft_wrap=True)
+        return error.exit_code
     except Exception as exc:  # a bug, not a user mistake: one line, the traceback on request
         if args.debug:
             raise

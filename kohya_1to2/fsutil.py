@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import secrets
@@ -9,7 +10,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from kohya_1to2.errors import SetupError
+
 TMP_PREFIX = ".tmp-1to2-"
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+MACHINE_ERRNOS = (*_FULL, errno.EROFS)
+"""OS errors that are never the data's or the program's fault: the CLI reports them as environment errors."""
+
+
+def write_error(path: Path | str, exc: OSError) -> SetupError:
+    """An OS error while writing `path` as the one-line environment error the CLI prints (exit 5): disk full,
+    quota, read-only or permission problems belong to the machine, not to the data."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in _FULL:
+        hint = "free some space on that drive (or --out a run directory on another one), then re-run"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        hint = "make the folder writable (or --out a run directory elsewhere), then re-run"
+    else:
+        hint = "check the drive, then re-run (finished work is kept)"
+    return SetupError(f"cannot write {path}: {reason}", hint=hint)
 
 
 def _create_temporary(final: Path) -> tuple[int, Path]:
@@ -42,11 +62,17 @@ def atomic_path(final: Path) -> Iterator[Path]:
 
 def atomic_write_bytes(final: Path, data: bytes) -> None:
     """`atomic_path`'s guarantee in the fewest system calls (a build writes two files per composite)."""
-    fd, tmp = _create_temporary(final)
+    try:
+        fd, tmp = _create_temporary(final)
+    except OSError as exc:
+        raise write_error(final, exc) from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, final)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(final, exc) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import string
+import unicodedata
 from pathlib import Path
 from typing import Literal
 
@@ -55,7 +57,14 @@ class SourceSettings(Strict):
     def _dotted(cls, value: str) -> str:
         if not value or value == ".":
             raise ValueError("caption_extension must name a suffix such as '.txt'")
-        return value if value.startswith(".") else "." + value
+        if not value.startswith("."):
+            # sd-scripts appends it to the image path without its suffix: "txt" would look for "atxt"
+            raise ValueError(f"caption_extension {value!r} has no leading dot: sd-scripts appends it to the image "
+                             f"name as given (a.png -> 'a{value}'); write '.{value}'")
+        if problem := free_text_problem(value) or ("contains a path separator" if "/" in value or "\\" in value
+                                                   else None):
+            raise ValueError(f"caption_extension {value!r} {problem}")
+        return value
 
     @field_validator("caption_encoding")
     @classmethod
@@ -73,6 +82,8 @@ class SourceSettings(Strict):
     def _separator(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("caption_separator must contain a visible character, e.g. ','")
+        if problem := free_text_problem(value):
+            raise ValueError(f"caption_separator {value!r} {problem}")
         return value
 
 
@@ -93,7 +104,18 @@ class CaptionRules(Strict):
     @classmethod
     def _template_keeps_group_first(cls, value: str) -> str:
         allowed = {"left", "right", "tag", "left_tags", "right_tags"}
-        names = set(re.findall(r"{(\w*)}", value))
+        if problem := free_text_problem(value):
+            raise ValueError(f"template {problem}")
+        try:
+            fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(value)
+                      if name is not None]
+        except ValueError as exc:  # a lone "{" or "}"
+            raise ValueError(f"template {value!r}: {exc} (write {{{{ or }}}} for a literal brace)") from None
+        if odd := sorted({"{" + name + (f"!{c}" if c else "") + (f":{s}" if s else "") + "}"
+                          for name, s, c in fields if not name.isidentifier() or s or c}):
+            raise ValueError(f"template field(s) {', '.join(odd)}: only plain names such as {{left}} are allowed "
+                             "(no attribute, index, conversion or format spec)")
+        names = {name for name, _, _ in fields}
         if unknown := names - allowed:
             raise ValueError(f"unknown template field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
         if not {"left", "right"} <= names:
@@ -112,6 +134,9 @@ class CaptionRules(Strict):
         # template is declared first, so it is validated (or failed) by now
         if problem := name_problem(value, group_separators(info.data.get("template", DEFAULT_TEMPLATE))):
             raise ValueError(f"composite_tag {value!r} {problem}")
+        if quotes := sorted(ch for ch in set(value) if ch in "\"'`"):
+            raise ValueError(f"composite_tag {value!r} contains {' '.join(map(repr, quotes))}: a tag is plain text, "
+                             "and a quote would be part of it in every caption and negative prompt")
         return value
 
 
@@ -121,10 +146,21 @@ def group_separators(template: str) -> frozenset[str]:
     return frozenset(ch for ch in first if not ch.isspace()) | {",", "/"}
 
 
+def free_text_problem(text: str) -> str | None:
+    """Why text that ends up in a caption, a TOML or a prompt line would not survive there, or None: sd-scripts
+    reads only a caption's first line and one prompt per line, so a line break (or any control character)
+    silently cuts what follows."""
+    if bad := sorted({ch for ch in text if unicodedata.category(ch) == "Cc"}):
+        return f"contains the control character(s) {' '.join(repr(ch) for ch in bad)} (a line break cuts the text)"
+    return None
+
+
 def name_problem(name: str, forbidden: frozenset[str]) -> str | None:
     """Why a trigger or composite tag would break the `Left/Right/COMPOSITE` group, or None."""
     if not name.strip():
         return "is empty"
+    if problem := free_text_problem(name):
+        return problem
     if bad := sorted(ch for ch in set(name) if ch in forbidden):
         shown = " ".join(repr(ch) for ch in bad)
         return f"contains {shown}, which splits the caption's character group (Left/Right/COMPOSITE)"
@@ -271,14 +307,21 @@ class Job(Strict):
     @model_validator(mode="after")
     def _out_outside_sources(self) -> Job:
         out = self.out.expanduser().resolve()
-        for root in self.sources.roots:
-            src = root.expanduser().resolve()
-            if out == src or src in out.parents:
-                raise ValueError(
-                    f"--out {self.out} is inside the source tree {root}; choose a directory outside it "
-                    "so sources are never modified"
-                )
+        for what, roots in (("source tree", self.sources.roots), ("regularisation tree", self.sources.reg)):
+            for root in roots:
+                src = root.expanduser().resolve()
+                if out == src or src in out.parents:
+                    raise ValueError(
+                        f"--out {self.out} is inside the {what} {root}; choose a directory outside it "
+                        "so sources are never modified"
+                    )
+                if out in src.parents:
+                    raise ValueError(
+                        f"--out {self.out} contains the {what} {root}: the run directory would hold your data "
+                        "(and a later clean-up of it would take the data too); choose a directory beside it"
+                    )
         return self
+
 
 
 # ---------------------------------------------------------------- scanned data (produced by dataset.scan)

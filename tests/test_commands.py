@@ -99,3 +99,14 @@ def test_environment_isolates_accelerate_config_but_keeps_the_hub_cache() -> Non
     assert env["HF_HUB_OFFLINE"] == "1"
     with_config = stage_environment(RUN, {"HF_HOME": "/big/hf"}, offline=False, private_accelerate=False)
     assert "HF_HOME" not in with_config and "HF_HUB_OFFLINE" not in with_config
+
+
+@pytest.mark.parametrize("argv", [["plan"], ["launch", "--dry-run"], ["launch"], ["report"]])
+def test_a_folder_that_is_not_a_run_directory_is_exit_2_for_every_reader(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    """Issue 19: plan and launch --dry-run said 'stage1.dataset.toml not found' with exit 4."""
+    from kohya_1to2.cli import main
+
+    (tmp_path / "holiday photos").mkdir()
+    assert main([argv[0], str(tmp_path / "holiday photos"), *argv[1:]]) == 2
+    assert "is not a prepared run directory" in capsys.readouterr().err

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import stat
+from pathlib import Path
 
 import pytest
 
+from kohya_1to2.errors import SetupError
 from kohya_1to2.fsutil import (
     TMP_PREFIX,
     atomic_path,
@@ -44,10 +48,58 @@ def test_a_write_that_fails_keeps_the_old_file_and_no_temporary(tmp_path, monkey
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", full_disk)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(SetupError, match=f"cannot write {re.escape(str(target))}: No space") as raised:
         atomic_write_bytes(target, b"new")
+    assert raised.value.exit_code == 5 and "free some space" in (raised.value.hint or "")
     assert target.read_bytes() == b"old"
     assert not list(tmp_path.glob(TMP_PREFIX + "*"))
+
+
+def test_disk_full_during_prepare_is_one_environment_error_naming_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 19: ENOSPC while prepare writes (composites, captions, TOMLs) is exit 5 with the path, and nothing
+    partial is left under a final name."""
+    from kohya_1to2.cli import main
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "dataset"
+    real_fdopen, writes = os.fdopen, []
+
+    class FullDisk:
+        def __init__(self, fd: int, mode: str) -> None:
+            self.fh = real_fdopen(fd, mode)
+
+        def __enter__(self) -> FullDisk:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.fh.close()
+
+        def write(self, data: bytes) -> int:
+            writes.append(data)
+            if len(writes) > 5:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.fh.write(data)
+
+    monkeypatch.setattr("kohya_1to2.fsutil.os.fdopen", FullDisk)
+    out = tmp_path / "run"
+    assert main(["prepare", str(example), "--out", str(out), "--workers", "1"]) == 5
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith(f"error: cannot write {out}") and "No space left on device" in err, err
+    assert "internal error" not in err and "free some space" in err
+    assert not [p for p in out.rglob("*") if p.is_file() and p.name.startswith(TMP_PREFIX)]
+
+
+def test_an_os_error_nobody_named_is_still_an_environment_error_at_the_cli_edge(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from kohya_1to2.cli import main
+
+    def read_only(*_: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "x"))
+
+    monkeypatch.setattr("kohya_1to2.commands.plan.plans_from_run_dir", read_only)
+    (tmp_path / "stage1.train.toml").write_text("", encoding="utf-8")
+    assert main(["plan", str(tmp_path)]) == 5
+    assert f"cannot write {tmp_path / 'x'}: Read-only file system" in capsys.readouterr().err
 
 
 def test_new_files_get_normal_permissions(tmp_path):

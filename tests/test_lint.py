@@ -482,3 +482,62 @@ def test_check_command_refuses_the_issue_cases(run_dir: Path, capsys: pytest.Cap
     assert main(["check", str(run_dir)]) == 4
     out = capsys.readouterr().out.replace("\n", "")
     assert f"{run_dir / 'stage2.train.toml'}: optimizer.lr_scheduler: 'cosine_with_restart' is not a scheduler" in out
+
+
+# ---------------------------------------------------------------- issue 19: where a run writes
+
+
+def _set_line(path: Path, key: str, value: str) -> None:
+    import re
+
+    text, count = re.subn(rf"(?m)^{key} = .*$", lambda _: f"{key} = {json.dumps(value)}", path.read_text())
+    assert count == 1, key
+    path.write_text(text)
+
+
+@pytest.mark.parametrize(("file", "key", "target"), [
+    ("stage1.train.toml", "output_dir", "source character"),
+    ("stage1.train.toml", "logging_dir", "source root"),
+    ("stage2.train.toml", "sample_prompts", "source caption"),
+    ("stage2.train.toml", "output_dir", "source root"),
+])
+def test_a_written_path_into_the_sources_is_refused_by_check_and_launch(run_dir: Path, file: str, key: str,
+                                                                       target: str) -> None:
+    from kohya_1to2.commands.launch import lint_problems
+    from kohya_1to2.rundir import load_job
+
+    root = load_job(run_dir).sources.roots[0]
+    value = {"source character": root / "1_alice", "source root": root,
+             "source caption": root / "1_alice" / "alice_00.txt"}[target]
+    _set_line(run_dir / file, key, str(value))
+    [problem] = [p for p in lint_run(run_dir) if p.key == key and p.severity == "error"]
+    assert f"inside the source root {root}" in problem.problem and problem.file.endswith(file)
+    assert main(["check", str(run_dir)]) == 4
+    assert any(f"{key}:" in line for line in lint_problems(run_dir)), "launch (and --dry-run) refuse it too"
+
+
+def test_regularisation_roots_are_protected_like_sources(run_dir: Path, tmp_path: Path) -> None:
+    from kohya_1to2.rundir import load_job
+
+    reg = tmp_path / "reg"
+    (reg / "1_person").mkdir(parents=True)
+    job = load_job(run_dir)
+    (run_dir / "job.json").write_text(job.model_copy(update={"sources": job.sources.model_copy(
+        update={"reg": [reg]})}).model_dump_json())
+    _set_line(run_dir / "stage1.train.toml", "output_dir", str(reg / "1_person"))
+    [problem] = [p for p in lint_run(run_dir) if p.key == "output_dir" and p.severity == "error"]
+    assert "inside the regularisation root" in problem.problem
+
+
+def test_stage_2_writing_into_stage_1_output_is_refused(run_dir: Path) -> None:
+    _set_line(run_dir / "stage2.train.toml", "output_dir", str(run_dir / "output" / "stage1"))
+    [problem] = [p for p in lint_run(run_dir) if p.key == "output_dir" and p.severity == "error"]
+    assert "shares stage 1's output folder" in problem.problem and problem.file.endswith("stage2.train.toml")
+
+
+def test_a_written_path_outside_the_run_directory_is_only_a_warning(run_dir: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    _set_line(run_dir / "stage1.train.toml", "logging_dir", str(tmp_path / "elsewhere" / "tb"))
+    [problem] = [p for p in lint_run(run_dir) if p.key == "logging_dir"]
+    assert problem.severity == "warning" and "outside the run directory" in problem.problem
+    assert main(["check", str(run_dir)]) == 0

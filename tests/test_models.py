@@ -34,9 +34,12 @@ def sources(tmp_path: Path, **values: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------- SourceSettings
 
 
-def test_caption_extension_gets_its_dot(tmp_path: Path) -> None:
-    assert SourceSettings(**sources(tmp_path, caption_extension="txt")).caption_extension == ".txt"
+def test_caption_extension_needs_its_dot(tmp_path: Path) -> None:
+    """Issue 19: sd-scripts appends the extension to the stem as given, so "txt" would find no caption."""
+    assert "write '.txt'" in rejection(SourceSettings, **sources(tmp_path, caption_extension="txt"))
     assert SourceSettings(**sources(tmp_path, caption_extension=".caption")).caption_extension == ".caption"
+    for bad in (".t\nxt", "./txt"):
+        assert rejection(SourceSettings, **sources(tmp_path, caption_extension=bad)).startswith("caption_extension")
 
 
 @pytest.mark.parametrize(
@@ -72,6 +75,12 @@ def test_known_encodings_are_accepted(tmp_path: Path) -> None:
         ("{left}/{right}/{tag}, {who}", "allowed"),
         ("{left}/{tag}, {left_tags}", "{left} and {right}"),
         ("{left}/{right} {left_tags}, {right_tags}", "after the first comma"),
+        ("{left}/{right}/{tag}, {left.__class__}", "only plain names"),
+        ("{left}/{right}/{tag}, {left_tags[0]}", "only plain names"),
+        ("{left!r}/{right}/{tag}, {left_tags}", "only plain names"),
+        ("{left:>9}/{right}/{tag}", "only plain names"),
+        ("{left}/{right}/{tag}, {left_tags", "literal brace"),
+        ("{left}/{right}/{tag}\n{left_tags}", "line break"),
     ],
 )
 def test_template_rejections_explain(template: str, fix: str) -> None:
@@ -130,13 +139,23 @@ def test_out_inside_the_sources_is_refused(tmp_path: Path, inside: str) -> None:
     assert "--out" in message and "outside" in message and str(tmp_path / "src") in message
 
 
+def test_out_holding_the_sources_is_refused(tmp_path: Path) -> None:
+    message = rejection(Job, out=tmp_path, sources=sources(tmp_path))
+    assert "--out" in message and "contains the source tree" in message
+
+
+def test_out_inside_a_reg_root_is_refused(tmp_path: Path) -> None:
+    message = rejection(Job, out=tmp_path / "reg" / "run", sources={**sources(tmp_path), "reg": [tmp_path / "reg"]})
+    assert "inside the regularisation tree" in message
+
+
 def test_out_beside_the_sources_is_fine(tmp_path: Path) -> None:
     job = Job(out=tmp_path / "run", sources=SourceSettings(**sources(tmp_path)))
     assert job.composites.repeats == 1 and job.training.preset == "seed"
 
 
 def test_job_round_trips_through_json(tmp_path: Path) -> None:
-    job = Job(out=tmp_path / "run", sources=SourceSettings(**sources(tmp_path, caption_extension="cap")),
+    job = Job(out=tmp_path / "run", sources=SourceSettings(**sources(tmp_path, caption_extension=".cap")),
               composites=CompositeSettings(seed=7, background="#000000"),
               training=TrainingSettings(epochs=3))
     assert Job.model_validate_json(job.model_dump_json()) == job
@@ -175,7 +194,8 @@ def test_rel_key_is_folder_and_file_name() -> None:
     assert image.rel_key == "2_alice/a 1.png"
 
 
-@pytest.mark.parametrize("tag", ["COMP, OSITE", "COMP/OSITE", "  "])
+@pytest.mark.parametrize("tag", ["COMP, OSITE", "COMP/OSITE", "  ", "COMP\nOSITE", "COMPOSITE\n", 'COMP"OSITE',
+                                 "COMP'OSITE", "COMP\tOSITE"])
 def test_composite_tag_must_stay_one_tag_of_the_group(tag: str) -> None:
     with pytest.raises(ValidationError, match="composite_tag"):
         CaptionRules(composite_tag=tag)

@@ -207,9 +207,19 @@ def test_empty_caption_file_is_an_error(tmp_path: Path, put: Maker, two_good: No
     assert only([problem], caption) == [("error", "empty-caption")] and "AssertionError" in problem.message
 
 
-def test_blank_first_line_warns(tmp_path: Path, put: Maker, two_good: None) -> None:
+def test_blank_first_line_is_an_error(tmp_path: Path, put: Maker, two_good: None) -> None:
     put("1_alice/a.png", caption="  \nalice, tags on the second line\n")
-    assert only(run(tmp_path)[1], tmp_path / "src" / "1_alice" / "a.txt") == [("warning", "caption-no-tags")]
+    assert only(run(tmp_path)[1], tmp_path / "src" / "1_alice" / "a.txt") == [("error", "caption-no-tags")]
+
+
+@pytest.mark.parametrize("caption", [" ", "\n", " \t \r\n  \n"])
+def test_a_whitespace_only_caption_is_an_error_like_the_empty_file(tmp_path: Path, put: Maker, two_good: None,
+                                                                   caption: str) -> None:
+    """sd-scripts v0.10.1 does not assert on it (the file has a line) but trains it with an empty caption."""
+    put("1_alice/a.png", caption=caption)
+    [problem] = run(tmp_path)[1]
+    assert only([problem], tmp_path / "src" / "1_alice" / "a.txt") == [("error", "empty-caption")]
+    assert "empty caption, without its trigger" in problem.message
 
 
 def test_non_utf8_caption(tmp_path: Path, put: Maker, two_good: None) -> None:

@@ -254,3 +254,54 @@ def test_composites_no_bucket_set_holds_are_padded_not_cropped(tmp_path: Path,
     assert main(["plan", str(out)]) == 0
     assert f"{len(padded)} composite(s) padded to their stage-2 bucket's aspect" in " ".join(
         capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize(("reg", "said"), [("src", "is the source root"), (".", "contains the source root"),
+                                          ("src/1_alice", "is (inside) the character folder 1_alice")])
+def test_reg_overlapping_the_training_images_is_refused(kohya_dataset, tmp_path, capsys, reg, said):
+    """Issue 19: --reg naming a source root, a folder holding it or a character folder of it."""
+    kohya_dataset({"alice": 2, "bob": 2})
+    out = tmp_path.parent / f"{tmp_path.name}-run"  # beside "." too
+    assert main(["prepare", str(tmp_path / "src"), "--out", str(out), "--reg", str(tmp_path / reg), "--dry-run"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert said in err and "regularisation of themselves" in err and "Traceback" not in err
+
+
+def test_prepare_never_announces_a_run_check_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 19: prepare runs check on what it wrote; a kept hand edit check refuses is exit 4, not 'next: launch'."""
+    from fake_launch import make_fake_base_model
+
+    out, base = tmp_path / "run", str(make_fake_base_model(tmp_path))
+    assert main(["prepare", str(EXAMPLE), "--out", str(out), "--base-model", base]) == 0
+    assert "then: python -m kohya_1to2 launch" in " ".join(capsys.readouterr().out.split())
+    toml2 = out / "stage2.train.toml"
+    toml2.write_text(toml2.read_text(encoding="utf-8").replace("network_dim = 8", "network_dim = 16"),
+                     encoding="utf-8")  # stage 2 must continue stage 1's network: check refuses this
+    assert main(["prepare", str(EXAMPLE), "--out", str(out), "--base-model", base]) == 4
+    captured = capsys.readouterr()
+    said = " ".join((captured.out + captured.err).split())
+    assert "but check finds 1 problem(s) launch would refuse" in said and "network_dim" in said
+    assert "then: python -m kohya_1to2 launch" not in said
+
+
+def test_without_a_base_model_the_next_step_is_to_set_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["prepare", str(EXAMPLE), "--out", str(tmp_path / "run")]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "set the base model" in said and "--base-model PATH" in said
+
+
+def test_extreme_sources_are_padded_so_check_accepts_what_prepare_announces(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 19: 4000x100 sources made composites half cropped by the buckets: check refused, prepare said launch."""
+    from fake_launch import make_fake_base_model
+    from sample_images import write_image
+
+    for name in ("alice", "bob"):
+        for i in range(2):
+            write_image(tmp_path / "src" / f"1_{name}" / f"{name}{i}.png", size=(4000, 100)).with_suffix(
+                ".txt").write_text(f"{name}, strip", encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["prepare", str(tmp_path / "src"), "--out", str(out), "--base-model",
+                 str(make_fake_base_model(tmp_path))]) == 0
+    assert "then: python -m kohya_1to2 launch" in " ".join(capsys.readouterr().out.split())
+    assert main(["check", str(out)]) == 0

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from kohya_1to2.dataset import preview
+from kohya_1to2.errors import SetupError
 from kohya_1to2.fsutil import TMP_PREFIX
 
 
@@ -90,7 +91,7 @@ def test_failed_write_leaves_the_old_preview(tmp_path: Path, monkeypatch: pytest
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", failing_rename)  # the sheet is complete in a temp file, then cannot land
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(SetupError, match=f"cannot write {target}: disk full"):  # one line, exit 5
         preview.contact_sheet(entries, target)
     assert target.read_bytes() == b"old"
     assert not list(tmp_path.glob(TMP_PREFIX + "*"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -185,3 +186,23 @@ def test_a_comparison_is_one_section_whose_links_resolve(tmp_path: Path) -> None
     page = build_report(first.root)
     section = page[page.index('<section id="comparison">'):]
     assert "<td>run_joint (joint) · joint epoch 1</td><td class=num>2</td><td class=num>50%</td>" in section
+
+
+def test_the_page_shows_nothing_from_outside_the_run_and_survives_a_move(
+        tmp_path: Path, kohya_dataset: Callable[..., Path]) -> None:
+    """Issue 19: the sources section linked `../src/...`; a moved or copied run directory broke those links."""
+    import shutil
+
+    from kohya_1to2.models import Job, SourceSettings
+
+    src = kohya_dataset({"alice": 2, "bob": 2})
+    run = fake_run(tmp_path / "run")
+    run.job_file.write_text(Job(out=run.root, sources=SourceSettings(roots=[src])).model_dump_json(), encoding="utf-8")
+    write_report(run.root)
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(run.root, moved)
+    shutil.rmtree(src)  # on another machine the sources are not there
+    page = (moved / "report.html").read_text(encoding="utf-8")
+    links = re.findall(r'(?:src|href)="([^"#]+)"', page)
+    assert "alice_00.png" in page and not [link for link in links if link.startswith("..")]
+    assert all((moved / unquote(link)).is_file() for link in links), "every link resolves in the moved copy"

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sample_images import write_image
 from test_run import FAKE_TRAIN, calls
+from waiting import wait_for
 
 from kohya_1to2.cli import main
 from kohya_1to2.rundir import RunDir
@@ -263,6 +264,34 @@ def test_kill_9_of_prepare_leaves_no_build_process_and_nothing_more_is_written(t
     files = sorted(p.name for p in subset.iterdir())
     time.sleep(1)
     assert sorted(p.name for p in subset.iterdir()) == files, "something still writes composites"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to list processes (Linux)")
+def test_sigterm_to_prepare_is_exit_130_with_one_line_and_no_build_process_left(tmp_path: Path) -> None:
+    """Issue 19: `kill PID` (SIGTERM) of prepare ends like Ctrl-C: one 'interrupted' line (the build's, with its
+    hint), exit 130, workers gone; Python's default would be exit 143 and no word."""
+    src = make_sources(tmp_path / "src", {"alice": 8, "bob": 8, "carol": 8})
+    for image in src.rglob("*.png"):
+        write_image(image, (900, 1200), (10, 200, 90))
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "kohya_1to2", "prepare", str(src), "--out", str(out),
+                             "--budget", "400", "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    subset = RunDir(out).composite_subset(1)
+    family: set[int] = set()
+
+    def building() -> bool:
+        family.update(_descendants(proc.pid))
+        return proc.poll() is not None or (subset.is_dir() and len(list(subset.glob("*.png"))) >= 4)
+
+    wait_for(building, 120, "the build to start")
+    assert proc.poll() is None, "prepare finished before it could be stopped; make the job bigger"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "Traceback" not in err, err[-2000:]
+    wait_for(lambda: not [pid for pid in family if _alive(pid)], 10, "the build's workers to be gone")
 
 
 # ------------------------------------------------------------------ Why 7: errors at the edge

@@ -324,3 +324,33 @@ def test_caption_prefix_for_missing_captions_and_mixed_folders(tmp_path: Path) -
     assert no_captions.characters[0].caption_prefix == "alice,"
     fixed = scan(tmp_path / "src", fix_sources=True)  # --fix-sources writes the trigger into the caption
     assert fixed.characters[0].caption_prefix is None
+
+
+@pytest.mark.parametrize("other", ["alice", "ALICE", " Alice ", "alice  "])
+def test_triggers_the_tokenizer_reads_alike_are_one_trigger(tmp_path: Path, other: str) -> None:
+    """Issue 19: CLIP lower-cases and collapses whitespace, so `Alice` and `alice` are one trigger."""
+    add(tmp_path / "src" / "2_Alice", "a", "Alice, smile")
+    add(tmp_path / "src" / "3_alice", "b", f"{other}, hat")
+    result = scan(tmp_path / "src")
+    [problem] = [p for p in result.problems if p.code == "duplicate-trigger"]
+    assert "2_Alice" in problem.message and "3_alice" in problem.message
+
+
+def test_triggers_that_differ_as_tokens_are_two(tmp_path: Path) -> None:
+    add(tmp_path / "src" / "1_alice", "a", "alice, smile")
+    add(tmp_path / "src" / "1_alicia", "b", "alicia, hat")
+    assert "duplicate-trigger" not in codes(scan(tmp_path / "src"))
+
+
+def test_a_self_looping_symlink_costs_only_itself(tmp_path: Path) -> None:
+    """Issue 19: a link that points at itself (ELOOP) in a root or a character folder is listed, not fatal."""
+    root = tmp_path / "src"
+    add(root / "1_alice", "a", "alice")
+    add(root / "1_bob", "b", "bob")
+    os.symlink(root / "loop", root / "loop")
+    os.symlink(root / "1_alice" / "self", root / "1_alice" / "self")
+    result = scan(root)
+    assert [c.name for c in result.characters] == ["alice", "bob"]
+    assert "unreadable-folder" not in codes(result)
+    [loop] = [i for i in result.ignored if i.path == root / "loop"]
+    assert "unreadable link" in loop.reason

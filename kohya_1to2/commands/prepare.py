@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kohya_1to2.dataset.pairing import plan_pairs
-from kohya_1to2.errors import UsageError
+from kohya_1to2.errors import CheckError, UsageError
 from kohya_1to2.flags import model_overrides
 from kohya_1to2.fsutil import atomic_write_text
 from kohya_1to2.kohya import base_model_problem
@@ -122,17 +122,39 @@ def prepare(job: Job, args: PrepareOptions, console: Console) -> int:
 
 
 def require_inputs(job: Job) -> None:
-    """What the command line names must exist before any scanning: source roots first, then the base model."""
+    """What the command line names must exist before any scanning: source roots first, then the base model;
+    no --reg folder may hold (or be) training images of a source root."""
     for root in job.sources.roots:
         if not root.is_dir():
             what = "is a file, not a folder" if root.exists() else "does not exist"
             raise UsageError(f"source root {root} {what}",
                              hint="pass the folder that holds your N_name/ character folders")
+    for reg in job.sources.reg:
+        for root in job.sources.roots:
+            if problem := reg_overlap(reg.expanduser().resolve(), root.expanduser().resolve()):
+                raise UsageError(f"--reg {reg} {problem} {root}: the same images would be trained as "
+                                 "regularisation of themselves", hint="pass a folder of other (class) images")
     if job.training.base_model:
         problem = base_model_problem(job.training.base_model)
         if problem:
             raise UsageError(f"--base-model: {problem}",
                              hint="pass an existing .safetensors/.ckpt file, a diffusers folder or a Hub id")
+
+
+def reg_overlap(reg: Path, root: Path) -> str | None:
+    """How a (resolved) --reg folder overlaps a (resolved) source root's training images, or None. A reg folder
+    inside the root is fine where the scan skips it: under a `reg/`-like or non-`N_name` folder."""
+    from kohya_1to2.dataset.scan import is_reg_name, parse_folder_name
+
+    if reg == root:
+        return "is the source root"
+    if reg in root.parents:
+        return "contains the source root"
+    if root in reg.parents:
+        top = reg.relative_to(root).parts[0]
+        if not is_reg_name(top) and not isinstance(parse_folder_name(top), str):
+            return f"is (inside) the character folder {top} of the source root"
+    return None
 
 
 def prepare_run(args: PrepareOptions, console: Console, job: Job, take_run_dir: Callable[[], None]) -> int:
@@ -231,6 +253,7 @@ def prepare_run(args: PrepareOptions, console: Console, job: Job, take_run_dir: 
     console.print(report)
     console.print(render_plan(job, characters, built.subset_dir, repeats, built.sizes, reg_sets=reg.sets,
                               replay=replay, composite_aspects=aspects))
+    next_step = checked_next_step(run_dir, console)
     console.print(
         _summary_table(
             [
@@ -240,11 +263,32 @@ def prepare_run(args: PrepareOptions, console: Console, job: Job, take_run_dir: 
                  f"{built.removed} stale removed)"),
                 ("manifest", str(built.manifest_path)),
                 ("preview", str(RunDir(run_dir).preview)),
-                ("next", f"edit the TOMLs if you like, then: python -m kohya_1to2 launch {run_dir}"),
+                ("next", next_step),
             ]
         )
     )
     return 0
+
+
+def checked_next_step(run_dir: Path, console: Console) -> str:
+    """What `check` says of the run just written: its problems are printed and refused (exit 4), so prepare never
+    announces a run launch would refuse; a base model not set yet is the one thing left to the user."""
+    from kohya_1to2.configs.lint import lint_run
+    from kohya_1to2.kohya import options
+
+    problems = lint_run(run_dir)
+    for problem in problems:
+        style = "red" if problem.severity == "error" else "yellow"
+        console.print(Text.assemble((f"{problem.severity}: ", style), problem.line), soft_wrap=True)
+    errors = [p for p in problems if p.severity == "error"]
+    if any(p.key != options.PRETRAINED_MODEL for p in errors):
+        raise CheckError(f"prepared {run_dir}, but check finds {len(errors)} problem(s) launch would refuse: "
+                         f"{errors[0].line}", hint="fix them as shown (or re-run prepare with --overwrite-edits), "
+                                                   f"then: python -m kohya_1to2 check {run_dir}")
+    if errors:
+        return (f"set the base model ({options.PRETRAINED_MODEL} in both stage TOMLs, or re-run prepare with "
+                f"--base-model PATH), then: python -m kohya_1to2 launch {run_dir}")
+    return f"edit the TOMLs if you like, then: python -m kohya_1to2 launch {run_dir}"
 
 
 MODE_SUMMARY = {

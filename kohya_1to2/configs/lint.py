@@ -532,6 +532,51 @@ def lint_paths(flat: Mapping[str, Any], file: str) -> list[ConfigProblem]:
     return problems
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def lint_written_paths(flats: Mapping[int, Mapping[str, Any]], files: Mapping[int, str], run_dir: Path,
+                       protected: Sequence[tuple[str, Path]]) -> list[ConfigProblem]:
+    """Where sd-scripts (and launch) write: never into a source or regularisation tree (the next `prepare` would
+    scan the networks, samples and states as that character's images), never stage 1's output from stage 2;
+    outside the run directory is allowed but said. `protected`: (what, folder) pairs; paths are compared
+    resolved (symlinks followed), as the kernel will."""
+    from kohya_1to2.kohya import WRITTEN_PATH_KEYS
+
+    run_dir = run_dir.resolve()
+    problems: list[ConfigProblem] = []
+    outputs: dict[int, Path] = {}
+    for stage, flat in sorted(flats.items()):
+        for key in WRITTEN_PATH_KEYS:
+            value = flat.get(key)
+            if not isinstance(value, str) or not value or not Path(value).is_absolute():
+                continue  # unset, or relative: lint_paths reports it
+            path = Path(value).resolve()
+            if key == opt.OUTPUT_DIR:
+                outputs[stage] = path
+            hit = next(((what, folder) for what, folder in protected if _inside(path, folder.resolve())), None)
+            if hit is not None:
+                problems.append(ConfigProblem(
+                    file=files[stage], key=key,
+                    problem=f"{_literal(value)} is inside the {hit[0]} {hit[1]}: sd-scripts would write into your "
+                            "data, and the next prepare would take what it wrote for images",
+                    fix=f"point it into the run directory {run_dir}, where prepare writes it (re-run prepare "
+                        "with --overwrite-edits to get the generated value back)"))
+            elif not _inside(path, run_dir):
+                problems.append(ConfigProblem(
+                    file=files[stage], key=key, severity="warning",
+                    problem=f"{_literal(value)} is outside the run directory {run_dir}",
+                    fix="fine if intended; report, evaluate and a moved run directory only see what is inside it"))
+    if 1 in outputs and 2 in outputs and (_inside(outputs[2], outputs[1]) or _inside(outputs[1], outputs[2])):
+        problems.append(ConfigProblem(
+            file=files[2], key=opt.OUTPUT_DIR,
+            problem=f"{outputs[2]} shares stage 1's output folder {outputs[1]}: stage 2's epochs, samples and states "
+                    "would mix with (and rotate away) stage 1's",
+            fix=f"set {opt.OUTPUT_DIR} = {_literal(str(run_dir / 'output' / 'stage2'))}"))
+    return problems
+
+
 def _dataset_sets_everywhere(dataset_doc: Mapping[str, Any], name: str, subset_level: bool) -> bool | None:
     """Does the dataset TOML set `name` for every subset (or dataset)? None when it has no datasets."""
     if not kohya.dataset_scopes(dataset_doc):
@@ -732,8 +777,20 @@ def lint_run(run_dir: Path) -> list[ConfigProblem]:
     if len(stages) == 2:
         problems += lint_stage_chain(flats[1], flats[2], str(run_dir / file_names(1)[1]),
                                      str(run_dir / file_names(2)[1]))
+    problems += lint_written_paths(flats, {s: str(run_dir / file_names(s)[1]) for s in stages}, run_dir,
+                                   protected_trees(run_dir))
     problems += lint_ownership(run_dir)
     return problems
+
+
+def protected_trees(run_dir: Path) -> list[tuple[str, Path]]:
+    """The run's source and regularisation roots (from job.json): nothing of a run may be written there."""
+    from kohya_1to2.rundir import load_job
+
+    if not RunDir(run_dir).job_file.is_file():
+        return []
+    sources = load_job(run_dir).sources
+    return [("source root", root) for root in sources.roots] + [("regularisation root", root) for root in sources.reg]
 
 
 def lint_ownership(run_dir: Path) -> list[ConfigProblem]:

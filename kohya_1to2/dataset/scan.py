@@ -7,6 +7,7 @@ Everything it cannot use is reported (`ignored`, `problems`), never silently dro
 
 from __future__ import annotations
 
+import html
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -158,9 +159,34 @@ def decode_caption(data: bytes, encoding: str) -> str | None:
 # ---------------------------------------------------------------- shell: listing folders
 
 
-def _subdirs(folder: Path) -> list[os.DirEntry[str]]:
+def _is_dir(entry: os.DirEntry[str]) -> bool | OSError:
+    """`entry.is_dir()`, or the error a symlink loop (ELOOP) or a vanished target raises: one bad link must not
+    cost the whole folder."""
+    try:
+        return entry.is_dir()
+    except OSError as exc:
+        return exc
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
+def _subdirs(folder: Path) -> tuple[list[os.DirEntry[str]], list[IgnoredFolder]]:
+    """A folder's subfolders by name, and the entries that could not even be told apart (listed as ignored)."""
+    folders, broken = [], []
     with os.scandir(folder) as entries:
-        return sorted((e for e in entries if e.is_dir()), key=lambda e: e.name)
+        for entry in entries:
+            kind = _is_dir(entry)
+            if isinstance(kind, OSError):
+                broken.append(IgnoredFolder(path=Path(entry.path),
+                                            reason=f"unreadable link ({kind.strerror or kind}): skipped"))
+            elif kind:
+                folders.append(entry)
+    return sorted(folders, key=lambda e: e.name), sorted(broken, key=lambda i: i.path)
 
 
 def _files(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -168,9 +194,9 @@ def _files(folder: Path) -> tuple[list[Path], list[Path]]:
     files, subfolders = [], []
     with os.scandir(folder) as entries:
         for entry in entries:
-            if entry.is_dir():
+            if _is_dir(entry) is True:
                 subfolders.append(Path(entry.path))
-            elif entry.is_file() or is_image_name(entry.name):  # a broken image link is kept: preflight names it
+            elif is_image_name(entry.name) or _is_file(entry):  # a broken image link is kept: preflight names it
                 files.append(Path(entry.path))
     return sorted(files), sorted(subfolders)
 
@@ -301,10 +327,11 @@ def scan_sources(settings: SourceSettings) -> ScanResult:
             continue
         seen_real.setdefault(os.path.realpath(root), root)
         try:
-            subdirs = _subdirs(root)
+            subdirs, broken = _subdirs(root)
         except OSError as exc:
             problems.append(_unlistable(root, exc))
             continue
+        ignored += broken
         for entry in subdirs:
             folder = Path(entry.path)
             parsed = parse_folder_name(entry.name)
@@ -374,7 +401,7 @@ def scan_reg(roots: Sequence[Path], settings: SourceSettings) -> RegScan:
             continue
         parsed_root = parse_folder_name(root.name)
         try:
-            folders = [root] if not isinstance(parsed_root, str) else [Path(e.path) for e in _subdirs(root)]
+            folders = [root] if not isinstance(parsed_root, str) else [Path(e.path) for e in _subdirs(root)[0]]
         except OSError as exc:
             problems.append(_unlistable(root, exc))
             continue
@@ -407,19 +434,29 @@ def scan_reg(roots: Sequence[Path], settings: SourceSettings) -> RegScan:
     return RegScan(sets=tuple(sets), ignored=tuple(ignored), problems=tuple(apply_policy(problems, settings)))
 
 
+def tokenizer_form(text: str) -> str:
+    """A trigger as CLIP's tokenizer reads it (its basic_clean and whitespace_clean, then lower-case): `Alice`,
+    `alice` and `alice ` are the same tokens, so the same trigger to the model."""
+    return " ".join(html.unescape(html.unescape(text)).split()).lower()
+
+
 def _name_clashes(characters: Iterable[Character]) -> list[Problem]:
-    """Two folders with one name (or one trigger) would be one character to pairing and to the prompt."""
+    """Two folders with one name (or one trigger, as the tokenizer reads it) would be one character to pairing
+    and to the prompt."""
     problems = []
-    for attribute in ("name", "trigger"):
+    for attribute, key in (("name", str), ("trigger", tokenizer_form)):
         groups: dict[str, list[Character]] = {}
         for character in characters:
-            groups.setdefault(getattr(character, attribute), []).append(character)
+            groups.setdefault(key(getattr(character, attribute)), []).append(character)
         for value, group in sorted(groups.items()):
             if len(group) > 1:
                 folders = " and ".join(str(c.folder) for c in group)
+                spelled = sorted({getattr(c, attribute) for c in group})
+                shown = f"'{value}'" if len(spelled) == 1 else (
+                    " / ".join(f"'{s}'" for s in spelled) + " (one trigger to CLIP's tokenizer, which lower-cases)")
                 problems.append(Problem(
                     severity="error", code=f"duplicate-{attribute}", path=group[0].folder,
-                    message=f"{len(group)} character folders have the {attribute} '{value}': {folders}",
+                    message=f"{len(group)} character folders have the {attribute} {shown}: {folders}",
                     fix="rename one of them" if attribute == "name"
                     else "give each character its own trigger (first caption tag)",
                 ))

@@ -43,7 +43,7 @@ def esc(value: object) -> str:
 
 
 def href(run_dir: Path, path: Path) -> str:
-    """A relative, URL-quoted link from report.html (sources outside the run via ../; spaces and unicode survive)."""
+    """A relative, URL-quoted link from report.html (spaces and unicode survive)."""
     return quote(Path(os.path.relpath(path, run_dir)).as_posix())
 
 
@@ -68,11 +68,19 @@ def thumbnail(run: RunDir, path: Path, max_width: int = THUMB_SIDE, max_height: 
     return out
 
 
+VIEW_SIDE = 1024
+"""A source outside the run directory is linked through a copy of this size in report_files/."""
+
+
 def figure(run: RunDir, path: Path, caption: str, max_width: int = THUMB_SIDE, max_height: int = THUMB_SIDE) -> str:
+    """A thumbnail linking to the full image; for an image outside the run directory (a source) the link goes to
+    a copy in report_files/, so the page shows nothing from outside the run and survives a move or a copy."""
     thumb = thumbnail(run, path, max_width, max_height)
-    if thumb is None:
+    inside = path.resolve().is_relative_to(run.root.resolve())
+    target = path if inside else thumbnail(run, path, VIEW_SIDE, VIEW_SIDE)
+    if thumb is None or target is None:
         return f'<p class="missing">{esc(path.name)}: not readable</p>'
-    return (f'<figure><a href="{href(run.root, path)}"><img src="{href(run.root, thumb)}" alt="{esc(caption)}"></a>'
+    return (f'<figure><a href="{href(run.root, target)}"><img src="{href(run.root, thumb)}" alt="{esc(caption)}"></a>'
             f"<figcaption>{esc(caption)}</figcaption></figure>")
 
 

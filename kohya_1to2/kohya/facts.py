@@ -247,3 +247,7 @@ def base_model_problem(path: Path | str) -> str | None:
 TRAINING_PATH_KEYS = ("pretrained_model_name_or_path", "tokenizer_cache_dir", "network_weights", "output_dir",
                       "sample_prompts", "dataset_config", "vae", "logging_dir", "resume")
 """Training keys holding paths: sd-scripts runs with cwd = its own root, so relative ones resolve there."""
+
+WRITTEN_PATH_KEYS = ("output_dir", "logging_dir", "sample_prompts")
+"""Training keys naming where a run writes: networks, `sample/` and `*-state/` folders go under output_dir,
+TensorBoard events under logging_dir, and `launch` rewrites the sample_prompts file each epoch (pair rounds)."""

@@ -5,6 +5,7 @@ sequential one (`trained_run`). Real sd-scripts and LyCORIS on CPU; the runs are
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from typing import Any
@@ -68,4 +69,4 @@ def test_evaluate_compares_the_joint_and_sequential_runs_in_one_grid(killed_join
     for grid in summary["grids"].values():
         assert (joint / grid).is_file()
     page = (joint / "report.html").read_text(encoding="utf-8")
-    assert '<section id="comparison">' in page and f"{sequential.name} (sequential)" in page
+    assert '<section id="comparison">' in page and html.escape(f"{sequential.name} (sequential)") in page
