@@ -12,7 +12,8 @@ EXIT_CODES: tuple[tuple[int, str, str], ...] = (
     (2, "usage/settings", "bad command-line options or job settings, or the run directory is in use"),
     (3, "bad input data", "bad input data (corrupt image, empty or non-UTF-8 caption, one character, ...)"),
     (4, "check found problems", "`check` found problems in a TOML"),
-    (5, "environment", "environment: sd-scripts missing or at the wrong version, packages, base model"),
+    (5, "environment", "environment: sd-scripts missing or at the wrong version, packages, base model, a disk full "
+                       "or not writable"),
     (6, "training failed", "a training stage failed or trained nothing"),
     (130, "interrupted", "interrupted (Ctrl-C / SIGTERM)"),
 )
