@@ -219,7 +219,7 @@ def test_a_whitespace_only_caption_is_an_error_like_the_empty_file(tmp_path: Pat
     put("1_alice/a.png", caption=caption)
     [problem] = run(tmp_path)[1]
     assert only([problem], tmp_path / "src" / "1_alice" / "a.txt") == [("error", "empty-caption")]
-    assert "empty caption, without its trigger" in problem.message
+    assert "(an empty caption)" in problem.message
 
 
 def test_non_utf8_caption(tmp_path: Path, put: Maker, two_good: None) -> None:

@@ -207,13 +207,14 @@ def inspect_caption(image: SourceImage, settings: SourceSettings, trigger: str) 
         ))
     if not split_tags(text, settings.caption_separator):
         # sd-scripts v0.10.1 read_caption: the file has a line, so no assertion; lines[0].strip() is "" and the
-        # image trains with an empty caption, without its trigger: as wrong as the empty file, only silent
+        # image trains with an empty caption (tests/integration/test_captions_sd_scripts.py): as wrong as the
+        # empty file, only silent
         blank = not text.strip()
         problems.append(Problem(
             severity="error", code="empty-caption" if blank else "caption-no-tags", path=path,
             message=("caption file holds only whitespace" if blank else "the caption's first line has no tags")
-                    + ": sd-scripts reads only its first line and trains the image with an empty caption, "
-                      "without its trigger",
+                    + ": sd-scripts reads only its first line and trains the image with none of its tags (an "
+                      "empty caption)",
             fix=f"put the tags on the first line, starting with '{trigger}'",
         ))
     return problems

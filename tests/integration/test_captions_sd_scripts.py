@@ -85,13 +85,14 @@ def test_stage1_captions_start_with_the_trigger_and_the_separator_round_trips(tm
     # a whitespace-only caption (issue 19): what does sd-scripts do with it? (prepare refuses it as an empty caption)
     blank = tmp_path / "blank" / "src"
     _add(blank / "1_gina", "a", b"  \t\n")
+    _add(blank / "1_gina", "b", b"gina, smile")  # a caption with the trigger: no caption_prefix for the folder
     _add(blank / "1_hal", "a", b"hal, hat")
 
     runs = [_run(tmp_path, "folder", trigger_from="folder"), _run(tmp_path, "caption"),
             _run(tmp_path, "semi", caption_separator=";", trigger_from="folder")]
-    blank_toml, _ = _run(tmp_path, "blank", trigger_from="folder")
+    blank_toml, _ = _run(tmp_path, "blank")
     result = _sd_scripts({"training": [str(toml) for toml, _ in runs] + [str(blank_toml)], "prompts": []})
-    gina = next(v for k, v in result["captions"][3].items() if "gina" in k)
+    gina = next(v for k, v in result["captions"][3].items() if k.endswith("a.png") and "gina" in k)
     assert gina == [""] * 8, "no AssertionError: trained with an empty caption, the trigger lost"
 
     for (_, triggers), captions in zip(runs, result["captions"][:3], strict=True):
