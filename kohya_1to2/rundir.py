@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from kohya_1to2.errors import UsageError
 from kohya_1to2.fsutil import atomic_write_text, free_path
-from kohya_1to2.models import STAGES, Family, Job, StageNumber, validation_message
+from kohya_1to2.models import STAGES, Job, StageNumber, validation_message
 
 MARKER_FORMAT = 1
 
@@ -282,14 +282,19 @@ def run_stages(root: Path) -> tuple[StageNumber, ...]:
     return load_job(root).stages if RunDir(root).job_file.is_file() else STAGES
 
 
-def run_family(root: Path) -> Family:
-    """The model family of a prepared run (job.json's family, else its preset's); without job.json, SD1."""
-    if not RunDir(root).job_file.is_file():
-        return "sd1"
-    from kohya_1to2.configs.presets import load_preset, resolved_family
+def measured_steps(root: Path) -> dict[int, tuple[float, int]]:
+    """Stage -> (mean s/step, steps) of every stage whose log shows a training step (sd-scripts' progress bar)."""
+    from kohya_1to2.kohya import measured_seconds_per_step
 
-    job = load_job(root)
-    return resolved_family(job, load_preset(job.training.preset))
+    run = RunDir(root)
+    measured: dict[int, tuple[float, int]] = {}
+    for stage in run_stages(root):
+        log = run.log(stage)
+        if log.is_file():
+            found = measured_seconds_per_step(log.read_text(encoding="utf-8", errors="replace"))
+            if found:
+                measured[stage] = found
+    return measured
 
 
 # ---------------------------------------------------------------- the writer lock

@@ -123,6 +123,56 @@ def test_no_import_cycles() -> None:
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("errors", "models", "flags"),
+    ("fsutil", "imagefiles", "kohya"),
+    ("rundir",),
+    ("dataset",),
+    ("configs",),
+    ("launch",),
+    ("environment",),
+    ("evaluate",),
+    ("commands",),
+    ("cli",),
+    ("__main__",),
+)
+"""The package's rooms (a subpackage, or a top-level module), lowest first: a room imports only from rooms below
+it (or its own), at module level or inside a function alike. `kohya_1to2` itself (the version) is below all."""
+
+
+def room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    level = {name: height for height, names in enumerate(LAYERS) for name in names}
+    level[""] = -1
+    found = []
+    for module, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            if level[room(target)] > level[room(module)] or (
+                    level[room(target)] == level[room(module)] and room(target) != room(module)):
+                found.append(f"{module} -> {target}")
+    return found
+
+
+def test_every_room_has_a_layer() -> None:
+    assert {room(module) for module in import_graph()} - {""} == {name for names in LAYERS for name in names}
+
+
+def test_the_layer_check_sees_an_upward_import() -> None:
+    assert upward_imports({"kohya_1to2.dataset.x": {"kohya_1to2.configs.y"}}) == [
+        "kohya_1to2.dataset.x -> kohya_1to2.configs.y"]
+    assert upward_imports({"kohya_1to2.configs.y": {"kohya_1to2.dataset.x", "kohya_1to2.configs.z"}}) == []
+
+
+def test_no_upward_import_and_so_no_package_loop() -> None:
+    """Issue 22: `dataset/tokens.py` pulled dataset above configs, launch and environment (a package loop through
+    function-level imports); `rundir` imported `configs.presets`, `evaluate.report` imported `commands.plan`."""
+    assert upward_imports(import_graph()) == []
+
+
 # ------------------------------------------------------------------ sd-scripts facts live in kohya_1to2/kohya/
 
 KOHYA_PACKAGE = ROOT / "kohya"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kohya_1to2.dataset.captions import composite_caption
-from kohya_1to2.dataset.tokens import caption_length_problems, clip_token_counter, job_max_tokens
+from kohya_1to2.environment.tokens import caption_length_problems, clip_token_counter, job_max_tokens
 from kohya_1to2.models import CaptionRules, Character, CompositePlan, Job, SourceImage, SourceSettings
 
 
@@ -64,7 +64,7 @@ def test_counts_match_the_clip_tokenizer_sd_scripts_loads(tmp_path: Path) -> Non
 @pytest.mark.integration
 def test_counter_imports_no_torch() -> None:
     require_open_clip()
-    code = "import sys; from kohya_1to2.dataset.tokens import clip_token_counter; clip_token_counter()('a'); " \
+    code = "import sys; from kohya_1to2.environment.tokens import clip_token_counter; clip_token_counter()('a'); " \
            "print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "False", proc.stderr[-2000:]
@@ -115,7 +115,7 @@ def test_without_the_tokenizer_prepare_says_caption_lengths_were_not_checked(mon
 
     from rich.console import Console
 
-    from kohya_1to2.dataset import tokens
+    from kohya_1to2.environment import tokens
     from kohya_1to2.models import Job, SourceSettings
 
     monkeypatch.setattr(tokens, "clip_token_counter", lambda: None)

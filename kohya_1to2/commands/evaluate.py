@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kohya_1to2 import kohya
-from kohya_1to2.configs.presets import PresetSettings
+from kohya_1to2.configs.presets import PresetSettings, run_family
 from kohya_1to2.environment.vendor import require_sd_scripts
 from kohya_1to2.errors import DatasetError, UsageError
 from kohya_1to2.evaluate import compare
@@ -45,7 +45,7 @@ from kohya_1to2.fsutil import atomic_path, atomic_write_text
 from kohya_1to2.launch.pipeline import read_stage
 from kohya_1to2.launch.substitutions import Capabilities, probe_capabilities
 from kohya_1to2.models import Character, Job
-from kohya_1to2.rundir import RunDir, load_job, run_family, writer_lock
+from kohya_1to2.rundir import RunDir, load_job, writer_lock
 
 SEAM_CACHE_FILE = "seam_scores.json"
 """eval/seam_scores.json: detector scores by image file version, so a re-run only scores new images."""

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from kohya_1to2.configs.presets import run_family
 from kohya_1to2.environment.vendor import require_sd_scripts
 from kohya_1to2.errors import CheckError, SetupError
 from kohya_1to2.flags import model_overrides
@@ -37,7 +38,7 @@ from kohya_1to2.launch.pipeline import (
 )
 from kohya_1to2.launch.substitutions import Capabilities, probe_capabilities
 from kohya_1to2.models import Family
-from kohya_1to2.rundir import RunDir, require_run_dir, run_family, run_stages, writer_lock
+from kohya_1to2.rundir import RunDir, require_run_dir, run_stages, writer_lock
 
 
 def lint_problems(run_dir: Path) -> list[str]:

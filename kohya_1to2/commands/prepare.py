@@ -172,7 +172,7 @@ def prepare_run(args: PrepareOptions, console: Console, job: Job, take_run_dir: 
         write_fixed_sources,
     )
     from kohya_1to2.dataset.scan import render_scan_table, scan_reg, scan_sources
-    from kohya_1to2.dataset.tokens import print_caption_length_warnings
+    from kohya_1to2.environment.tokens import print_caption_length_warnings
 
     run_dir = job.out
     scan = scan_sources(job.sources)

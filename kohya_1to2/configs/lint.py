@@ -20,11 +20,11 @@ import toml
 from pydantic import BaseModel, ConfigDict
 
 from kohya_1to2 import kohya
+from kohya_1to2.configs.presets import run_family
 from kohya_1to2.errors import CheckError
 from kohya_1to2.kohya import TRAINING_SCRIPTS
 from kohya_1to2.kohya import options as opt
 from kohya_1to2.kohya.buckets import SD_BUCKET_DEFAULTS, BucketSettings, assign_buckets
-from kohya_1to2.models import Family
 from kohya_1to2.rundir import RunDir
 
 SNAPSHOT = kohya.PARSER_SNAPSHOT
@@ -728,13 +728,6 @@ def lint_file(path: Path, family: str | None = None) -> list[ConfigProblem]:
     if is_dataset_document(document):
         return lint_dataset(document, str(path), script=script)
     return lint_training(document, script, str(path))
-
-
-def run_family(run_dir: Path) -> Family:
-    """The model family of a prepared run (see kohya_1to2.rundir)."""
-    from kohya_1to2.rundir import run_family as prepared_run_family
-
-    return prepared_run_family(run_dir)
 
 
 def lint_run(run_dir: Path) -> list[ConfigProblem]:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kohya_1to2.errors import UsageError
 from kohya_1to2.models import Family, Job, validation_message
+from kohya_1to2.rundir import RunDir, load_job
 
 PRESET_SECTION = "preset"
 TEMPLATES_ENV = "KOHYA_1TO2_TEMPLATES"
@@ -165,3 +166,11 @@ def effective_settings(job: Job, preset: Preset) -> PresetSettings:
             # samples follow --resolution when the preset samples at its own training resolution
             update.update(sample_width=wanted, sample_height=wanted)
     return settings.model_copy(update=update)
+
+
+def run_family(root: Path) -> Family:
+    """The model family of a prepared run (job.json's family, else its preset's); without job.json, SD1."""
+    if not RunDir(root).job_file.is_file():
+        return "sd1"
+    job = load_job(root)
+    return resolved_family(job, load_preset(job.training.preset))

@@ -199,10 +199,10 @@ def pairing_section(run: RunDir) -> str:
 
 
 def plan_section(run: RunDir) -> str:
-    from kohya_1to2.commands.plan import measured_steps
     from kohya_1to2.configs.generate import plans_from_run_dir
+    from kohya_1to2.configs.presets import run_family
     from kohya_1to2.configs.stage_plans import render_stage_plans
-    from kohya_1to2.rundir import run_family
+    from kohya_1to2.rundir import measured_steps
 
     try:
         plans = plans_from_run_dir(run.root)
