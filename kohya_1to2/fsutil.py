@@ -82,6 +82,13 @@ def atomic_write_text(final: Path, text: str) -> None:
     atomic_write_bytes(final, text.encode("utf-8"))
 
 
+def file_fingerprint(path: Path) -> str:
+    """Size + modification time in ns: changes whenever the file is rewritten, costs one stat (the reuse key
+    of composites, stage inputs, seam scores, thumbnails and base models)."""
+    stat = path.stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def free_path(folder: Path, stem: str, suffix: str = "") -> Path:
     """`folder/<stem><suffix>`, or `<stem>-1<suffix>`, `-2`... if taken: a backup never overwrites an earlier one."""
     path = folder / f"{stem}{suffix}"

@@ -346,15 +346,28 @@ def current_writer(run: RunDir) -> str | None:
     return None
 
 
+def manifest_records(run: RunDir) -> list[dict[str, Any]]:
+    """The manifest's lines as plain records, for readers that need a field or two (report, ownership, plan);
+    lines that are not JSON objects are skipped. The build reads it typed (dataset.build.read_manifest)."""
+    if not run.manifest.is_file():
+        return []
+    records = []
+    for line in run.manifest.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 def unowned_subset_files(run: RunDir, caption_extension: str) -> list[Path]:
     """Files in the composite subset folders that the manifest does not list: sd-scripts would train them."""
     owned: set[Path] = set()
-    if run.manifest.is_file():
-        for line in run.manifest.read_text(encoding="utf-8").splitlines():
-            try:
-                image = run.root / str(json.loads(line)["file"])
-            except (ValueError, KeyError, TypeError):
-                continue
+    for record in manifest_records(run):
+        if isinstance(record.get("file"), str):
+            image = run.root / record["file"]
             owned.update((image, image.with_suffix(caption_extension)))
     if not run.composites.is_dir():
         return []

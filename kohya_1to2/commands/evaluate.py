@@ -41,7 +41,7 @@ from kohya_1to2.evaluate.prompts import EvalPrompt, character_prompts, column_se
 from kohya_1to2.evaluate.rows import Row, build_rows, parse_epochs, saved_epochs, select_epochs, stage_title
 from kohya_1to2.evaluate.seams import SeamScores, calibrate, even_sample, scores
 from kohya_1to2.flags import model_overrides
-from kohya_1to2.fsutil import atomic_path, atomic_write_text
+from kohya_1to2.fsutil import atomic_path, atomic_write_text, file_fingerprint
 from kohya_1to2.launch.pipeline import read_stage
 from kohya_1to2.launch.substitutions import Capabilities, probe_capabilities
 from kohya_1to2.models import Character, Job
@@ -306,8 +306,7 @@ def measure(layout: RunDir, rows: Sequence[Row], prompts: Sequence[EvalPrompt], 
 
     def cached_scores(path: Path) -> SeamScores:
         """Scores of an image, computed once per file version (a re-run scores only new images)."""
-        stat = path.stat()
-        key = f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+        key = f"{path}:{file_fingerprint(path)}"
         if key not in cache:
             with Image.open(path) as image:
                 found = scores(image)

@@ -4,7 +4,6 @@ has run, its measured s/step (from its log) beside the estimate."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from rich.console import Console
@@ -12,7 +11,7 @@ from rich.console import Console
 from kohya_1to2.configs.generate import plans_from_run_dir
 from kohya_1to2.configs.presets import run_family
 from kohya_1to2.configs.stage_plans import check_stage_plans, render_stage_plans
-from kohya_1to2.rundir import RunDir, measured_steps, require_run_dir
+from kohya_1to2.rundir import RunDir, manifest_records, measured_steps, require_run_dir
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
@@ -29,8 +28,4 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
 def padded_composites(run_dir: Path) -> int:
     """How many of the run's composites `prepare` padded to a bucket's aspect (from the manifest)."""
-    manifest = RunDir(run_dir).manifest
-    if not manifest.is_file():
-        return 0
-    return sum(1 for line in manifest.read_text(encoding="utf-8").splitlines()
-               if line.strip() and json.loads(line).get("padded_to"))
+    return sum(1 for record in manifest_records(RunDir(run_dir)) if record.get("padded_to"))

@@ -44,7 +44,7 @@ from kohya_1to2.dataset import captions, compose, pool
 from kohya_1to2.dataset.pool import CACHE_BYTES, ItemResult, WorkItem
 from kohya_1to2.dataset.preview import Thumbnail, contact_sheet
 from kohya_1to2.errors import DatasetError
-from kohya_1to2.fsutil import TMP_PREFIX, atomic_write_text, remove_stale_temporaries
+from kohya_1to2.fsutil import TMP_PREFIX, atomic_write_text, file_fingerprint, remove_stale_temporaries
 from kohya_1to2.models import Character, CompositePlan, CompositeSettings, Job
 from kohya_1to2.rundir import RunDir
 
@@ -103,9 +103,8 @@ class BuildResult:
 
 
 def source_fingerprint(path: Path) -> str:
-    """Size + modification time in ns: changes whenever the file is rewritten, costs one stat."""
-    stat = path.stat()
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+    """A source's change fingerprint in the manifest (fsutil.file_fingerprint)."""
+    return file_fingerprint(path)
 
 
 def settings_fingerprint(settings: CompositeSettings) -> str:

@@ -23,7 +23,7 @@ from kohya_1to2.errors import TrainingError
 from kohya_1to2.evaluate.argv import GenerateCommand
 from kohya_1to2.evaluate.prompts import EvalPrompt, image_name, prompt_line
 from kohya_1to2.evaluate.rows import Row
-from kohya_1to2.fsutil import atomic_write_text, sha256_file
+from kohya_1to2.fsutil import atomic_write_text, file_fingerprint, sha256_file
 from kohya_1to2.launch.run import run_child
 
 INPUTS_FILE = "inputs.json"
@@ -45,8 +45,7 @@ def model_fingerprint(path: Path) -> str:
     entries = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
     digest = hashlib.sha256(str(path).encode())
     for entry in entries:
-        stat = entry.stat()
-        digest.update(f"{entry.relative_to(path) if entry != path else ''}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        digest.update(f"{entry.relative_to(path) if entry != path else ''}:{file_fingerprint(entry)}".encode())
     return digest.hexdigest()
 
 

@@ -29,9 +29,9 @@ from kohya_1to2.evaluate import metrics as metric
 from kohya_1to2.evaluate.compare import COMPARE_FOLDER, COMPARISON_FILE
 from kohya_1to2.evaluate.curves import Series, log_losses, tensorboard_scalars
 from kohya_1to2.evaluate.rows import stage_title
-from kohya_1to2.fsutil import atomic_path, atomic_write_text
+from kohya_1to2.fsutil import atomic_path, atomic_write_text, file_fingerprint
 from kohya_1to2.models import STAGES
-from kohya_1to2.rundir import RunDir
+from kohya_1to2.rundir import RunDir, manifest_records
 
 THUMB_SIDE = 256
 GRID_THUMB_WIDTH = 1100
@@ -50,10 +50,10 @@ def href(run_dir: Path, path: Path) -> str:
 def thumbnail(run: RunDir, path: Path, max_width: int = THUMB_SIDE, max_height: int = THUMB_SIDE) -> Path | None:
     """A small PNG copy of `path` in report_files/ (rebuilt when the source changes); None if unreadable."""
     try:
-        stat = path.stat()
+        fingerprint = file_fingerprint(path)
     except OSError:
         return None
-    key = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}:{max_width}x{max_height}".encode()).hexdigest()
+    key = hashlib.sha256(f"{path}:{fingerprint}:{max_width}x{max_height}".encode()).hexdigest()
     out = run.thumbnails / f"{key[:20]}.png"
     if out.is_file():
         return out
@@ -177,13 +177,7 @@ def sources_section(run: RunDir) -> str:
 
 
 def pairing_section(run: RunDir) -> str:
-    lines = []
-    if run.manifest.is_file():
-        for text in run.manifest.read_text(encoding="utf-8").splitlines():
-            try:
-                lines.append(json.loads(text))
-            except ValueError:
-                continue
+    lines = manifest_records(run)
     if not lines:
         return '<p class="missing">no composites yet (manifest.jsonl missing or empty)</p>'
     pairs: dict[tuple[str, str], int] = {}

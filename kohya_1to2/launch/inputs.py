@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from kohya_1to2.fsutil import sha256_file
+from kohya_1to2.fsutil import file_fingerprint, sha256_file
 from kohya_1to2.imagefiles import list_images
 from kohya_1to2.kohya import options as opt
 
@@ -36,8 +36,7 @@ def _text_digest(data: bytes) -> str:
 
 
 def _stat_digest(path: Path) -> str:
-    stat = path.stat()
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+    return file_fingerprint(path)
 
 
 def base_model_digest(value: str) -> str:
