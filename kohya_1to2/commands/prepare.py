@@ -355,14 +355,14 @@ def _header_sizes(plans: list[CompositePlan]) -> list[tuple[tuple[int, int], tup
     """(left, right) upright source sizes of each composite from image headers alone (no pixel decode)."""
     from PIL import Image
 
+    from kohya_1to2.dataset.compose import upright_size
+
     header_sizes: dict[Path, tuple[int, int]] = {}
 
     def size_of(path: Path) -> tuple[int, int]:
         if path not in header_sizes:
             with Image.open(path) as image:
-                width, height = image.size
-                # EXIF orientations 5-8 are rotated by 90 degrees: compose applies them, so swap here too.
-                header_sizes[path] = (height, width) if image.getexif().get(0x0112) in (5, 6, 7, 8) else (width, height)
+                header_sizes[path] = upright_size(image)  # compose applies the orientation: the same size
         return header_sizes[path]
 
     return [(size_of(p.left.path), size_of(p.right.path)) for p in plans]

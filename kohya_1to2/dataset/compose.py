@@ -34,7 +34,9 @@ EXTENSIONS = {"png": "png", "jpg": "jpg", "webp": "webp"}
 SOURCE_SIZE_KEY = "1to2_source_size"
 """`load_source` leaves the upright size before shrinking in `image.info[SOURCE_SIZE_KEY]` (for the manifest)."""
 
-_ORIENTATION = 0x0112
+EXIF_ORIENTATION = 0x0112
+ROTATED_90 = (5, 6, 7, 8)
+"""EXIF orientations that turn the image by 90 degrees: its upright width and height swap."""
 _REDUCING_GAP = 3.0
 """Pillow first shrinks by an integer factor (fast box filter) then LANCZOS over the last <= 3x: visually
 equal to pure LANCZOS, several times faster on big downscales."""
@@ -116,6 +118,12 @@ def to_rgb(image: Image.Image, background: RGB) -> Image.Image:
     return image.convert("RGB")  # L, 1, P, F, YCbCr, LAB, HSV
 
 
+def upright_size(image: Image.Image) -> Size:
+    """The size an opened image has once its EXIF orientation is applied (headers only, no pixel decode)."""
+    width, height = image.size
+    return (height, width) if image.getexif().get(EXIF_ORIENTATION, 1) in ROTATED_90 else (width, height)
+
+
 def load_source(path: Path, background_rgb: RGB, max_side: int | None = None) -> Image.Image:
     """Decode a source as upright 8-bit RGB (first frame if animated), shrunk to fit `max_side` if given.
 
@@ -126,9 +134,7 @@ def load_source(path: Path, background_rgb: RGB, max_side: int | None = None) ->
         with Image.open(path) as opened:
             if getattr(opened, "n_frames", 1) > 1:
                 opened.seek(0)
-            width, height = opened.size
-            if opened.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
-                width, height = height, width
+            width, height = upright_size(opened)
             if max_side is not None and opened.format == "JPEG":
                 opened.draft("RGB", _fit_box(opened.size, max_side))
             upright = ImageOps.exif_transpose(opened)

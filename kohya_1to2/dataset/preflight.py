@@ -21,7 +21,7 @@ from rich.table import Table
 
 from kohya_1to2 import kohya
 from kohya_1to2.dataset.captions import split_tags
-from kohya_1to2.dataset.compose import RGB, has_transparent_pixels, is_sixteen_bit, load_source
+from kohya_1to2.dataset.compose import EXIF_ORIENTATION, RGB, has_transparent_pixels, is_sixteen_bit, load_source
 from kohya_1to2.dataset.scan import Problem, RegScan, ScanResult, Severity, apply_policy, decode_caption
 from kohya_1to2.errors import DatasetError
 from kohya_1to2.fsutil import TMP_PREFIX, link_or_copy
@@ -35,7 +35,6 @@ POOL_THRESHOLD = 64
 BATCH_SIZE = 16
 """Images per pool task: amortises pickling without starving the progress callback."""
 
-EXIF_ORIENTATION = 0x0112
 
 FIXED_BY_FLAG = "--fix-sources trains stage 1 on a corrected copy under <run>/sources/"
 
