@@ -200,3 +200,20 @@ def test_a_joint_run_alone_has_the_base_then_its_epochs_and_no_comparison(
     assert summary["stages"] == [1] and not (joint / "eval" / "compare").exists()
     assert main(["evaluate", str(joint), "--sd-scripts", str(fake_gen), "--epochs", "2,5"]) == 2
     assert "joint has no saved epoch 5" in capsys.readouterr().err
+
+
+def test_evaluate_samples_at_the_run_s_effective_settings_not_the_bare_preset(tmp_path: Path) -> None:
+    """Issue 22: evaluate read the preset's settings directly, so `prepare --resolution 768` (whose training
+    samples follow it) was evaluated at the preset's 512x512."""
+    from kohya_1to2.commands.evaluate import EvaluateOptions, RunInputs, evaluation_prompts
+    from kohya_1to2.models import Character, Job, SourceImage, SourceSettings, TrainingSettings
+
+    characters = tuple(Character(name=n, trigger=n, repeats=1, folder=tmp_path / f"1_{n}",
+                                 images=(SourceImage(path=tmp_path / f"1_{n}" / "a.png", character=n, tags=(n,)),))
+                       for n in ("alice", "bob"))
+    job = Job(out=tmp_path / "run", sources=SourceSettings(roots=[tmp_path / "src"]),
+              training=TrainingSettings(preset="seed", resolution=768))
+    prompts, settings = evaluation_prompts(EvaluateOptions(run_dir=tmp_path / "run"),
+                                           RunInputs(root=tmp_path / "run", job=job, characters=characters))
+    single = next(p for p in prompts if p.kind == "single")
+    assert (single.width, single.height) == (768, 768) and settings.resolution == 768

@@ -140,10 +140,11 @@ def load_run(run_dir: Path) -> RunInputs:
 
 
 def evaluation_prompts(args: EvaluateOptions, run: RunInputs) -> tuple[list[EvalPrompt], PresetSettings]:
-    """The run's prompts (its characters, its preset's sizes and negative prompt) and its preset's settings."""
-    from kohya_1to2.configs.presets import load_preset
+    """The run's prompts (its characters, its preset's sizes and negative prompt) and its preset's settings, with
+    the run's command-line choices applied as for training (`--resolution` moves the sample size too)."""
+    from kohya_1to2.configs.presets import effective_settings, load_preset
 
-    settings = load_preset(run.job.training.preset).settings
+    settings = effective_settings(run.job, load_preset(run.job.training.preset))
     triggers = [(c.name, c.trigger) for c in run.characters]
     prompts = character_prompts(triggers, settings, run.job.composites.captions, singles=args.singles,
                                 pairs=args.pairs)
