@@ -8,12 +8,20 @@ from __future__ import annotations
 import html
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 from smoke_runs import EVAL_SMOKE, cli, safetensors_header
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _pixels(path: Path) -> bytes:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB").tobytes()
 
 
 def test_kill_9_of_launch_leaves_nothing_running_and_the_next_launch_says_what_happened(
@@ -68,5 +76,11 @@ def test_evaluate_compares_the_joint_and_sequential_runs_in_one_grid(killed_join
     assert any("(sequential)" in label and "stage 2 epoch" in label for label in labels), labels
     for grid in summary["grids"].values():
         assert (joint / grid).is_file()
+    # the joint run generated its own base-model images: the same base model, prompts and seeds as the
+    # sequential run's, so the same pixels (what lets the comparison show one base row)
+    own = json.loads((joint / "eval" / "evaluation.json").read_text(encoding="utf-8"))["images"]["base"]
+    theirs = evaluated_run["summary"]["images"]["base"]
+    assert own.keys() == theirs.keys() and all(
+        _pixels(joint / own[name]) == _pixels(sequential / theirs[name]) for name in own)
     page = (joint / "report.html").read_text(encoding="utf-8")
     assert '<section id="comparison">' in page and html.escape(f"{sequential.name} (sequential)") in page

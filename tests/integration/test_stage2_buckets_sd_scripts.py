@@ -4,16 +4,13 @@ composites of the seed and sdxl presets land in buckets of their own aspect (<= 
 
 from __future__ import annotations
 
-import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import toml
 from bucket_mixes import planned_run, random_mix
-from sd_scripts_child import SD_SCRIPTS, requires_sd_scripts
+from sd_scripts_child import requires_sd_scripts, run_in_sd_scripts
 
 from kohya_1to2.configs.buckets import MAX_CROP, BucketSettings
 from kohya_1to2.configs.generate import render_run_files
@@ -54,10 +51,8 @@ def _stage2_general(tmp_path: Path, preset: str, scale: str,
 
 
 def _sd_scripts_buckets(requests: list[list[Any]]) -> list[list[list[list[int]]]]:
-    proc = subprocess.run([sys.executable, "-c", BUCKET_MANAGER], input=json.dumps(requests), cwd=SD_SCRIPTS,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("@@"))[2:])
+    result: list[list[list[list[int]]]] = run_in_sd_scripts(BUCKET_MANAGER, requests)
+    return result
 
 
 def test_composites_land_in_their_own_aspect_under_both_scales(tmp_path: Path) -> None:
