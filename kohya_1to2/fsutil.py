@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from kohya_1to2.errors import SetupError
 
@@ -87,6 +89,20 @@ def file_fingerprint(path: Path) -> str:
     of composites, stage inputs, seam scores, thumbnails and base models)."""
     stat = path.stat()
     return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def jsonl_records(text: str) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines text (manifest, metrics); a line that is not one is skipped, as a reader
+    of a file another process may be appending to must."""
+    records = []
+    for line in text.splitlines():
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            records.append(value)
+    return records
 
 
 def free_path(folder: Path, stem: str, suffix: str = "") -> Path:

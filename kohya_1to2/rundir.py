@@ -20,7 +20,7 @@ from typing import IO, Any
 from pydantic import ValidationError
 
 from kohya_1to2.errors import UsageError
-from kohya_1to2.fsutil import atomic_write_text, free_path
+from kohya_1to2.fsutil import atomic_write_text, free_path, jsonl_records
 from kohya_1to2.models import STAGES, Job, StageNumber, validation_message
 
 MARKER_FORMAT = 1
@@ -349,17 +349,7 @@ def current_writer(run: RunDir) -> str | None:
 def manifest_records(run: RunDir) -> list[dict[str, Any]]:
     """The manifest's lines as plain records, for readers that need a field or two (report, ownership, plan);
     lines that are not JSON objects are skipped. The build reads it typed (dataset.build.read_manifest)."""
-    if not run.manifest.is_file():
-        return []
-    records = []
-    for line in run.manifest.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
+    return jsonl_records(run.manifest.read_text(encoding="utf-8")) if run.manifest.is_file() else []
 
 
 def unowned_subset_files(run: RunDir, caption_extension: str) -> list[Path]:

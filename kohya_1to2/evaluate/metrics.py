@@ -15,6 +15,7 @@ from typing import Any
 from kohya_1to2.evaluate.prompts import EvalPrompt, image_name
 from kohya_1to2.evaluate.rows import Row
 from kohya_1to2.evaluate.seams import Calibration, SeamScores
+from kohya_1to2.fsutil import jsonl_records
 
 BEST_EPOCH_RULE = ("lowest composite rate on pair prompts; ties go to the later epoch (longer trained on the "
                    "method's objective)")
@@ -88,12 +89,4 @@ def metrics_text(records: Sequence[Mapping[str, Any]]) -> str:
 
 
 def read_metrics(text: str) -> list[dict[str, Any]]:
-    out = []
-    for line in text.splitlines():
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            out.append(value)
-    return out
+    return jsonl_records(text)
