@@ -159,6 +159,7 @@ def reg_overlap(reg: Path, root: Path) -> str | None:
 
 def prepare_run(args: PrepareOptions, console: Console, job: Job, take_run_dir: Callable[[], None]) -> int:
     """Scan, pre-flight, then (not on a dry run) take the run directory and build and write into it."""
+    from kohya_1to2.configs.buckets import MAX_CROP
     from kohya_1to2.configs.generate import check_plan, render_plan, write_run_configs
     from kohya_1to2.configs.prompts import check_trigger
     from kohya_1to2.configs.render import plan_composites
@@ -217,7 +218,7 @@ def prepare_run(args: PrepareOptions, console: Console, job: Job, take_run_dir: 
     aspects, pad_to = planned.aspects, planned.pad_to
     if any(pad_to):
         console.print(Text(f"{sum(1 for b in pad_to if b)} of {len(plans)} composites have an aspect stage 2's "
-                           "buckets would crop by more than 2%: they are padded to their bucket's aspect "
+                           f"buckets would crop by more than {MAX_CROP:.0%}: they are padded to their bucket's aspect "
                            f"(--background {job.composites.background}; manifest: padded_to)", style="yellow"),
                       soft_wrap=True)
     if args.dry_run:
@@ -281,9 +282,9 @@ def checked_next_step(run_dir: Path, console: Console) -> str:
         style = "red" if problem.severity == "error" else "yellow"
         console.print(Text.assemble((f"{problem.severity}: ", style), problem.line), soft_wrap=True)
     errors = [p for p in problems if p.severity == "error"]
-    if any(p.key != options.PRETRAINED_MODEL for p in errors):
+    if refused := [p for p in errors if p.key != options.PRETRAINED_MODEL]:
         raise CheckError(f"prepared {run_dir}, but check finds {len(errors)} problem(s) launch would refuse: "
-                         f"{errors[0].line}", hint="fix them as shown (or re-run prepare with --overwrite-edits), "
+                         f"{refused[0].line}", hint="fix them as shown (or re-run prepare with --overwrite-edits), "
                                                    f"then: python -m kohya_1to2 check {run_dir}")
     if errors:
         return (f"set the base model ({options.PRETRAINED_MODEL} in both stage TOMLs, or re-run prepare with "
