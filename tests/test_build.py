@@ -18,7 +18,7 @@ from PIL import Image
 from kohya_1to2.dataset import build, compose, pool
 from kohya_1to2.dataset.pairing import plan_pairs
 from kohya_1to2.errors import DatasetError, Interrupted, SetupError
-from kohya_1to2.fsutil import TMP_PREFIX
+from kohya_1to2.fsutil import TMP_PREFIX, file_fingerprint
 from kohya_1to2.models import Character, CompositeSettings, Job, SourceImage, SourceSettings
 from kohya_1to2.rundir import RunDir
 
@@ -95,7 +95,7 @@ def test_first_build_writes_images_captions_manifest_and_preview(src: Path, tmp_
         assert caption == entry.caption + "\n"
         left_name, right_name = image_path.stem.split("_", 1)[1].split("__")
         assert caption.startswith(f"{left_name}/{right_name}/COMPOSITE, ")
-        assert entry.left.fingerprint == build.source_fingerprint(Path(entry.left.path))
+        assert entry.left.fingerprint == file_fingerprint(Path(entry.left.path))
         assert Path(entry.left.path).parent.name.endswith(left_name)
     assert RunDir(out).preview.is_file()
     assert not list(out.rglob(TMP_PREFIX + "*"))

@@ -102,11 +102,6 @@ class BuildResult:
     entries_head: list[ManifestEntry] = field(default_factory=list)
 
 
-def source_fingerprint(path: Path) -> str:
-    """A source's change fingerprint in the manifest (fsutil.file_fingerprint)."""
-    return file_fingerprint(path)
-
-
 def settings_fingerprint(settings: CompositeSettings) -> str:
     """Hash of everything that changes an output's bytes (not budget/seed/captions/repeats)."""
     relevant = {
@@ -163,7 +158,7 @@ def reuse_or_rebuild(
     """Decide, without touching the disk, which planned composites are reused and which are built.
 
     `subset` is the subset folder relative to the run directory (posix), `previous` the manifest and journal
-    entries by index, `fingerprints` every source's `source_fingerprint`, `on_disk` the subset folder's files
+    entries by index, `fingerprints` every source's `fsutil.file_fingerprint`, `on_disk` the subset folder's files
     (name -> size in bytes), `pad_to` each composite's bucket to pad to (None: its own aspect). An output is
     reused only if its entry names the same file, settings, padding and sources, the sources' fingerprints are
     unchanged and the file has the recorded size.
@@ -418,7 +413,7 @@ def _source_fingerprints(plans: Sequence[CompositePlan]) -> dict[Path, str]:
         for path in (plan.left.path, plan.right.path):
             if path not in fingerprints:
                 try:
-                    fingerprints[path] = source_fingerprint(path)
+                    fingerprints[path] = file_fingerprint(path)
                 except FileNotFoundError as exc:
                     raise DatasetError(
                         f"source image {path} disappeared during prepare", hint="re-run prepare"

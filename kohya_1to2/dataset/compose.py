@@ -205,13 +205,6 @@ def pair_layout(left: Size, right: Size, gap: int, max_side: int | None, max_hei
     return PairLayout(left=(widths[0], height), right=(widths[1], height), gap=gap)
 
 
-def bucket_crop(size: Size, bucket: Size) -> float:
-    """The share of an image of `size` that sd-scripts cuts away in `bucket`: it scales the image to cover the
-    bucket, then crops the overflow (BucketManager.select_bucket; rounding aside)."""
-    aspect, target = size[0] / size[1], bucket[0] / bucket[1]
-    return 1.0 - min(aspect, target) / max(aspect, target)
-
-
 def _padded(content: Size, target: float) -> Size:
     if content[0] / content[1] > target:
         return (content[0], max(content[1], round(content[0] / target)))

@@ -35,17 +35,13 @@ def _text_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:20]
 
 
-def _stat_digest(path: Path) -> str:
-    return file_fingerprint(path)
-
-
 def base_model_digest(value: str) -> str:
     """Path, size and mtime of the base model (every file of a diffusers folder); a hub id as written."""
     path = Path(value).expanduser()
     if path.is_file():
-        return f"{path}:{_stat_digest(path)}"
+        return f"{path}:{file_fingerprint(path)}"
     if path.is_dir():
-        parts = sorted(f"{p.relative_to(path)}:{_stat_digest(p)}" for p in path.rglob("*") if p.is_file())
+        parts = sorted(f"{p.relative_to(path)}:{file_fingerprint(p)}" for p in path.rglob("*") if p.is_file())
         return f"{path}:" + _text_digest("\n".join(parts).encode())
     return f"{value}:absent"
 
@@ -54,7 +50,7 @@ def folder_digests(image_dir: Path, caption_extension: str) -> dict[str, str]:
     """Each image sd-scripts would read from `image_dir` (size + mtime) and its caption (content)."""
     digests: dict[str, str] = {}
     for image in list_images(image_dir):
-        digests[image.name] = "image " + _stat_digest(image)
+        digests[image.name] = "image " + file_fingerprint(image)
         caption = image.with_suffix(caption_extension)
         if caption.is_file():
             digests[caption.name] = "caption " + _text_digest(caption.read_bytes())
