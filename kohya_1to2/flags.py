@@ -47,7 +47,8 @@ def add_model_flags(
     """Expose a model's scalar fields as flags whose help and default come from the model itself.
 
     Every flag defaults to None ("not given"), so the model, not argparse, supplies defaults. A field may name
-    its flag (`json_schema_extra={"flag": "accelerate-config"}`) where the field name would mislead.
+    its flag (`json_schema_extra={"flag": "accelerate-config"}`) where the field name would mislead, and a str
+    field its choices (`{"choices": registry}`: the registry's keys when the parser is built).
     """
     for name, field in model.model_fields.items():
         if name in exclude or (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
@@ -71,6 +72,8 @@ def add_model_flags(
                                 help=help_text.replace(" (default: [])", ""), metavar=name.upper())
             continue
         arg_type, choices = _scalar_type(field.annotation)
+        if "choices" in extra:  # a registry (e.g. modes.MODES): its names when the parser is built
+            choices = tuple(extra["choices"])  # type: ignore[arg-type]
         metavar = None if choices else name.upper()
         parser.add_argument(
             flag, dest=dest, type=arg_type, choices=choices, default=None, help=help_text, metavar=metavar

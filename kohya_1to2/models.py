@@ -16,6 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from kohya_1to2.modes import DEFAULT_MODE, MODES, Mode, mode_named
+
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 """Image suffixes sd-scripts trains on that we read (compared case-insensitively)."""
 
@@ -215,15 +217,10 @@ Family = Literal["sd1", "sd2", "sdxl"]
 
 Stage2Scale = Literal["area", "character"]
 
-Mode = Literal["sequential", "joint", "replay"]
-
 StageNumber = Literal[1, 2]
 
 STAGES: tuple[StageNumber, ...] = (1, 2)
-"""Every stage the tool knows, in order; a run trains those of its mode (`MODE_STAGES`)."""
-
-MODE_STAGES: dict[str, tuple[StageNumber, ...]] = {"sequential": STAGES, "replay": STAGES, "joint": (1,)}
-"""The stages each mode trains; the last one's network is the run's result."""
+"""Every stage the tool knows, in order; a run trains those of its mode (`modes.MODES`)."""
 
 
 class TrainingSettings(Strict):
@@ -241,10 +238,9 @@ class TrainingSettings(Strict):
         "area", description="stage-2 composite size: 'area' = stage 1's pixels per image (the method's identical "
         "settings), 'character' = stage 1's pixels per character (2:1 composite at twice the area)",
     )
-    mode: Mode = Field(
-        "sequential", description="sequential = the method (stage 1 on the singles, stage 2 on the composites); "
-        "joint = one stage over singles and composites together; replay = sequential, with stage 2 also seeing a "
-        "share of the singles",
+    mode: str = Field(
+        DEFAULT_MODE, json_schema_extra={"choices": MODES},  # type: ignore[dict-item]  # flags reads the registry
+        description="; ".join(mode.summary for mode in MODES.values()),
     )
     composite_share: float = Field(
         0.5, gt=0, lt=1, description="joint mode: share of each epoch's images that are composites"
@@ -269,11 +265,17 @@ class TrainingSettings(Strict):
             raise ValueError(f"sample_pair_size {value!r} must be WIDTHxHEIGHT, e.g. 768x512")
         return None if value is None else value.strip().lower()
 
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, value: str) -> str:
+        return mode_named(value).name
+
     @model_validator(mode="after")
     def _share_fits_mode(self) -> TrainingSettings:
-        for key, mode in (("composite_share", "joint"), ("replay_share", "replay")):
-            if getattr(self, key) != type(self).model_fields[key].default and self.mode != mode:
-                raise ValueError(f"{key} applies to mode {mode!r} only; this job's mode is {self.mode!r}")
+        for mode in MODES.values():
+            key = mode.share_option
+            if key and getattr(self, key) != type(self).model_fields[key].default and self.mode != mode.name:
+                raise ValueError(f"{key} applies to mode {mode.name!r} only; this job's mode is {self.mode!r}")
         return self
 
     @field_validator("output_name")
@@ -293,15 +295,20 @@ class Job(Strict):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
 
     @property
+    def mode(self) -> Mode:
+        return mode_named(self.training.mode)
+
+    @property
     def stages(self) -> tuple[StageNumber, ...]:
-        """The stages this job trains (see `MODE_STAGES`); `stages[-1]` makes the final network."""
-        return MODE_STAGES[self.training.mode]
+        """The stages this job trains (its mode's); `stages[-1]` makes the final network."""
+        return tuple(n for n in STAGES if n in self.mode.stages)
 
     @model_validator(mode="after")
     def _repeats_fit_mode(self) -> Job:
-        if self.training.mode == "joint" and self.composites.repeats != 1:
-            raise ValueError("repeats: in joint mode the composites' repeats follow composite_share; "
-                             "set --composite-share instead")
+        mode = self.mode
+        if mode.composites_follow_share and self.composites.repeats != 1:
+            raise ValueError(f"repeats: in {mode.name} mode the composites' repeats follow {mode.share_option}; "
+                             f"set --{(mode.share_option or '').replace('_', '-')} instead")
         return self
 
     @model_validator(mode="after")

@@ -124,6 +124,7 @@ def test_no_import_cycles() -> None:
 
 
 LAYERS: tuple[tuple[str, ...], ...] = (
+    ("modes",),
     ("errors", "models", "flags"),
     ("fsutil", "imagefiles", "kohya"),
     ("rundir",),

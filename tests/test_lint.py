@@ -415,7 +415,7 @@ def test_the_suggested_fix_itself_passes_check(run_dir: Path, file: str, section
 
 def test_the_stage2_network_rule_ignores_order_and_dropout_in_check_and_launch(run_dir: Path) -> None:
     """Why 6: launch's only rule book is check's (commands.launch.lint_problems runs lint_run)."""
-    from kohya_1to2.commands.launch import lint_problems
+    from kohya_1to2.launch.session import lint_problems
 
     _rewrite(run_dir / "stage2.train.toml", '["conv_dim=0", "conv_alpha=16", "algo=loha"]',
              '["algo=loha", "dropout=0.1", "conv_alpha=16", "conv_dim=0"]')
@@ -428,7 +428,7 @@ def test_the_stage2_network_rule_ignores_order_and_dropout_in_check_and_launch(r
 
 
 def test_launch_refuses_what_check_refuses_in_the_stage_chain(run_dir: Path) -> None:
-    from kohya_1to2.commands.launch import lint_problems
+    from kohya_1to2.launch.session import lint_problems
 
     _rewrite(run_dir / "stage2.train.toml", "1to2_stage1.safetensors", "other.safetensors")
     assert [p.key for p in lint_run(run_dir) if p.file.endswith("stage2.train.toml")] == ["network_weights"]
@@ -503,7 +503,7 @@ def _set_line(path: Path, key: str, value: str) -> None:
 ])
 def test_a_written_path_into_the_sources_is_refused_by_check_and_launch(run_dir: Path, file: str, key: str,
                                                                        target: str) -> None:
-    from kohya_1to2.commands.launch import lint_problems
+    from kohya_1to2.launch.session import lint_problems
     from kohya_1to2.rundir import load_job
 
     root = load_job(run_dir).sources.roots[0]

@@ -139,7 +139,7 @@ def test_fix_sources_trains_both_stages_on_corrected_copies(kohya_dataset, tmp_p
 
 
 def test_dry_run_size_estimate_matches_the_real_build(tmp_path):
-    from kohya_1to2.commands.prepare import _header_sizes
+    from kohya_1to2.configs.prepare import header_sizes
     from kohya_1to2.configs.render import plan_composites
     from kohya_1to2.dataset.build import read_manifest
     from kohya_1to2.dataset.pairing import plan_pairs
@@ -150,7 +150,7 @@ def test_dry_run_size_estimate_matches_the_real_build(tmp_path):
     assert main(["prepare", str(EXAMPLE), "--out", str(out), "--max-side", "300", "--gap", "7"]) == 0
     job = Job(out=out, sources=SourceSettings(roots=[EXAMPLE]), composites=CompositeSettings(max_side=300, gap=7))
     plans = plan_pairs(scan_sources(job.sources).characters, None, 0)
-    assert plan_composites(job, _header_sizes(plans)).sizes == [tuple(entry.size) for entry in read_manifest(out)]
+    assert plan_composites(job, header_sizes(plans)).sizes == [tuple(entry.size) for entry in read_manifest(out)]
 
 
 def test_switching_modes_moves_stale_stage_files_and_replay_folders_away(tmp_path, capsys):
@@ -179,7 +179,7 @@ def test_switching_modes_moves_stale_stage_files_and_replay_folders_away(tmp_pat
 def test_stale_stage_files_moved_twice_in_one_second_keep_both_backups(tmp_path):
     from rich.console import Console
 
-    from kohya_1to2.commands.prepare import write_mode_folders
+    from kohya_1to2.configs.prepare import write_mode_folders
     from kohya_1to2.models import Job, SourceSettings, TrainingSettings
 
     out = tmp_path / "run"

@@ -1,10 +1,5 @@
-"""What each `--mode` trains (pure): the [[datasets]] blocks of every stage, and joint's composite repeats.
-
-- sequential: stage 1 = singles (+ reg classes), stage 2 = composites (the method).
-- replay: the same, and stage 2 also has a block of replayed singles (`dataset.replay` draws them).
-- joint: one stage with both blocks; the composites' repeats give them `--composite-share` of each epoch.
-Each block is its own [[datasets]] in sd-scripts, so each keeps its own buckets and batch size.
-"""
+"""A mode's blocks (`kohya_1to2.modes`) as [[datasets]] of every stage (pure), and the share options' effects:
+joint's composite repeats (`--composite-share` of each epoch), replay's drawn singles (`dataset.replay`)."""
 
 from __future__ import annotations
 
@@ -13,7 +8,9 @@ from pathlib import Path
 
 from kohya_1to2 import kohya
 from kohya_1to2.configs.render import DatasetSpec, SubsetSpec
+from kohya_1to2.dataset.replay import plan_replay
 from kohya_1to2.models import Character, Job, RegSet, ReplayPick, StageNumber
+from kohya_1to2.modes import Block
 
 
 def character_subsets(characters: Sequence[Character]) -> list[SubsetSpec]:
@@ -36,15 +33,31 @@ def stage_datasets(
     job: Job, characters: Sequence[Character], composites: SubsetSpec, *, reg_sets: Sequence[RegSet] = (),
     replay: Sequence[ReplayPick] = (), replay_root: Path = Path("replay"),
 ) -> Mapping[StageNumber, list[DatasetSpec]]:
-    """Stage -> its [[datasets]] blocks, for the job's mode."""
-    singles = DatasetSpec(kind="singles", subsets=(*character_subsets(characters), *reg_subsets(reg_sets)))
-    composite_block = DatasetSpec(kind="composites", subsets=(composites,))
-    if job.training.mode == "joint":
-        return {1: [singles, composite_block]}
-    stage2 = [composite_block]
-    if job.training.mode == "replay":
-        stage2.append(DatasetSpec(kind="singles", subsets=tuple(replay_subsets(replay, replay_root))))
-    return {1: [singles], 2: stage2}
+    """Stage -> its [[datasets]] blocks, as the job's mode lists them."""
+    blocks: dict[Block, DatasetSpec] = {
+        "singles": DatasetSpec(kind="singles", subsets=(*character_subsets(characters), *reg_subsets(reg_sets))),
+        "composites": DatasetSpec(kind="composites", subsets=(composites,)),
+        "replayed": DatasetSpec(kind="singles", subsets=tuple(replay_subsets(replay, replay_root))),
+    }
+    return {stage: [blocks[kind] for kind in job.mode.stages[stage]] for stage in job.stages}
+
+
+def mode_job(job: Job, characters: Sequence[Character], reg_sets: Sequence[RegSet], composites: int) -> Job:
+    """The job the composite build and the configs use: where the mode says so (joint), the composites' repeats
+    follow its share option (job.json keeps what the user gave)."""
+    mode = job.mode
+    if not (mode.composites_follow_share and mode.share_option):
+        return job
+    share = float(getattr(job.training, mode.share_option))
+    repeats = joint_composite_repeats(characters, reg_sets, composites, share)
+    return job.model_copy(update={"composites": job.composites.model_copy(update={"repeats": repeats})})
+
+
+def mode_replay(job: Job, characters: Sequence[Character], composite_samples: int) -> list[ReplayPick]:
+    """The single images a mode with a `replayed` block adds (none in the other modes)."""
+    if not job.mode.replays:
+        return []
+    return plan_replay(characters, composite_samples, job.training.replay_share, job.composites.seed)
 
 
 def singles_samples(characters: Sequence[Character], reg_sets: Sequence[RegSet]) -> int:

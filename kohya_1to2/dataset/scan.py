@@ -475,3 +475,17 @@ def render_scan_table(result: ScanResult) -> Table:
     if result.ignored:
         table.caption = f"{len(result.ignored)} folder(s) ignored (see ScanResult.ignored)"
     return table
+
+
+def reg_overlap(reg: Path, root: Path) -> str | None:
+    """How a (resolved) --reg folder overlaps a (resolved) source root's training images, or None. A reg folder
+    inside the root is fine where the scan skips it: under a `reg/`-like or non-`N_name` folder."""
+    if reg == root:
+        return "is the source root"
+    if reg in root.parents:
+        return "contains the source root"
+    if root in reg.parents:
+        top = reg.relative_to(root).parts[0]
+        if not is_reg_name(top) and not isinstance(parse_folder_name(top), str):
+            return f"is (inside) the character folder {top} of the source root"
+    return None
