@@ -43,6 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    _add_prepare(sub)
+    plan = sub.add_parser("plan", help="print the plan of a prepared run directory (steps, buckets, cost)")
+    plan.add_argument("run_dir", type=Path)
+
+    check = sub.add_parser("check", help="lint a run directory's TOMLs (or one TOML) against the pinned sd-scripts")
+    check.add_argument("target", type=Path, help="run directory or a .toml file")
+
+    _add_launch_and_evaluate(sub)
+    report = sub.add_parser("report", help="write <run>/report.html: sources, plans, configs, losses, samples, grids")
+    report.add_argument("run_dir", type=Path)
+
+    _add_tools(sub)
+    return parser
+
+
+
+def _add_prepare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     prepare = sub.add_parser(
         "prepare",
         help="scan sources, build the composite dataset and write both stages' TOMLs",
@@ -56,12 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_flags(prepare.add_argument_group("captions"), CaptionRules, dest_prefix="captions")
     add_model_flags(prepare.add_argument_group("training"), TrainingSettings, dest_prefix="training")
 
-    plan = sub.add_parser("plan", help="print the plan of a prepared run directory (steps, buckets, cost)")
-    plan.add_argument("run_dir", type=Path)
 
-    check = sub.add_parser("check", help="lint a run directory's TOMLs (or one TOML) against the pinned sd-scripts")
-    check.add_argument("target", type=Path, help="run directory or a .toml file")
-
+def _add_launch_and_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     launch = sub.add_parser("launch", help="train stage 1 then stage 2 through accelerate + sd-scripts")
     launch.add_argument("run_dir", type=Path)
     add_model_flags(launch, LaunchOptions, dest_prefix="launch", exclude=["run_dir"])
@@ -79,9 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN", help="run directory; several to compare")
     add_model_flags(evaluate, EvaluateOptions, dest_prefix="evaluate", exclude=["run_dir", "compare"])
 
-    report = sub.add_parser("report", help="write <run>/report.html: sources, plans, configs, losses, samples, grids")
-    report.add_argument("run_dir", type=Path)
 
+def _add_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """setup, doctor, make-tiny-model, demo."""
     setup = sub.add_parser("setup", help="put the pinned sd-scripts in vendor/ and install the training stack")
     setup.add_argument("--archive", type=Path, default=None,
                        help="offline: an archive of the pinned sd-scripts tree (default: $SD_SCRIPTS_ARCHIVE)")
@@ -99,7 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the bundled example end to end: prepare + launch (smoke on CPU)")
     demo.add_argument("--out", type=Path, default=Path("runs/example"))
     demo.add_argument("--base-model", default=None, help="real base model; default: tiny CPU smoke model")
-    return parser
 
 
 class Terminated(KeyboardInterrupt):

@@ -325,6 +325,37 @@ def _dataset_key_problem(key: str, level: str, schema: Mapping[str, Mapping[str,
             f"did you mean {suggestion!r}?" if suggestion else "remove it")
 
 
+def _table_problems(table: Mapping[str, Any], level: str, where: str, file: str, schema: Mapping[str, Any],
+                    training_keys: Mapping[str, Any]) -> list[ConfigProblem]:
+    """One [general], [[datasets]] or [[datasets.subsets]] table against its level of the schema."""
+    problems: list[ConfigProblem] = []
+    level_schema = schema[level]
+    if level == "subset" and "metadata_file" in table:
+        level_schema = schema["finetune_subset"]
+    for key, value in table.items():
+        if level == "dataset" and key == "subsets":
+            continue
+        if key not in level_schema:
+            problem, fix = _dataset_key_problem(key, level, schema, training_keys)
+            problems.append(ConfigProblem(file=file, key=f"{where}.{key}", problem=problem, fix=fix))
+            continue
+        descriptor = level_schema[key]["type"]
+        if not value_fits(value, descriptor):
+            problems.append(ConfigProblem(
+                file=file, key=f"{where}.{key}",
+                problem=f"must be {_describe(descriptor)}, got {_type_name(value)} {_literal(value)}",
+                fix=f"write {key} = {_example(value, descriptor)}"))
+        elif key in POSITIVE_DATASET_KEYS and isinstance(value, int) and value <= 0:
+            problems.append(ConfigProblem(file=file, key=f"{where}.{key}",
+                                    problem=f"{value} must be positive (sd-scripts crashes or trains nothing)",
+                                    fix=f"write {key} = 1"))
+    for key, spec in level_schema.items():
+        if spec.get("required") and key not in table:
+            problems.append(ConfigProblem(file=file, key=f"{where}.{key}", problem="required key missing",
+                                    fix=f'add {key} = "/absolute/path/to/images"'))
+    return problems
+
+
 def lint_dataset(document: Mapping[str, Any], file: str, snapshot: Mapping[str, Any] | None = None,
                  script: str = TRAINING_SCRIPTS["sd1"]) -> list[ConfigProblem]:
     """The dataset TOML against sd-scripts' own (strict) schema, as readable problems."""
@@ -333,36 +364,10 @@ def lint_dataset(document: Mapping[str, Any], file: str, snapshot: Mapping[str, 
     training_keys = parser_actions(script, snap)
     problems: list[ConfigProblem] = []
 
-    def check_table(table: Mapping[str, Any], level: str, where: str) -> None:
-        level_schema = schema[level]
-        if level == "subset" and "metadata_file" in table:
-            level_schema = schema["finetune_subset"]
-        for key, value in table.items():
-            if level == "dataset" and key == "subsets":
-                continue
-            if key not in level_schema:
-                problem, fix = _dataset_key_problem(key, level, schema, training_keys)
-                problems.append(ConfigProblem(file=file, key=f"{where}.{key}", problem=problem, fix=fix))
-                continue
-            descriptor = level_schema[key]["type"]
-            if not value_fits(value, descriptor):
-                problems.append(ConfigProblem(
-                    file=file, key=f"{where}.{key}",
-                    problem=f"must be {_describe(descriptor)}, got {_type_name(value)} {_literal(value)}",
-                    fix=f"write {key} = {_example(value, descriptor)}"))
-            elif key in POSITIVE_DATASET_KEYS and isinstance(value, int) and value <= 0:
-                problems.append(ConfigProblem(file=file, key=f"{where}.{key}",
-                                        problem=f"{value} must be positive (sd-scripts crashes or trains nothing)",
-                                        fix=f"write {key} = 1"))
-        for key, spec in level_schema.items():
-            if spec.get("required") and key not in table:
-                problems.append(ConfigProblem(file=file, key=f"{where}.{key}", problem="required key missing",
-                                        fix=f'add {key} = "/absolute/path/to/images"'))
-
     for key, value in document.items():
         if key == "general":
             if isinstance(value, dict):
-                check_table(value, "general", "general")
+                problems += _table_problems(value, "general", "general", file, schema, training_keys)
             else:
                 problems.append(ConfigProblem(file=file, key="general", problem="must be a table",
                                         fix="write it as a [general] section"))
@@ -372,7 +377,7 @@ def lint_dataset(document: Mapping[str, Any], file: str, snapshot: Mapping[str, 
                                         fix="write each dataset as [[datasets]]"))
                 continue
             for i, dataset in enumerate(value):
-                check_table(dataset, "dataset", f"datasets[{i}]")
+                problems += _table_problems(dataset, "dataset", f"datasets[{i}]", file, schema, training_keys)
                 subsets = dataset.get("subsets", [])
                 if not isinstance(subsets, list) or not all(isinstance(s, dict) for s in subsets):
                     problems.append(ConfigProblem(file=file, key=f"datasets[{i}].subsets",
@@ -380,7 +385,8 @@ def lint_dataset(document: Mapping[str, Any], file: str, snapshot: Mapping[str, 
                                             fix="write each subset as [[datasets.subsets]]"))
                     continue
                 for j, subset in enumerate(subsets):
-                    check_table(subset, "subset", f"datasets[{i}].subsets[{j}]")
+                    problems += _table_problems(subset, "subset", f"datasets[{i}].subsets[{j}]", file, schema,
+                                               training_keys)
         else:
             problem, fix = _dataset_key_problem(key, "general", schema, training_keys)
             if "not allowed" in problem:

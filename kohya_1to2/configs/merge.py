@@ -9,7 +9,7 @@ value. Subsets of `[[datasets.subsets]]` are matched by `image_dir`, so added or
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import tomlkit
@@ -123,23 +123,12 @@ def _element_values(plain: dict[str, Any], element_path: KeyPath) -> dict[KeyPat
     return {p: v for p, v in leaves(plain) if p[: len(element_path)] == element_path and p != element_path}
 
 
-def merge_toml(base_text: str | None, ours_text: str, theirs_text: str) -> MergeResult:
-    """Merge the user's file (ours) with a new generation (theirs), relative to the previous one (base).
-
-    Without a base (the record was lost), every difference is a conflict and the user's file is kept.
-    """
-    ours = tomlkit.parse(ours_text)
-    theirs = tomlkit.parse(theirs_text)
-    base_doc = tomlkit.parse(base_text) if base_text is not None else None
-    base_plain = _plain(base_doc) if base_doc is not None else None
-    ours_plain, theirs_plain = _plain(ours), _plain(theirs)
-    base_leaves = dict(leaves(base_plain)) if base_plain is not None else {}
-    ours_leaves = dict(leaves(ours_plain))
-    theirs_leaves = dict(leaves(theirs_plain))
-    conflicts: list[Conflict] = []
-    kept: list[str] = []
-
-    # 1. whole array-of-tables elements (subsets): added or removed by the generator
+def _merge_elements(ours: Any, theirs: Any, base_plain: dict[str, Any] | None, ours_plain: dict[str, Any],
+                    base_leaves: Mapping[KeyPath, Any], ours_leaves: Mapping[KeyPath, Any],
+                    theirs_leaves: Mapping[KeyPath, Any], conflicts: list[Conflict],
+                    kept: list[str]) -> list[KeyPath]:
+    """Add the elements the generator added, remove those it removed (unless the user edited them), keep those
+    the user removed removed; returns the element paths the key-by-key merge must leave alone."""
     element_paths = sorted(
         {p for p in [*base_leaves, *theirs_leaves, *ours_leaves] if isinstance(p[-1], tuple)}, key=path_name
     )
@@ -160,18 +149,44 @@ def merge_toml(base_text: str | None, ours_text: str, theirs_text: str) -> Merge
                 conflicts.append(Conflict(key=path_name(path), user="(kept, with your edits)",
                                           generated="<removed>", previous="(generated entry)"))
             else:
-                parent = _locate(ours, path[:-1])
-                key = path[-1][0]
-                array = parent.get(key) if parent is not None else None
-                if isinstance(array, AoT):
-                    for index, element in enumerate(array):
-                        if _element_id(element, index) == path[-1][1]:
-                            del array[index]
-                            break
+                _remove_element(ours, path)
             skip_prefixes.append(path)
         elif in_base and in_theirs and not in_ours:
             skip_prefixes.append(path)  # the user removed the entry: keep it removed
             kept.append(path_name(path))
+    return skip_prefixes
+
+
+def _remove_element(ours: Any, path: KeyPath) -> None:
+    parent = _locate(ours, path[:-1])
+    key = path[-1][0]
+    array = parent.get(key) if parent is not None else None
+    if isinstance(array, AoT):
+        for index, element in enumerate(array):
+            if _element_id(element, index) == path[-1][1]:
+                del array[index]
+                break
+
+
+def merge_toml(base_text: str | None, ours_text: str, theirs_text: str) -> MergeResult:
+    """Merge the user's file (ours) with a new generation (theirs), relative to the previous one (base).
+
+    Without a base (the record was lost), every difference is a conflict and the user's file is kept.
+    """
+    ours = tomlkit.parse(ours_text)
+    theirs = tomlkit.parse(theirs_text)
+    base_doc = tomlkit.parse(base_text) if base_text is not None else None
+    base_plain = _plain(base_doc) if base_doc is not None else None
+    ours_plain, theirs_plain = _plain(ours), _plain(theirs)
+    base_leaves = dict(leaves(base_plain)) if base_plain is not None else {}
+    ours_leaves = dict(leaves(ours_plain))
+    theirs_leaves = dict(leaves(theirs_plain))
+    conflicts: list[Conflict] = []
+    kept: list[str] = []
+
+    # 1. whole array-of-tables elements (subsets): added or removed by the generator
+    skip_prefixes = _merge_elements(ours, theirs, base_plain, ours_plain, base_leaves, ours_leaves, theirs_leaves,
+                                    conflicts, kept)
 
     def skipped(path: KeyPath) -> bool:
         return any(path[: len(prefix)] == prefix for prefix in skip_prefixes)

@@ -183,17 +183,7 @@ def reuse_or_rebuild(
         caption = captions.composite_caption(left, right, plan.left, plan.right, settings.captions)
         old = previous.get(plan.index)
         padded = pad_to[plan.index] if plan.index < len(pad_to) else None
-        if (
-            old is not None
-            and Path(old.file).name == name
-            and old.settings == settings_id
-            and old.padded_to == padded
-            and old.left.path == str(plan.left.path)
-            and old.right.path == str(plan.right.path)
-            and old.left.fingerprint == fingerprints[plan.left.path]
-            and old.right.fingerprint == fingerprints[plan.right.path]
-            and on_disk.get(name) == old.bytes
-        ):
+        if old is not None and _reusable(old, plan, name, settings_id, padded, fingerprints, on_disk):
             rel_file = f"{subset}/{name}"
             caption_ok = on_disk.get(caption_name) == len((caption + "\n").encode("utf-8"))
             if old.caption != caption or old.file != rel_file or not caption_ok:
@@ -203,19 +193,27 @@ def reuse_or_rebuild(
             entries[plan.index] = old
             continue
         preview_stale |= plan.index < PREVIEW_ITEMS
-        to_build.append(
-            WorkItem(
-                index=plan.index,
-                left=interned.setdefault(str(plan.left.path), str(plan.left.path)),
-                right=interned.setdefault(str(plan.right.path), str(plan.right.path)),
-                image_name=name,
-                caption_name=caption_name,
-                caption=caption,
-                thumbnail=plan.index < PREVIEW_ITEMS,
-                pad_to=padded,
-            )
-        )
+        to_build.append(WorkItem(
+            index=plan.index, left=interned.setdefault(str(plan.left.path), str(plan.left.path)),
+            right=interned.setdefault(str(plan.right.path), str(plan.right.path)), image_name=name,
+            caption_name=caption_name, caption=caption, thumbnail=plan.index < PREVIEW_ITEMS, pad_to=padded,
+        ))
     return Reuse(entries, rewrites, to_build, frozenset(expected), preview_stale)
+
+
+def _reusable(old: ManifestEntry, plan: CompositePlan, name: str, settings_id: str, padded: tuple[int, int] | None,
+              fingerprints: Mapping[Path, str], on_disk: Mapping[str, int]) -> bool:
+    """The recorded output is this plan's: same file, settings, padding and sources, unchanged sources and size."""
+    return (
+        Path(old.file).name == name
+        and old.settings == settings_id
+        and old.padded_to == padded
+        and old.left.path == str(plan.left.path)
+        and old.right.path == str(plan.right.path)
+        and old.left.fingerprint == fingerprints[plan.left.path]
+        and old.right.fingerprint == fingerprints[plan.right.path]
+        and on_disk.get(name) == old.bytes
+    )
 
 
 # ---------------------------------------------------------------- the pipeline
@@ -272,16 +270,9 @@ def build_composites(
     if head and preview_wanted:
         contact_sheet(head, layout.preview, max_items=PREVIEW_ITEMS, thumbnails=manifest.thumbnails)
     return BuildResult(
-        subset_dir=subset,
-        manifest_path=layout.manifest,
-        count=len(plans),
-        sizes=manifest.sizes,
-        reused=len(plans) - len(to_build),
-        written=len(to_build),
-        removed=removed,
-        preview_path=layout.preview if head else None,
-        entries_head=head,
-        strays=strays,
+        subset_dir=subset, manifest_path=layout.manifest, count=len(plans), sizes=manifest.sizes,
+        reused=len(plans) - len(to_build), written=len(to_build), removed=removed,
+        preview_path=layout.preview if head else None, entries_head=head, strays=strays,
         padded=sum(1 for bucket in pad_to if bucket is not None),
     )
 

@@ -94,6 +94,13 @@ def inspect_image(path: Path) -> list[Problem]:
             return [problem("error", "corrupt-image",
                             f"cannot be decoded, sd-scripts would crash when its batch loads ({exc})",
                             "re-export or re-download the image, or remove it")]
+    return found + _decoded_warnings(problem, frames, orientation, mode, sixteen_bit, transparent)
+
+
+def _decoded_warnings(problem: Callable[..., Problem], frames: int, orientation: object, mode: str,
+                      sixteen_bit: bool, transparent: bool) -> list[Problem]:
+    """What a fully decoded image may still train differently from how it looks."""
+    found: list[Problem] = []
     if frames > 1:
         found.append(problem("warning", "animated", f"animated image ({frames} frames): the first frame is used",
                              "save the frame you want as a still PNG"))
