@@ -350,3 +350,33 @@ def test_no_test_asserts_on_wall_clock_time() -> None:
     found = [f"{path.relative_to(TESTS)}::{name}" for path in sorted(TESTS.rglob("*.py"))
              for name in timed_assertions(path.read_text(encoding="utf-8"))]
     assert [f for f in found if f not in TIMED_ASSERT_EXCEPTIONS] == []
+
+
+# ------------------------------------------------------------------------- commands are thin, functions short
+
+FUNCTION_LINES = {"commands": 40}
+"""Most lines a function may span (decorators excluded), by room; 60 anywhere else (issue 22): a command parses
+options, calls its package and maps the result to output and an exit code."""
+DEFAULT_FUNCTION_LINES = 60
+
+
+def long_functions(source: str, limit: int) -> list[str]:
+    """`name (N lines)` of every function, nested or not, spanning more than `limit` lines."""
+    return [f"{node.name} ({node.end_lineno - node.lineno + 1} lines)" for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno is not None
+            and node.end_lineno - node.lineno + 1 > limit]
+
+
+def test_the_length_check_sees_a_long_function() -> None:
+    body = "".join(f"    x{i} = {i}\n" for i in range(5))
+    assert long_functions(f"def f():\n{body}\ndef g():\n    return 1\n", 5) == ["f (6 lines)"]
+
+
+def test_no_function_is_longer_than_its_room_allows() -> None:
+    found = []
+    for module, path in module_files().items():
+        limit = FUNCTION_LINES.get(room(module), DEFAULT_FUNCTION_LINES)
+        found += [f"{path.relative_to(ROOT.parent)}: {name}" for name in
+                  long_functions(path.read_text(encoding="utf-8"), limit)]
+    limits = f"commands/: {FUNCTION_LINES['commands']} lines, else {DEFAULT_FUNCTION_LINES}"
+    assert found == [], f"split these ({limits}):\n" + "\n".join(found)

@@ -202,3 +202,60 @@ def test_stage_selection_knows_the_modes_stages() -> None:
     with pytest.raises(UsageError, match="trains stage 1 only"):
         select_stages(2, None, (1,))
     assert select_stages(None, 2, (1, 2)) == (2,)
+
+
+# ---------------------------------------------------------------- a new mode is one registry entry
+
+
+def test_a_toy_mode_added_to_the_registry_alone_gets_prepare_plan_and_report_rows(
+        kohya_dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 22: adding a mode touches `kohya_1to2.modes` only. A mode no code knows of (one stage training the
+    composites alone) gets --mode, prepare --dry-run, prepare, plan, and its evaluate/report rows."""
+    from kohya_1to2 import modes
+    from kohya_1to2.cli import main
+    from kohya_1to2.evaluate.report import build_report
+    from kohya_1to2.evaluate.rows import build_rows
+
+    toy = modes.Mode("composites-only", "composites-only: one stage on the composites alone", {1: ("composites",)})
+    monkeypatch.setitem(modes.MODES, toy.name, toy)
+    src, out = kohya_dataset({"alice": 2, "bob": 2}), tmp_path / "run"
+    argv = ["prepare", str(src), "--out", str(out), "--mode", toy.name, "--workers", "1"]
+
+    assert main([*argv, "--dry-run"]) == 0
+    dry = capsys.readouterr().out
+    assert subset_names(dry) == ["composite"]
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert toy.summary in said
+    assert json_mode(out) == toy.name
+    datasets = toml.loads((out / "stage1.dataset.toml").read_text(encoding="utf-8"))["datasets"]
+    assert [Path(s["image_dir"]).name for d in datasets for s in d["subsets"]] == ["1_composite"]
+    assert not (out / "stage2.train.toml").exists()
+
+    assert main(["plan", str(out)]) == 0
+    assert subset_names(capsys.readouterr().out) == ["composite"]
+
+    rows = build_rows((1,), {}, [(1, out / "e1.safetensors")], 1, toy.name)
+    assert [row.label for row in rows] == ["base model", "composites-only epoch 1 (final)"]
+    assert subset_names(build_report(out).replace("&#x27;", "'")) == ["composite"]
+
+
+def subset_names(text: str) -> list[str]:
+    """The subset column of every stage table a plan prints (its rows: `name │ images │ ...`)."""
+    names = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split("│")]
+        if len(cells) == 4 and cells[1].isdigit():
+            names.append(cells[0])
+    return names
+
+
+def json_mode(run_dir: Path) -> str:
+    import json
+
+    return str(json.loads((run_dir / "job.json").read_text(encoding="utf-8"))["training"]["mode"])
+
+
+def test_an_unknown_mode_is_refused_naming_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="sequential, joint, replay"):
+        TrainingSettings(mode="nope")

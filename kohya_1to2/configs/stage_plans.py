@@ -333,16 +333,7 @@ def render_stage_plans(plans: Sequence[StagePlan], family: str | None = None,
     measured = measured or {}
     cost = step_cost_for(family, plans[0].mixed_precision if plans else None)
     for plan in plans:
-        table = Table(title=_stage_title(plan, len(plans)), title_justify="left", show_edge=False)
-        table.add_column("subset")
-        table.add_column("images", justify="right")
-        table.add_column("repeats", justify="right")
-        table.add_column("per epoch", justify="right")
-        for subset in plan.subsets:
-            repeats = str(subset.repeats) if subset.image_repeats is None else "balanced"
-            table.add_row(Text(subset.name + _ROLE_LABELS[subset.role]), str(subset.images), repeats,
-                          str(subset.samples))
-        parts.append(table)
+        parts.append(_subset_table(plan, len(plans)))
         approx = "" if plan.exact else "~"
         batches = " + ".join(f"{d.steps_per_epoch} at batch {d.batch_size}" for d in plan.datasets)
         batch = f"batch {plan.batch_size}" if len(plan.datasets) == 1 else f"steps/epoch = {batches}"
@@ -372,6 +363,25 @@ def render_stage_plans(plans: Sequence[StagePlan], family: str | None = None,
             seconds, steps = measured[plan.stage]
             line += f" · measured {seconds:.2f} s/step (logs/stage{plan.stage}.log, {steps} steps)"
         parts.append(Text(line))
+    parts += _cost_lines(plans, cost, measured)
+    return Group(*parts)
+
+
+def _subset_table(plan: StagePlan, stage_count: int) -> Table:
+    table = Table(title=_stage_title(plan, stage_count), title_justify="left", show_edge=False)
+    table.add_column("subset")
+    table.add_column("images", justify="right")
+    table.add_column("repeats", justify="right")
+    table.add_column("per epoch", justify="right")
+    for subset in plan.subsets:
+        repeats = str(subset.repeats) if subset.image_repeats is None else "balanced"
+        table.add_row(Text(subset.name + _ROLE_LABELS[subset.role]), str(subset.images), repeats, str(subset.samples))
+    return table
+
+
+def _cost_lines(plans: Sequence[StagePlan], cost: StepCost, measured: Mapping[int, tuple[float, int]]) -> list[Text]:
+    """The estimated cost of the whole run (and the measured stage-2/stage-1 step ratio where both ran)."""
+    parts: list[Text] = []
     seconds = sum(step_seconds(p, cost) * p.total_steps for p in plans)
     spent = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
     if len(plans) == 2 and plans[0].total_steps:
@@ -389,4 +399,4 @@ def render_stage_plans(plans: Sequence[StagePlan], family: str | None = None,
             f"cost model ({cost.name}): {cost.fixed_s:.2f} s + {cost.per_megapixel_s:.3f} s per megapixel x batch "
             f"per step, {cost.source}; start-up and sampling not included"
         ))
-    return Group(*parts)
+    return parts

@@ -201,6 +201,20 @@ def _files(folder: Path) -> tuple[list[Path], list[Path]]:
     return sorted(files), sorted(subfolders)
 
 
+def _caption_tags(images: Sequence[Path], settings: SourceSettings) -> dict[Path, tuple[str, ...] | None]:
+    """Each image that has a caption file -> its tags (None: the file cannot be read or decoded)."""
+    captions: dict[Path, tuple[str, ...] | None] = {}
+    for image in images:
+        caption = caption_path_for(image, settings.caption_extension)
+        if caption.is_file():
+            try:
+                text = decode_caption(caption.read_bytes(), settings.caption_encoding)
+            except OSError:
+                text = None
+            captions[image] = None if text is None else split_tags(text, settings.caption_separator)
+    return captions
+
+
 def _scan_character(
     folder: Path, repeats: int, name: str, settings: SourceSettings
 ) -> tuple[Character, list[Problem], list[IgnoredFolder]]:
@@ -215,21 +229,11 @@ def _scan_character(
                 for sub in subfolders]
 
     images = [f for f in files if is_image_name(f.name)]
-    captions: dict[Path, tuple[str, ...] | None] = {}
-    for image in images:
-        if os.path.splitext(image.name)[1] not in SD_SCRIPTS_SUFFIXES:
-            problems.append(Problem(
-                severity="warning", code="suffix-case", path=image,
-                message="mixed-case suffix: sd-scripts on Linux only finds all-lower or all-upper suffixes",
-                fix=f"rename it to {image.stem}{image.suffix.lower()}",
-            ))
-        caption = caption_path_for(image, settings.caption_extension)
-        if caption.is_file():
-            try:
-                text = decode_caption(caption.read_bytes(), settings.caption_encoding)
-            except OSError:
-                text = None
-            captions[image] = None if text is None else split_tags(text, settings.caption_separator)
+    problems += [Problem(severity="warning", code="suffix-case", path=image,
+                         message="mixed-case suffix: sd-scripts on Linux only finds all-lower or all-upper suffixes",
+                         fix=f"rename it to {image.stem}{image.suffix.lower()}")
+                 for image in images if os.path.splitext(image.name)[1] not in SD_SCRIPTS_SUFFIXES]
+    captions = _caption_tags(images, settings)
 
     disagree: list[str] = []
     if settings.trigger_from == "folder" or not any(captions.values()):
@@ -300,6 +304,49 @@ def _missing_root_problem(root: Path) -> Problem:
                    fix="pass the folder that holds your N_name/ character folders")
 
 
+def _scan_character_folders(subdirs: Sequence[os.DirEntry[str]], settings: SourceSettings,
+                            seen_real: dict[str, Path]) -> tuple[list[Character], list[IgnoredFolder], list[Problem]]:
+    """A root's folders: `N_name/` ones are scanned (each real folder once), the others listed as ignored."""
+    characters: list[Character] = []
+    ignored: list[IgnoredFolder] = []
+    problems: list[Problem] = []
+    for entry in subdirs:
+        folder = Path(entry.path)
+        parsed = parse_folder_name(entry.name)
+        if is_reg_name(entry.name):
+            ignored.append(IgnoredFolder(path=folder, reason=REG_OFFER.format(path=folder)))
+            continue
+        if isinstance(parsed, str):
+            ignored.append(IgnoredFolder(path=folder, reason=parsed))
+            if parsed.startswith("repeat count"):
+                problems.append(Problem(severity="warning", code="bad-repeats", path=folder,
+                                        message=parsed, fix=f"rename it to 1_{entry.name.partition('_')[2]}"))
+            continue
+        real = os.path.realpath(folder)
+        if real in seen_real:
+            # a symlink back to a root or to a folder already scanned: counting it twice would loop
+            reason = f"same folder as {seen_real[real]} (symlink or root given twice)"
+            ignored.append(IgnoredFolder(path=folder, reason=reason))
+            continue
+        seen_real[real] = folder
+        repeats, name = parsed
+        character, found, skipped = _scan_character(folder, repeats, name, settings)
+        problems += found
+        ignored += skipped
+        if not character.images:
+            ignored.append(IgnoredFolder(path=folder, reason="no images"))
+            if any(p.code == "unreadable-folder" for p in found):
+                continue
+            problems.append(Problem(
+                severity="warning", code="no-images", path=folder,
+                message=f"character folder has no images ({', '.join(IMAGE_EXTENSIONS)})",
+                fix="add images or remove the folder",
+            ))
+            continue
+        characters.append(character)
+    return characters, ignored, problems
+
+
 def scan_sources(settings: SourceSettings) -> ScanResult:
     """Scan every root's `N_name/` folders into characters (sorted by name, images sorted by rel_key)."""
     characters: list[Character] = []
@@ -332,40 +379,10 @@ def scan_sources(settings: SourceSettings) -> ScanResult:
             problems.append(_unlistable(root, exc))
             continue
         ignored += broken
-        for entry in subdirs:
-            folder = Path(entry.path)
-            parsed = parse_folder_name(entry.name)
-            if is_reg_name(entry.name):
-                ignored.append(IgnoredFolder(path=folder, reason=REG_OFFER.format(path=folder)))
-                continue
-            if isinstance(parsed, str):
-                ignored.append(IgnoredFolder(path=folder, reason=parsed))
-                if parsed.startswith("repeat count"):
-                    problems.append(Problem(severity="warning", code="bad-repeats", path=folder,
-                                            message=parsed, fix=f"rename it to 1_{entry.name.partition('_')[2]}"))
-                continue
-            real = os.path.realpath(folder)
-            if real in seen_real:
-                # a symlink back to a root or to a folder already scanned: counting it twice would loop
-                reason = f"same folder as {seen_real[real]} (symlink or root given twice)"
-                ignored.append(IgnoredFolder(path=folder, reason=reason))
-                continue
-            seen_real[real] = folder
-            repeats, name = parsed
-            character, found, skipped = _scan_character(folder, repeats, name, settings)
-            problems += found
-            ignored += skipped
-            if not character.images:
-                ignored.append(IgnoredFolder(path=folder, reason="no images"))
-                if any(p.code == "unreadable-folder" for p in found):
-                    continue
-                problems.append(Problem(
-                    severity="warning", code="no-images", path=folder,
-                    message=f"character folder has no images ({', '.join(IMAGE_EXTENSIONS)})",
-                    fix="add images or remove the folder",
-                ))
-                continue
-            characters.append(character)
+        found_characters, found_ignored, found_problems = _scan_character_folders(subdirs, settings, seen_real)
+        characters += found_characters
+        ignored += found_ignored
+        problems += found_problems
 
     problems += _name_clashes(characters)
     characters.sort(key=lambda c: (c.name, str(c.folder)))

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from kohya_1to2.errors import SetupError
 
@@ -84,6 +85,26 @@ def save_clip_tokenizer(out: Path) -> None:
     shutil.rmtree(raw)
 
 
+UNET: dict[str, Any] = {  # SD1 shape: must match sd-scripts' fixed-size UNet exactly
+    "sample_size": 64, "in_channels": 4, "out_channels": 4, "cross_attention_dim": 768, "attention_head_dim": 8,
+    "block_out_channels": (320, 640, 1280, 1280), "layers_per_block": 2,
+}
+TEXT_ENCODER: dict[str, Any] = {
+    "hidden_size": 768, "intermediate_size": 1024,
+    "num_hidden_layers": 2,  # clip_skip = 2 needs at least two layers
+    "num_attention_heads": 12, "max_position_embeddings": 77, "vocab_size": 49408, "projection_dim": 768,
+}
+VAE: dict[str, Any] = {
+    "in_channels": 3, "out_channels": 3, "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4, "block_out_channels": (32, 32, 32, 32), "layers_per_block": 1,
+    "latent_channels": 4, "norm_num_groups": 32, "sample_size": 256,
+}
+SCHEDULER: dict[str, Any] = {
+    "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "skip_prk_steps": True,
+    "steps_offset": 1,
+}
+
+
 def build_tiny_model(out: Path) -> Path:
     """Build the model into `out` (a diffusers folder); deterministic for a given library version."""
     import torch
@@ -98,44 +119,10 @@ def build_tiny_model(out: Path) -> Path:
     save_clip_tokenizer(token_dir)
     tokenizer = CLIPTokenizer.from_pretrained(str(token_dir))
 
-    unet = UNet2DConditionModel(  # SD1 shape: must match sd-scripts' fixed-size UNet exactly
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-        block_out_channels=(320, 640, 1280, 1280),
-        layers_per_block=2,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=768,
-            intermediate_size=1024,
-            num_hidden_layers=2,  # clip_skip = 2 needs at least two layers
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            vocab_size=49408,
-            projection_dim=768,
-        )
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(32, 32, 32, 32),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=256,
-    )
-    scheduler = PNDMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        skip_prk_steps=True,
-        steps_offset=1,
-    )
+    unet = UNet2DConditionModel(**UNET)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER))
+    vae = AutoencoderKL(**VAE)
+    scheduler = PNDMScheduler(**SCHEDULER)
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
