@@ -119,3 +119,34 @@ def test_stage1_caption_prefix_keeps_the_trigger_first_under_keep_tokens() -> No
 def test_max_tags_per_side_caps_each_side() -> None:
     assert caption(("1girl", "a", "b", "c"), ("1boy", "d"), max_tags_per_side=2) == (
         "alice/bob/COMPOSITE, 1girl, a, 1boy, d")
+
+
+# ---------------------------------------------------------------- the caption template object (issue 22)
+
+PLUS = "{left}+{right}+{tag}, {left_tags}, {right_tags}"
+
+
+@pytest.mark.parametrize("template", [None, PLUS, "{tag} {left}+{right}, {left_tags}, {right_tags}"])
+def test_the_template_reads_back_the_characters_of_the_captions_it_writes(template: str | None) -> None:
+    from kohya_1to2.dataset.captions import CaptionTemplate
+
+    rules = CaptionRules() if template is None else CaptionRules(template=template)
+    written = caption(["1girl", "hat"], ["1boy"], **({} if template is None else {"template": template}))
+    reader = CaptionTemplate(rules)
+    assert written.split(",", 1)[0] == reader.group(("alice", "bob"))
+    assert reader.characters_in(written) == ("alice", "bob")
+    assert reader.characters_in("carol, 1girl") == ()
+
+
+def test_the_template_gives_the_group_prompt_and_the_composite_negative() -> None:
+    from kohya_1to2.dataset.captions import CaptionTemplate
+
+    plus = CaptionTemplate(CaptionRules(template=PLUS, composite_tag="split:view"))
+    assert plus.group(("alice", "bob")) == "alice+bob+split:view"
+    assert plus.group_prompt(("alice", "bob")) == "alice+bob"
+    assert CaptionTemplate(CaptionRules()).group_prompt(("alice", "bob")) == "alice/bob"
+    assert plus.composite_negative("lowres") == "split\\:view, lowres", "the tag literal, the preset's own as is"
+    assert plus.composite_negative("") == "split\\:view"
+    assert "+" in plus.separators
+    with pytest.raises(ValueError, match="two characters, not 3"):
+        plus.group(("alice", "bob", "carol"))

@@ -206,3 +206,19 @@ def test_the_page_shows_nothing_from_outside_the_run_and_survives_a_move(
     links = re.findall(r'(?:src|href)="([^"#]+)"', page)
     assert "alice_00.png" in page and not [link for link in links if link.startswith("..")]
     assert all((moved / unquote(link)).is_file() for link in links), "every link resolves in the moved copy"
+
+
+def test_the_pairing_table_reads_captions_through_the_runs_own_template(tmp_path: Path) -> None:
+    """Issue 22: the report split captions on `/`, wrong for any other group separator."""
+    from kohya_1to2.evaluate.report import pairing_section
+    from kohya_1to2.models import CaptionRules, CompositeSettings, Job, SourceSettings
+
+    run = fake_run(tmp_path / "plus")
+    rules = CaptionRules(template="{left}+{right}+{tag}, {left_tags}, {right_tags}")
+    job = Job(out=run.root, sources=SourceSettings(roots=[tmp_path / "src"]),
+              composites=CompositeSettings(captions=rules))
+    run.job_file.write_text(job.model_dump_json())
+    run.manifest.write_text("".join(json.dumps({"index": i, "caption": f"{a}+{b}+COMPOSITE, x"}) + "\n"
+                                    for i, (a, b) in enumerate([("akari", "bob"), ("bob", "akari"), ("akari", "bob")])))
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", pairing_section(run))
+    assert cells == ["akari", "bob", "2", "bob", "akari", "1"]

@@ -21,24 +21,19 @@ from pathlib import Path
 
 from kohya_1to2 import kohya
 from kohya_1to2.configs.presets import PresetSettings
+from kohya_1to2.dataset.captions import CaptionTemplate
 from kohya_1to2.errors import DatasetError, UsageError
 from kohya_1to2.fsutil import atomic_write_text
+from kohya_1to2.kohya import escape_attention
 from kohya_1to2.models import CaptionRules
 
 _OPTION_LIKE = kohya.OPTION_LIKE
-
-_ATTENTION_CHARS = re.compile(r"([\\()\[\]:])")
 
 PAIR_CANVAS: dict[tuple[int, int], tuple[int, int]] = {(512, 512): (768, 512), (1024, 1024): (1216, 832)}
 """Landscape canvas for pair samples, by the single samples' size (SD1 and SDXL); others: 1.5x the width."""
 
 ROUND_MARKER = "# pairs of round "
 PAIR_CATALOGUE_PREFIX = "#pair "
-
-
-def escape_attention(text: str) -> str:
-    """Backslash-escape `\\ ( ) [ ] :` so the LPW parser (parse_prompt_attention) returns the text literally."""
-    return _ATTENTION_CHARS.sub(r"\\\1", text)
 
 
 def prompt_text_problem(text: str) -> str | None:
@@ -66,11 +61,7 @@ def check_trigger(trigger: str, character: str) -> None:
 
 def pair_prompt(left: str, right: str, captions: CaptionRules) -> str:
     """The character group of a composite caption without the composite tag, e.g. `alice/bob`."""
-    first = captions.template.split(",", 1)[0]
-    for pattern in ("/{tag}", "{tag}/", "{tag}"):
-        first = first.replace(pattern, "")
-    text = first.format(left=left, right=right).strip(" /")
-    return text or f"{left}/{right}"
+    return CaptionTemplate(captions).group_prompt((left, right))
 
 
 def pair_rounds(count: int) -> list[list[tuple[int, int]]]:
@@ -107,8 +98,7 @@ class _Prompts:
         if negative and (problem := prompt_text_problem(negative)):
             raise UsageError(f"preset sample_negative {negative!r} {problem}",
                              hint="edit the preset's [preset] table")
-        # the preset's negative is the user's own prompt text: its weights are meant, so it is not escaped
-        composite_negative = ", ".join(p for p in (escape_attention(captions.composite_tag), negative) if p)
+        composite_negative = CaptionTemplate(captions).composite_negative(negative)
         steps = f"--s {settings.sample_steps}"
         single = f"--w {settings.sample_width} --h {settings.sample_height} {steps}"
         width, height = pair_canvas(settings, pair_size)

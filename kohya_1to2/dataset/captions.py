@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import string
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from kohya_1to2.errors import UsageError
-from kohya_1to2.kohya import first_caption_line
+from kohya_1to2.kohya import escape_attention, first_caption_line
 from kohya_1to2.models import CaptionRules, Character, SourceImage, group_separators, name_problem
 
 normalise_caption_text = first_caption_line
@@ -54,7 +56,7 @@ def _merge_count_tags(left: list[str], right: list[str]) -> tuple[list[str], lis
 def validate_triggers(characters: Iterable[Character], rules: CaptionRules, separator: str = ",") -> None:
     """Refuse (exit 2) a trigger that would split the composite caption's `Left/Right/COMPOSITE` group or
     the caption itself: no `,`, no `/`, none of the template's group separators, not the caption separator."""
-    forbidden = group_separators(rules.template) | {separator.strip()}
+    forbidden = CaptionTemplate(rules).separators | {separator.strip()}
     for character in characters:
         if problem := name_problem(character.trigger, forbidden):
             raise UsageError(
@@ -90,12 +92,69 @@ def composite_caption(
         right_tags = [t for t in right_tags if t not in seen]
     if rules.max_tags_per_side is not None:
         left_tags, right_tags = left_tags[: rules.max_tags_per_side], right_tags[: rules.max_tags_per_side]
-    text = rules.template.format(
-        left=left.trigger,
-        right=right.trigger,
-        tag=rules.composite_tag,
-        left_tags=", ".join(left_tags),
-        right_tags=", ".join(right_tags),
-    )
-    # Empty tag lists would leave ", ," behind: re-join the non-empty comma-separated parts.
-    return ", ".join(part.strip() for part in text.split(",") if part.strip())
+    return CaptionTemplate(rules).caption((left.trigger, right.trigger), (left_tags, right_tags))
+
+
+_TAG_MARK = "\x00"
+"""Stands for the composite tag while it is cut out of a group (a caption can never hold it)."""
+
+
+@dataclass(frozen=True)
+class CaptionTemplate:
+    """The one reader of `CaptionRules.template` (`{left}/{right}/{tag}, {left_tags}, {right_tags}` by default):
+    the composites' captions, the group token that `keep_tokens = 1` keeps, the group as a prompt (the sample and
+    evaluate pair prompts), the composite-negative text, and the characters named in a written caption (the
+    report). A group is k triggers in order; the template's fields name two (`left`, `right`)."""
+
+    rules: CaptionRules
+
+    @property
+    def separators(self) -> frozenset[str]:
+        """What joins the group (and `,`): no trigger may contain one."""
+        return group_separators(self.rules.template)
+
+    def caption(self, triggers: Sequence[str], tags: Sequence[Sequence[str]]) -> str:
+        """The composite's caption; empty tag lists leave no `, ,` behind."""
+        text = self.rules.template.format(tag=self.rules.composite_tag, **self._fields(triggers, tags))
+        return ", ".join(part.strip() for part in text.split(",") if part.strip())
+
+    def group(self, triggers: Sequence[str]) -> str:
+        """The caption's first comma-separated token, e.g. `alice/bob/COMPOSITE`."""
+        return self._group_template().format(tag=self.rules.composite_tag, **self._fields(triggers)).strip()
+
+    def group_prompt(self, triggers: Sequence[str]) -> str:
+        """The group without the composite tag, as pair prompts use it: `alice/bob`."""
+        text = self._group_template().format(tag=_TAG_MARK, **self._fields(triggers)).strip()
+        # the tag goes with the separator before it (after it, where the tag comes first)
+        pattern = rf"{_TAG_MARK}\s*[^\w\s]?\s*" if text.startswith(_TAG_MARK) else rf"\s*[^\w\s]?\s*{_TAG_MARK}"
+        text = re.sub(pattern, "", text, count=1).strip()
+        return text or "/".join(triggers)
+
+    def composite_negative(self, negative: str = "") -> str:
+        """The negative prompt of a pair prompt: the composite tag (escaped: it is meant literally), then the
+        preset's own negative (not escaped: its weights are meant)."""
+        return ", ".join(p for p in (escape_attention(self.rules.composite_tag), negative.strip()) if p)
+
+    def characters_in(self, caption: str) -> tuple[str, ...]:
+        """The triggers a caption written from this template names, in order; () when it does not match."""
+        pattern = ""
+        for literal, field, _, _ in string.Formatter().parse(self._group_template()):
+            pattern += re.escape(literal)
+            if field in ("left", "right"):
+                pattern += "(.+?)"
+            elif field == "tag":
+                pattern += re.escape(self.rules.composite_tag)
+            elif field is not None:
+                pattern += ".*?"
+        match = re.fullmatch(pattern.strip(), caption.split(",", 1)[0].strip())
+        return tuple(match.groups()) if match else ()
+
+    def _group_template(self) -> str:
+        return self.rules.template.split(",", 1)[0]
+
+    @staticmethod
+    def _fields(triggers: Sequence[str], tags: Sequence[Sequence[str]] = ((), ())) -> dict[str, str]:
+        if len(triggers) != 2 or len(tags) != 2:
+            raise ValueError(f"the caption template names two characters, not {len(triggers)}")
+        return {"left": triggers[0], "right": triggers[1], "left_tags": ", ".join(tags[0]),
+                "right_tags": ", ".join(tags[1])}

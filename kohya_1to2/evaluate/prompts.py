@@ -16,8 +16,10 @@ from pydantic import BaseModel, ConfigDict
 
 from kohya_1to2 import kohya
 from kohya_1to2.configs.presets import PresetSettings
-from kohya_1to2.configs.prompts import escape_attention, pair_canvas, pair_prompt
+from kohya_1to2.configs.prompts import pair_canvas, pair_prompt
+from kohya_1to2.dataset.captions import CaptionTemplate
 from kohya_1to2.errors import UsageError
+from kohya_1to2.kohya import escape_attention
 from kohya_1to2.models import CaptionRules
 
 PromptKind = Literal["single", "pair", "user"]
@@ -53,7 +55,7 @@ def character_prompts(
 ) -> list[EvalPrompt]:
     """Each character alone, then each ordered pair (`None` = all; a number keeps the first ones)."""
     negative = settings.sample_negative.strip()
-    composite_negative = ", ".join(p for p in (escape_attention(captions.composite_tag), negative) if p)
+    composite_negative = CaptionTemplate(captions).composite_negative(negative)
     width, height = pair_canvas(settings)
     single_prompts = [
         EvalPrompt(id=f"single_{_safe(name)}", kind="single", text=escape_attention(trigger), negative=negative,

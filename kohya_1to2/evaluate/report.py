@@ -23,15 +23,20 @@ from PIL import Image
 from rich.console import Console
 
 from kohya_1to2 import kohya
-from kohya_1to2.configs.presets import templates_dir
+from kohya_1to2.configs.generate import plans_from_run_dir
+from kohya_1to2.configs.presets import run_family, templates_dir
+from kohya_1to2.configs.stage_plans import render_stage_plans
+from kohya_1to2.dataset.captions import CaptionTemplate
+from kohya_1to2.dataset.scan import scan_sources
 from kohya_1to2.errors import OneToTwoError
 from kohya_1to2.evaluate import metrics as metric
 from kohya_1to2.evaluate.compare import COMPARE_FOLDER, COMPARISON_FILE
 from kohya_1to2.evaluate.curves import Series, log_losses, tensorboard_scalars
 from kohya_1to2.evaluate.rows import stage_title
 from kohya_1to2.fsutil import atomic_path, atomic_write_text, file_fingerprint
-from kohya_1to2.models import STAGES
-from kohya_1to2.rundir import RunDir, manifest_records
+from kohya_1to2.models import STAGES, CaptionRules
+from kohya_1to2.modes import DEFAULT_MODE
+from kohya_1to2.rundir import RunDir, load_job, manifest_records, measured_steps
 
 THUMB_SIDE = 256
 GRID_THUMB_WIDTH = 1100
@@ -144,13 +149,19 @@ def render_page(title: str, subtitle: str, sections: Sequence[tuple[str, str, st
 def stages_and_mode(run: RunDir) -> tuple[tuple[int, ...], str]:
     """The stages the run trains and its mode, from job.json; a run without a readable job.json predates modes
     (or is broken), so it is read as the sequential two-stage layout."""
-    from kohya_1to2.rundir import load_job
-
     try:
         job = load_job(run.root)
     except OneToTwoError:
-        return STAGES, "sequential"
+        return STAGES, DEFAULT_MODE
     return job.stages, job.training.mode
+
+
+def caption_rules(run: RunDir) -> CaptionRules:
+    """The run's caption template (job.json); the default one where job.json is unreadable."""
+    try:
+        return load_job(run.root).composites.captions
+    except OneToTwoError:
+        return CaptionRules()
 
 
 def _flat(path: Path) -> dict[str, Any] | None:
@@ -161,9 +172,6 @@ def _flat(path: Path) -> dict[str, Any] | None:
 
 
 def sources_section(run: RunDir) -> str:
-    from kohya_1to2.dataset.scan import scan_sources
-    from kohya_1to2.rundir import load_job
-
     try:
         job = load_job(run.root)
         characters = scan_sources(job.sources).characters
@@ -180,10 +188,11 @@ def pairing_section(run: RunDir) -> str:
     lines = manifest_records(run)
     if not lines:
         return '<p class="missing">no composites yet (manifest.jsonl missing or empty)</p>'
+    template = CaptionTemplate(caption_rules(run))
     pairs: dict[tuple[str, str], int] = {}
     for item in lines:
-        group = str(item.get("caption", "")).split(",", 1)[0].split("/")
-        key = (group[0], group[1] if len(group) > 1 else "?")
+        named = template.characters_in(str(item.get("caption", "")))
+        key = (named[0], named[1]) if len(named) == 2 else ("?", "?")
         pairs[key] = pairs.get(key, 0) + 1
     body = f"<p>{len(lines)} composites over {len(pairs)} ordered pairs.</p>"
     body += table(["left", "right", "composites"], [(a, b, n) for (a, b), n in sorted(pairs.items())], numeric=[2])
@@ -193,11 +202,6 @@ def pairing_section(run: RunDir) -> str:
 
 
 def plan_section(run: RunDir) -> str:
-    from kohya_1to2.configs.generate import plans_from_run_dir
-    from kohya_1to2.configs.presets import run_family
-    from kohya_1to2.configs.stage_plans import render_stage_plans
-    from kohya_1to2.rundir import measured_steps
-
     try:
         plans = plans_from_run_dir(run.root)
         console = Console(record=True, width=120, file=io.StringIO(), color_system=None)
@@ -293,7 +297,7 @@ def prompt_grids(run: RunDir, summary: Mapping[str, Any], rows: str, max_height:
     return body
 
 
-def metrics_html(records: Sequence[Mapping[str, Any]], stages: Sequence[int] = STAGES, mode: str = "sequential") -> str:
+def metrics_html(records: Sequence[Mapping[str, Any]], stages: Sequence[int] = STAGES, mode: str = DEFAULT_MODE) -> str:
     """Composite rate per row and kind with the detector's accuracy, best epoch with its rule, identity status."""
     body = ""
     calibration = next((r for r in records if r["metric"] == "calibration"), None)
@@ -359,7 +363,7 @@ def comparison_section(run: RunDir) -> str | None:
                          f"{record['positives']} composites vs {record['negatives']} sources.")
         elif record["metric"] == "best_epoch":
             stages = next((tuple(r.get("stages", ())) for r in runs if r["title"] == record["run"]), ()) or STAGES
-            mode = next((r["mode"] for r in runs if r["title"] == record["run"]), "sequential")
+            mode = next((r["mode"] for r in runs if r["title"] == record["run"]), DEFAULT_MODE)
             notes.append(f"{esc(record['run'])}: {best_epoch_html(record, stages, mode)}")
     notes += list(dict.fromkeys(f"{esc(r['status'])}." for r in records if r["metric"] == "identity"))
     body += "".join(f"<p class=note>{note}</p>" for note in notes)

@@ -27,3 +27,11 @@ EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)\s*$")
 def prompt_parts(line: str) -> list[str]:
     """[prompt, option, option, ...] of a prompt line, split as sd-scripts splits it."""
     return line.split(PROMPT_OPTION_SEPARATOR)
+
+
+_ATTENTION_CHARS = re.compile(r"([\\()\[\]:])")
+
+
+def escape_attention(text: str) -> str:
+    """Backslash-escape `\\ ( ) [ ] :` so the LPW parser (parse_prompt_attention) returns the text literally."""
+    return _ATTENTION_CHARS.sub(r"\\\1", text)
