@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from kohya_1to2.cli import main
-from kohya_1to2.commands.evaluate import evaluation_rows
 from kohya_1to2.errors import UsageError
 from kohya_1to2.evaluate.grid import HEADER_HEIGHT, PAD
+from kohya_1to2.evaluate.session import evaluation_rows
 from kohya_1to2.rundir import RunDir
 from tests.fake_launch import make_fake_base_model, make_fake_gen_img
 from tests.test_evaluate_rows import write_network
@@ -69,7 +69,7 @@ def test_one_stage_rows_are_the_base_then_that_stages_epochs(tmp_path: Path) -> 
 
 @pytest.fixture
 def fake_gen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr("kohya_1to2.commands.evaluate.require_sd_scripts", lambda path: Path(path))
+    monkeypatch.setattr("kohya_1to2.evaluate.session.require_sd_scripts", lambda path: Path(path))
     return make_fake_gen_img(tmp_path)
 
 
@@ -205,7 +205,7 @@ def test_a_joint_run_alone_has_the_base_then_its_epochs_and_no_comparison(
 def test_evaluate_samples_at_the_run_s_effective_settings_not_the_bare_preset(tmp_path: Path) -> None:
     """Issue 22: evaluate read the preset's settings directly, so `prepare --resolution 768` (whose training
     samples follow it) was evaluated at the preset's 512x512."""
-    from kohya_1to2.commands.evaluate import EvaluateOptions, RunInputs, evaluation_prompts
+    from kohya_1to2.evaluate.session import EvaluateOptions, RunInputs, evaluation_prompts
     from kohya_1to2.models import Character, Job, SourceImage, SourceSettings, TrainingSettings
 
     characters = tuple(Character(name=n, trigger=n, repeats=1, folder=tmp_path / f"1_{n}",

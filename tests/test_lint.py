@@ -414,7 +414,7 @@ def test_the_suggested_fix_itself_passes_check(run_dir: Path, file: str, section
 
 
 def test_the_stage2_network_rule_ignores_order_and_dropout_in_check_and_launch(run_dir: Path) -> None:
-    """Why 6: launch's only rule book is check's (commands.launch.lint_problems runs lint_run)."""
+    """Why 6: launch's only rule book is check's (launch.session.lint_problems runs lint_run)."""
     from kohya_1to2.launch.session import lint_problems
 
     _rewrite(run_dir / "stage2.train.toml", '["conv_dim=0", "conv_alpha=16", "algo=loha"]',

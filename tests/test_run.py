@@ -18,7 +18,7 @@ from fake_launch import DRIVER, make_fake_base_model, make_fake_sd_scripts, q
 from waiting import wait_for
 
 from kohya_1to2.cli import main
-from kohya_1to2.commands import launch as launch_command
+from kohya_1to2.launch import session as launch_session
 from kohya_1to2.launch.run import run_child
 from kohya_1to2.rundir import RunDir
 
@@ -193,7 +193,7 @@ def test_dry_run_prints_commands_and_runs_nothing(fake_env: Path, tmp_path: Path
 
 def test_strict_refuses_substitutions(fake_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("kohya_1to2.commands.launch.probe_capabilities",
+    monkeypatch.setattr("kohya_1to2.launch.session.probe_capabilities",
                         lambda: __import__("kohya_1to2.launch.substitutions", fromlist=["x"]).Capabilities(
                             cuda=False, xformers=False, bitsandbytes=False))
     run = make_run(tmp_path / "run")
@@ -305,7 +305,7 @@ def test_resume_continues_from_the_newest_saved_state(fake_env: Path, tmp_path: 
     fingerprinted: list[int] = []
     real_inputs = pipeline.stage_inputs
     monkeypatch.setattr(pipeline, "stage_inputs", lambda stage: fingerprinted.append(stage.stage) or real_inputs(stage))
-    monkeypatch.setattr(launch_command, "stage_inputs", pipeline.stage_inputs)
+    monkeypatch.setattr(launch_session, "stage_inputs", pipeline.stage_inputs)
     assert launch(run, fake_env, "--resume", "--stage", "1") == 0
     assert fingerprinted.count(1) == 2, "once to decide (resuming included), once for the completion record"
     import toml
@@ -338,7 +338,7 @@ def test_strict_accepts_the_loader_worker_cap_sd_scripts_applies_anyway(
 ) -> None:
     from kohya_1to2.launch.substitutions import Capabilities
 
-    monkeypatch.setattr("kohya_1to2.commands.launch.probe_capabilities",
+    monkeypatch.setattr("kohya_1to2.launch.session.probe_capabilities",
                         lambda: Capabilities(cuda=True, xformers=True, bitsandbytes=True, cpu_count=2))
     run = make_run(tmp_path / "run")
     toml1 = run / "stage1.train.toml"
