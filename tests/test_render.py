@@ -173,11 +173,13 @@ def test_caption_prefix_and_separator_reach_the_stage1_dataset_toml() -> None:
 
 
 @pytest.mark.parametrize("preset", ["seed", "sdxl", "smoke"])
-def test_every_preset_saves_state_logs_to_tensorboard_per_stage_and_keeps_loader_workers(preset: str) -> None:
+def test_every_preset_saves_state_logs_to_tensorboard_per_stage_and_sets_loader_workers(preset: str) -> None:
     files = render(job(preset=preset))
     for stage in (1, 2):
         flat = flatten_training_config(toml.loads(files[f"stage{stage}.train.toml"]))
         assert flat["save_state"] is True and flat["save_last_n_epochs_state"] == 2  # launch --resume needs it
         assert flat["log_with"] == "tensorboard"
         assert Path(flat["logging_dir"]) == RUN / "logs" / "tensorboard" / f"stage{stage}"
-        assert flat["max_data_loader_n_workers"] == 8 and flat["persistent_data_loader_workers"] is True
+        # the CPU smoke preset loads in the trainer itself (its comment says why); the GPU presets keep the reference's
+        workers = (0, False) if preset == "smoke" else (8, True)
+        assert (flat["max_data_loader_n_workers"], flat["persistent_data_loader_workers"]) == workers
