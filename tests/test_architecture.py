@@ -189,6 +189,12 @@ SD_SCRIPTS_STRINGS = (
     "max_bucket_reso", "max_token_length", "pretrained_model_name_or_path", "image_dir", "num_repeats",
     "save_model_as", "network_module", "network_args", "train_batch_size", "clip_skip", "logging_dir", "is_reg",
     "class_tokens", "prior_loss_weight",
+    # precision, attention, optimizer, scheduler and schedule options (issue 22: they were spelled in lint,
+    # substitutions, render, stage_plans, argv, probe and pipeline)
+    "mixed_precision", "save_precision", "full_fp16", "full_bf16", "fp8_base", "sdpa", "optimizer_type",
+    "lr_scheduler", "learning_rate", "unet_lr", "text_encoder_lr", "max_train_epochs", "max_train_steps",
+    "max_data_loader_n_workers", "sample_every_n_epochs", "sample_sampler", "save_every_n_epochs", "save_state",
+    "v_parameterization",
     # gen_img.py's options (kohya.gen_img)
     "--ckpt", "--sdxl", "--v1", "--v2", "--v_parameterization", "max_embeddings_multiples", "--sampler", "--sdpa",
     "--xformers", "from_file", "--outdir", "--batch_size", "images_per_prompt", "network_mul", "network_merge",

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict
 
+from kohya_1to2 import kohya
 from kohya_1to2.kohya.buckets import SD_BUCKET_DEFAULTS as SD_BUCKET_DEFAULTS
 from kohya_1to2.kohya.buckets import BucketCount as BucketCount
 from kohya_1to2.kohya.buckets import BucketSettings as BucketSettings
@@ -25,9 +26,13 @@ COMMON_COMPOSITE_ASPECTS: tuple[float, ...] = (2.0, 1.5)
 MAX_CROP = 0.02
 """The most of a composite that bucketing may cut away (heads and feet sit at the frame edge)."""
 
-STEPS_BY_FAMILY: dict[str, tuple[int, ...]] = {"sd1": (64,), "sd2": (64,), "sdxl": (64, 32)}
-"""Bucket steps tried, coarsest first: train_network.py asserts a multiple of 64 (verify_bucket_reso_steps(64)),
-sdxl_train_network.py a multiple of 32."""
+STEPS_TRIED = (64, 32)
+"""Bucket steps a stage-2 choice tries, coarsest first (finer steps only multiply the buckets)."""
+
+STEPS_BY_FAMILY: dict[str, tuple[int, ...]] = {
+    family: tuple(step for step in STEPS_TRIED if step % unit == 0) for family, unit in kohya.BUCKET_STEP_UNIT.items()
+}
+"""The steps each family's script accepts (a multiple of kohya.BUCKET_STEP_UNIT): SD1/SD2 (64,), SDXL (64, 32)."""
 
 _PROBE_HEIGHT = 1200
 """Composites are probed at this height: larger than any bucket, so selection only depends on the aspect."""

@@ -203,8 +203,8 @@ def lint_training(document: Mapping[str, Any], script: str, file: str,
     return problems
 
 
-POSITIVE_TRAINING_KEYS = (opt.TRAIN_BATCH_SIZE, "max_train_epochs", opt.MAX_TRAIN_STEPS, "dataset_repeats",
-                          "learning_rate", "unet_lr", "text_encoder_lr")
+POSITIVE_TRAINING_KEYS = (opt.TRAIN_BATCH_SIZE, opt.MAX_TRAIN_EPOCHS, opt.MAX_TRAIN_STEPS, "dataset_repeats",
+                          opt.LEARNING_RATE, opt.UNET_LR, opt.TEXT_ENCODER_LR)
 """Training options whose zero or negative value crashes sd-scripts or trains nothing."""
 POSITIVE_DATASET_KEYS = (opt.BATCH_SIZE, opt.NUM_REPEATS)
 
@@ -226,24 +226,24 @@ def startup_value_problem(key: str, value: Any, flat: Mapping[str, Any]) -> tupl
     if key in POSITIVE_TRAINING_KEYS:
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, (int, float)) and not isinstance(item, bool) and item <= 0:
-                example = {"learning_rate": "0.0001", "unet_lr": "0.0001", "text_encoder_lr": "0.00005"}
+                example = {opt.LEARNING_RATE: "0.0001", opt.UNET_LR: "0.0001", opt.TEXT_ENCODER_LR: "0.00005"}
                 return (f"{_literal(item)} must be positive (sd-scripts crashes or trains nothing)",
                         f"write a positive value, e.g. {key} = {example.get(key, '1')}")
-    if key == "lr_scheduler" and isinstance(value, str) and not flat.get("lr_scheduler_type"):
-        optimizer = flat.get("optimizer_type")
+    if key == opt.LR_SCHEDULER and isinstance(value, str) and not flat.get(opt.LR_SCHEDULER_TYPE):
+        optimizer = flat.get(opt.OPTIMIZER_TYPE)
         if isinstance(optimizer, str) and optimizer.lower().endswith(kohya.SCHEDULEFREE_SUFFIX):
             return None  # sd-scripts uses a dummy scheduler then
         problem = kohya.scheduler_problem(value, optimizer if isinstance(optimizer, str) else None, flat)
         if problem and value in kohya.SCHEDULER_NEEDS:
-            needed = {"cosine_with_min_lr": "lr_scheduler_min_lr_ratio = 0.1",
-                      "piecewise_constant": 'lr_scheduler_args = ["step_rules=\'100:1.0,0.1\'"]'}[value]
+            needed = {"cosine_with_min_lr": f"{opt.LR_SCHEDULER_MIN_LR_RATIO} = 0.1",
+                      "piecewise_constant": f'{opt.LR_SCHEDULER_ARGS} = ["step_rules=\'100:1.0,0.1\'"]'}[value]
             return (f"{problem}; sd-scripts stops after loading the model", f"write {needed}")
         if problem:
             plain = [n for n in kohya.LR_SCHEDULERS if n not in kohya.SCHEDULER_NEEDS]
             guess = _suggest(value, plain) or "cosine"
             return (f"{problem}; sd-scripts stops after loading the model",
-                    f'write lr_scheduler = "{guess}" (one of {", ".join(kohya.LR_SCHEDULERS)})')
-    if key == "optimizer_type" and isinstance(value, str):
+                    f'write {opt.LR_SCHEDULER} = "{guess}" (one of {", ".join(kohya.LR_SCHEDULERS)})')
+    if key == opt.OPTIMIZER_TYPE and isinstance(value, str):
         problem = kohya.optimizer_problem(value)
         top = value.split(".", 1)[0]
         if not problem and "." in value and importlib.util.find_spec(top) is None:
@@ -251,7 +251,7 @@ def startup_value_problem(key: str, value: Any, flat: Mapping[str, Any]) -> tupl
         if problem:
             guess = _suggest(value, [*kohya.NAMED_OPTIMIZERS, *kohya.TORCH_OPTIMIZERS]) or "AdamW"
             return (f"{problem}; sd-scripts stops after loading the model",
-                    f'write optimizer_type = "{guess}" (or a module.Class optimizer)')
+                    f'write {opt.OPTIMIZER_TYPE} = "{guess}" (or a module.Class optimizer)')
     if key == opt.NETWORK_ARGS and isinstance(value, list):
         for item in value:
             problem = _network_arg_problem(str(item))

@@ -18,6 +18,7 @@ import tomlkit
 from pydantic import BaseModel, ConfigDict
 from tomlkit.items import Table
 
+from kohya_1to2 import kohya
 from kohya_1to2.configs.buckets import (
     COMMON_COMPOSITE_ASPECTS,
     MAX_CROP,
@@ -50,7 +51,7 @@ STAGE_SPECIFIC_KEYS = frozenset(
 """The only keys whose flattened values differ between stage1.train.toml and stage2.train.toml."""
 
 SAMPLING_KEYS = frozenset(
-    {opt.SAMPLE_PROMPTS, "sample_every_n_epochs", "sample_every_n_steps", "sample_sampler", "sample_at_first"}
+    {opt.SAMPLE_PROMPTS, kohya.SAMPLE_EVERY_N_EPOCHS, "sample_every_n_steps", kohya.SAMPLE_SAMPLER, "sample_at_first"}
 )
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
@@ -139,12 +140,12 @@ def training_context(job: Job, preset: Preset, stage: Stage, run_dir: Path) -> d
     return {
         "base_model": job.training.base_model or "",
         "v2": family == "sd2",
-        "v_parameterization": job.training.v_parameterization,
+        kohya.V_PARAMETERIZATION: job.training.v_parameterization,
         "batch_size": settings.stage1_batch_size if stage == 1 else settings.stage2_batch_size,
         opt.OUTPUT_DIR: str(stage_output_dir(run_dir, stage)),
         opt.OUTPUT_NAME: stage_output_name(job, stage),
         opt.DATASET_CONFIG: str(run_dir / dataset_name),
-        opt.LOGGING_DIR: str(RunDir(run_dir).logs / "tensorboard" / f"stage{stage}"),
+        opt.LOGGING_DIR: str(RunDir(run_dir).tensorboard(stage)),
         opt.SAMPLE_PROMPTS: str(run_dir / SAMPLE_PROMPTS_FILE) if job.training.sample else None,
         opt.NETWORK_WEIGHTS: str(stage1_weights(job, run_dir, save_as)) if stage == 2 else None,
     }
@@ -209,13 +210,13 @@ def training_document(job: Job, preset: Preset, stage: Stage, run_dir: Path) -> 
         out = tomlkit.table()
         for key, item in table.items():
             value = fill_placeholder(_unwrap(item), context, f"{section}.{key}")
-            if key == "max_train_epochs" and job.training.epochs is not None:
+            if key == kohya.MAX_TRAIN_EPOCHS and job.training.epochs is not None:
                 value = job.training.epochs
             if value is None or value == "" or (key in SAMPLING_KEYS and not job.training.sample):
                 continue
             _add_commented(out, key, value, comments.get(key))
-        if section == "training" and job.training.epochs is not None and "max_train_epochs" not in out:
-            _add_commented(out, "max_train_epochs", job.training.epochs, "Epochs per stage (--epochs).")
+        if section == "training" and job.training.epochs is not None and kohya.MAX_TRAIN_EPOCHS not in out:
+            _add_commented(out, kohya.MAX_TRAIN_EPOCHS, job.training.epochs, "Epochs per stage (--epochs).")
         if section == "training" and job.sources.reg and opt.PRIOR_LOSS_WEIGHT not in out:
             _add_commented(out, opt.PRIOR_LOSS_WEIGHT, job.training.prior_loss_weight,
                            "Loss weight of the regularisation images (--reg, --prior-loss-weight).")

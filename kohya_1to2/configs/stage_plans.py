@@ -175,22 +175,22 @@ def plan_stage(
 def plan_stage_datasets(stage: int, datasets: Sequence[DatasetPlan], training: Mapping[str, Any]) -> StagePlan:
     """Epochs and total steps of a stage whose blocks are planned (sd-scripts concatenates their batches)."""
     steps = sum(d.steps_per_epoch for d in datasets)
-    epochs_value = training.get("max_train_epochs")
+    epochs_value = training.get(kohya.MAX_TRAIN_EPOCHS)
     if isinstance(epochs_value, int) and epochs_value > 0:
         epochs, total = epochs_value, epochs_value * steps
     else:
-        max_steps = training.get("max_train_steps")
+        max_steps = training.get(kohya.MAX_TRAIN_STEPS)
         total = max_steps if isinstance(max_steps, int) and max_steps > 0 else kohya.DEFAULT_MAX_TRAIN_STEPS
         epochs = math.ceil(total / steps) if steps else 0
     return StagePlan(stage=stage, datasets=tuple(datasets), epochs=epochs, total_steps=total if steps else 0,
-                     mixed_precision=_precision(training.get("mixed_precision")), **_sampling(training))
+                     mixed_precision=_precision(training.get(kohya.MIXED_PRECISION)), **_sampling(training))
 
 
 def _sampling(training: Mapping[str, Any]) -> dict[str, Any]:
     """What the stage samples per epoch, from its sample_prompts file (nothing when sampling is off)."""
     from kohya_1to2.configs.prompts import sampling_load
 
-    path, every = training.get(kohya.SAMPLE_PROMPTS), training.get("sample_every_n_epochs")
+    path, every = training.get(kohya.SAMPLE_PROMPTS), training.get(kohya.SAMPLE_EVERY_N_EPOCHS)
     if not isinstance(path, str) or not isinstance(every, int) or every < 1 or not Path(path).is_file():
         return {}
     images, steps = sampling_load(Path(path).read_text(encoding="utf-8", errors="replace"))

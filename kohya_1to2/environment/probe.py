@@ -58,7 +58,8 @@ if facts["cuda"] and facts["bitsandbytes"]:
 print(json.dumps(facts))
 """
 
-GPU_CONFIG = {"mixed_precision": "bf16", "save_precision": "fp16", "xformers": True, "optimizer_type": "AdamW8bit"}
+GPU_CONFIG = {kohya.MIXED_PRECISION: "bf16", kohya.SAVE_PRECISION: "fp16", kohya.XFORMERS: True,
+              kohya.OPTIMIZER_TYPE: "AdamW8bit"}
 """A typical GPU training config: what launch would change in it on this machine."""
 
 

@@ -85,7 +85,7 @@ def accelerate_arguments(
     option("machine_rank", opts.machine_rank, None)
     option("main_process_ip", opts.main_process_ip, None)
     option("main_process_port", opts.main_process_port, None)
-    option("mixed_precision", opts.mixed_precision, mixed_precision if cuda else "no")
+    option(kohya.MIXED_PRECISION, opts.mixed_precision, mixed_precision if cuda else "no")
     option("dynamo_backend", None, "no")
     option("num_cpu_threads_per_process", opts.num_cpu_threads_per_process, cpu_threads)
     return args

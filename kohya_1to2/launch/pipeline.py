@@ -95,7 +95,8 @@ def latest_state_dir(stage: StageConfig) -> Path:
     if not states:
         raise UsageError(
             f"--resume: no saved state of stage {stage.stage} in {folder}",
-            hint=f"enable save_state = true (and save_every_n_epochs or save_every_n_steps) in {stage.train_toml}",
+            hint=f"enable {kohya.SAVE_STATE} = true (and {kohya.SAVE_EVERY_N_EPOCHS} or save_every_n_steps) in "
+                 f"{stage.train_toml}",
         )
     return max(states, key=lambda p: p.stat().st_mtime)
 

@@ -16,6 +16,7 @@ from typing import Any
 import tomlkit
 from pydantic import BaseModel, ConfigDict
 
+from kohya_1to2 import kohya
 from kohya_1to2.kohya import BNB_OPTIMIZER_FALLBACK, table_of_key
 
 
@@ -51,36 +52,36 @@ def plan_substitutions(flat: Mapping[str, Any], caps: Capabilities) -> list[Subs
     """The substitutions a flattened training config needs on a machine with `caps`."""
     subs: list[Substitution] = []
     if not caps.cuda:
-        mixed = flat.get("mixed_precision")
+        mixed = flat.get(kohya.MIXED_PRECISION)
         if mixed in ("fp16", "bf16"):
-            subs.append(Substitution(key="mixed_precision", old=mixed, new="no", reason="no CUDA device"))
-            save = flat.get("save_precision")
+            subs.append(Substitution(key=kohya.MIXED_PRECISION, old=mixed, new="no", reason="no CUDA device"))
+            save = flat.get(kohya.SAVE_PRECISION)
             if save in ("fp16", "bf16"):
                 subs.append(
-                    Substitution(key="save_precision", old=save, new="float", reason="mixed precision is off")
+                    Substitution(key=kohya.SAVE_PRECISION, old=save, new="float", reason="mixed precision is off")
                 )
-        for key in ("full_fp16", "full_bf16", "fp8_base"):
+        for key in kohya.CUDA_ONLY_FLAGS:
             if flat.get(key) is True:
                 subs.append(Substitution(key=key, old=True, new=None, reason="needs a CUDA device"))
-    if flat.get("xformers") is True and not caps.xformers:
+    if flat.get(kohya.XFORMERS) is True and not caps.xformers:
         reason = "xformers not installed" if caps.cuda else "xformers needs CUDA"
-        subs.append(Substitution(key="xformers", old=True, new=None, reason=reason))
-        if flat.get("sdpa") is not True:
-            subs.append(Substitution(key="sdpa", old=flat.get("sdpa"), new=True, reason="replaces xformers"))
-    optimizer = flat.get("optimizer_type")
+        subs.append(Substitution(key=kohya.XFORMERS, old=True, new=None, reason=reason))
+        if flat.get(kohya.SDPA) is not True:
+            subs.append(Substitution(key=kohya.SDPA, old=flat.get(kohya.SDPA), new=True, reason="replaces xformers"))
+    optimizer = flat.get(kohya.OPTIMIZER_TYPE)
     if isinstance(optimizer, str) and optimizer.lower() in BNB_OPTIMIZER_FALLBACK and not caps.bitsandbytes:
         subs.append(
             Substitution(
-                key="optimizer_type",
+                key=kohya.OPTIMIZER_TYPE,
                 old=optimizer,
                 new=BNB_OPTIMIZER_FALLBACK[optimizer.lower()],
                 reason="no working bitsandbytes (needs CUDA)",
             )
         )
-    workers = flat.get("max_data_loader_n_workers")
+    workers = flat.get(kohya.MAX_DATA_LOADER_N_WORKERS)
     if caps.cpu_count and isinstance(workers, int) and not isinstance(workers, bool) and workers > caps.cpu_count:
         # sd-scripts itself starts min(workers, os.cpu_count()); the substitution makes that cap visible
-        subs.append(Substitution(key="max_data_loader_n_workers", old=workers, new=caps.cpu_count,
+        subs.append(Substitution(key=kohya.MAX_DATA_LOADER_N_WORKERS, old=workers, new=caps.cpu_count,
                                  reason=f"this machine has {caps.cpu_count} CPU cores", gpu_only=False))
     return subs
 
