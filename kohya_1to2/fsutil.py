@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -136,8 +137,6 @@ def remove_stale_temporaries(folder: Path) -> int:
 def link_or_copy(source: Path, target: Path) -> None:
     """Hard link when possible (no extra space; every writer of ours replaces files, never edits them, so a link
     never changes a source), else a copy; an existing target is kept."""
-    import shutil
-
     if target.exists():
         return
     try:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from PIL import Image
+
 from kohya_1to2.models import IMAGE_EXTENSIONS
 
 
 def image_sizes(paths: Sequence[Path]) -> tuple[tuple[int, int], ...] | None:
     """Header-only sizes of images, or None if one cannot be read."""
-    from PIL import Image
-
     sizes = []
     for path in paths:
         try:

@@ -7,6 +7,8 @@ regeneration) work from exactly what `prepare` used.
 
 from __future__ import annotations
 
+import codecs
+import difflib
 import os
 import re
 import string
@@ -14,7 +16,7 @@ import unicodedata
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from kohya_1to2.modes import DEFAULT_MODE, MODES, Mode, mode_named
 
@@ -71,8 +73,6 @@ class SourceSettings(Strict):
     @field_validator("caption_encoding")
     @classmethod
     def _known_encoding(cls, value: str) -> str:
-        import codecs
-
         try:
             codecs.lookup(value)
         except LookupError as exc:
@@ -392,8 +392,6 @@ class CompositePlan(Strict):
 
 def validation_message(exc: Exception, *, as_flags: bool = False) -> str:
     """One line naming the offending key(s) of a pydantic ValidationError (as `--flag` names for the CLI)."""
-    from pydantic import ValidationError
-
     if not isinstance(exc, ValidationError):
         return str(exc)
     parts = []
@@ -412,8 +410,6 @@ def validation_message(exc: Exception, *, as_flags: bool = False) -> str:
 
 def _did_you_mean(key: str) -> str:
     """A spelling suggestion for an unknown key, from every field of the job models."""
-    import difflib
-
     fields = {name for model in Strict.__subclasses__() for name in model.model_fields}
     close = difflib.get_close_matches(key, sorted(fields), n=1)
     return f"; did you mean '{close[0]}'?" if close else "; check its spelling or remove it"

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from kohya_1to2.errors import UsageError
 from kohya_1to2.fsutil import atomic_write_text, free_path, jsonl_records
+from kohya_1to2.kohya import measured_seconds_per_step
 from kohya_1to2.models import STAGES, Job, StageNumber, validation_message
 
 MARKER_FORMAT = 1
@@ -284,8 +285,6 @@ def run_stages(root: Path) -> tuple[StageNumber, ...]:
 
 def measured_steps(root: Path) -> dict[int, tuple[float, int]]:
     """Stage -> (mean s/step, steps) of every stage whose log shows a training step (sd-scripts' progress bar)."""
-    from kohya_1to2.kohya import measured_seconds_per_step
-
     run = RunDir(root)
     measured: dict[int, tuple[float, int]] = {}
     for stage in run_stages(root):

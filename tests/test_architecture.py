@@ -386,3 +386,46 @@ def test_no_function_is_longer_than_its_room_allows() -> None:
                   long_functions(path.read_text(encoding="utf-8"), limit)]
     limits = f"commands/: {FUNCTION_LINES['commands']} lines, else {DEFAULT_FUNCTION_LINES}"
     assert found == [], f"split these ({limits}):\n" + "\n".join(found)
+
+
+# ------------------------------------------------------- function-level imports: only with a reason beside them
+
+
+def unexplained_lazy_imports(source: str) -> list[int]:
+    """Lines of imports inside a function without a `#` reason on the line, or on the comment and import lines
+    right above it (one reason serves a group), and outside a `try` that handles ImportError."""
+    lines = source.splitlines()
+    found = []
+    tree = ast.parse(source)
+    guarded: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(
+                isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError")
+                for h in node.handlers):
+            guarded |= {sub.lineno for stmt in node.body for sub in ast.walk(stmt) if hasattr(sub, "lineno")}
+    for func in ast.walk(tree):
+        if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(func):
+            if not isinstance(node, ast.Import | ast.ImportFrom) or node.lineno in guarded:
+                continue
+            row = node.lineno - 1
+            while row >= 0 and "#" not in lines[row] and lines[row].strip().startswith(("import ", "from ")):
+                row -= 1
+            if row < 0 or "#" not in lines[row]:
+                found.append(node.lineno)
+    return found
+
+
+def test_the_lazy_import_check_wants_a_reason() -> None:
+    source = ("def f():\n    import a\n\ndef g():\n    # heavy\n    import b\n    import c\n\ndef h():\n"
+              "    try:\n        import d\n    except ImportError:\n        pass\n    import e  # why\n")
+    assert unexplained_lazy_imports(source) == [2]
+
+
+def test_every_function_level_import_says_why() -> None:
+    """Issue 22: about 50 imports inside functions hid the real layering; those left keep start-up light (torch
+    and friends, the other commands' modules) or run only in a child, and say so."""
+    found = [f"{path.relative_to(ROOT.parent)}:{line}" for path in module_files().values()
+             for line in unexplained_lazy_imports(path.read_text(encoding="utf-8"))]
+    assert found == [], "hoist these imports to the top, or say why beside them:\n" + "\n".join(found)

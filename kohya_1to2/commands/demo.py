@@ -42,6 +42,7 @@ def ensure_tiny_model(console: Console) -> Path:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
+    # the other commands' modules load only when demo runs, not for every command's --help
     from kohya_1to2.commands.evaluate import EvaluateOptions, evaluate_run
     from kohya_1to2.commands.launch import LaunchOptions, launch
     from kohya_1to2.commands.prepare import PrepareOptions, prepare

@@ -10,18 +10,17 @@ from rich.table import Table
 from rich.text import Text
 
 from kohya_1to2 import kohya
+from kohya_1to2.configs.lint import read_toml
 from kohya_1to2.environment.probe import Finding, base_model_finding, findings, planned_substitutions, probe_environment
 from kohya_1to2.environment.vendor import default_sd_scripts, pin_mismatches
 from kohya_1to2.errors import SetupError, UsageError
+from kohya_1to2.kohya import flatten_training_config
 from kohya_1to2.models import STAGES
 from kohya_1to2.rundir import RunDir
 
 
 def base_model_lines(args: argparse.Namespace) -> list[Finding]:
     """--base-model, and the base model of each stage of RUN_DIR, if given."""
-    from kohya_1to2.configs.lint import read_toml
-    from kohya_1to2.kohya import flatten_training_config
-
     out = []
     if getattr(args, "base_model", None):
         out.append(base_model_finding(str(args.base_model), "--base-model"))

@@ -47,7 +47,7 @@ def evaluate_run(args: EvaluateOptions, console: Console) -> int:
     with ExitStack() as locks:
         held = tuple(locks.enter_context(writer_lock(RunDir(run_dir), "evaluate")) for run_dir in run_dirs)
         evaluate(args, console, run_dirs, hold=held)
-    from kohya_1to2.evaluate.report import write_report
+    from kohya_1to2.evaluate.report import write_report  # the report's modules only once there is one to write
 
     for run_dir in run_dirs:
         console.print(Text(f"report: {write_report(run_dir)}"), soft_wrap=True)

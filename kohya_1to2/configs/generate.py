@@ -21,6 +21,7 @@ from rich.text import Text
 
 from kohya_1to2 import kohya
 from kohya_1to2.configs.buckets import BucketSettings
+from kohya_1to2.configs.lint import read_toml
 from kohya_1to2.configs.merge import Conflict, merge_toml
 from kohya_1to2.configs.modes import stage_datasets
 from kohya_1to2.configs.presets import effective_settings, load_preset
@@ -311,8 +312,6 @@ def check_plan(job: Job, characters: Sequence[Character], composite_dir: Path, c
 
 def plans_from_run_dir(run_dir: Path) -> list[StagePlan]:
     """The plan of a prepared run directory, from its TOMLs as they are now (hand edits included)."""
-    from kohya_1to2.configs.lint import read_toml
-
     documents: dict[int, tuple[Mapping[str, Any], Mapping[str, Any]]] = {}
     for stage in run_stages(run_dir):
         dataset_name, train_name = file_names(stage)

@@ -35,6 +35,7 @@ from kohya_1to2.configs.presets import (
     load_preset,
     resolved_family,
 )
+from kohya_1to2.dataset.compose import pad_to_aspect, pair_layout
 from kohya_1to2.errors import UsageError
 from kohya_1to2.kohya import final_weights_path
 from kohya_1to2.kohya import options as opt
@@ -348,8 +349,6 @@ class PlannedComposites:
 def plan_composites(job: Job, pairs: Sequence[tuple[tuple[int, int], tuple[int, int]]]) -> PlannedComposites:
     """From each composite's (left, right) upright source sizes: natural sizes, stage 2's bucket choice for
     their aspects, then a bucket to pad to for those the choice would crop by more than MAX_CROP."""
-    from kohya_1to2.dataset.compose import pad_to_aspect, pair_layout
-
     gap, max_side = job.composites.gap, job.composites.max_side
     natural = [pair_layout(left, right, gap, max_side).size for left, right in pairs]
     preset = load_preset(job.training.preset)

@@ -20,6 +20,7 @@ from rich.text import Text
 
 from kohya_1to2 import kohya
 from kohya_1to2.configs.buckets import BucketCount, BucketSettings, assign_buckets
+from kohya_1to2.configs.prompts import sampling_load
 from kohya_1to2.errors import DatasetError
 
 CPU_SMOKE_RUNS = (
@@ -188,8 +189,6 @@ def plan_stage_datasets(stage: int, datasets: Sequence[DatasetPlan], training: M
 
 def _sampling(training: Mapping[str, Any]) -> dict[str, Any]:
     """What the stage samples per epoch, from its sample_prompts file (nothing when sampling is off)."""
-    from kohya_1to2.configs.prompts import sampling_load
-
     path, every = training.get(kohya.SAMPLE_PROMPTS), training.get(kohya.SAMPLE_EVERY_N_EPOCHS)
     if not isinstance(path, str) or not isinstance(every, int) or every < 1 or not Path(path).is_file():
         return {}

@@ -76,7 +76,7 @@ def _to_srgb(image: Image.Image) -> Image.Image:
     icc = image.info.get("icc_profile")
     if icc and image.mode in ("RGB", "CMYK"):
         try:
-            from PIL import ImageCms
+            from PIL import ImageCms  # LittleCMS loads only for an image that carries a profile
 
             source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
             converted = ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
@@ -296,7 +296,7 @@ def encode(image: Image.Image, fmt: str = "png", quality: int = 95) -> bytes:
     if fmt == "png":
         cv2 = _opencv() if opencv_version() else None
         if cv2 is not None:
-            import numpy
+            import numpy  # comes with the training stack (OpenCV's path); the wrapper needs Pillow only
 
             rgb = numpy.asarray(image if image.mode == "RGB" else image.convert("RGB"))
             return _png_with_opencv(cv2, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
@@ -335,14 +335,14 @@ def as_bgr(image: Image.Image) -> Any:
     """An RGB image as OpenCV's BGR array, what `composite_canvas` copies into its canvas. A worker keeps a fitted
     half in this form, so a half shared by many composites is converted once, not once per composite
     (Pillow's export to numpy copies the pixels through its raw encoder)."""
-    import numpy
+    import numpy  # comes with the training stack (OpenCV's path); the wrapper needs Pillow only
 
     return bgr_from_rgb(numpy.asarray(image))
 
 
 def rgb_array(data: bytes, size: Size, offset: int = 0) -> Any:
     """Raw RGB pixels as `Image.tobytes` gives them (from `offset`) viewed as an array, without a copy."""
-    import numpy
+    import numpy  # comes with the training stack (OpenCV's path); the wrapper needs Pillow only
 
     return numpy.frombuffer(data, numpy.uint8, size[0] * size[1] * 3, offset).reshape(size[1], size[0], 3)
 
@@ -371,7 +371,7 @@ def composite_canvas(left: Any, right: Any, layout: PairLayout, background_rgb: 
     """
     if not uses_opencv(fmt):
         return join(left, right, layout, background_rgb)
-    import numpy
+    import numpy  # comes with the training stack (OpenCV's path); the wrapper needs Pillow only
 
     width, height = layout.size
     if layout.canvas is not None:

@@ -13,8 +13,10 @@ before the first worker can start.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import itertools
+import multiprocessing
 import os
 import shutil
 import signal
@@ -26,6 +28,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from kohya_1to2.dataset import compose, preview
 from kohya_1to2.errors import (
@@ -122,8 +126,6 @@ def shared_sources(items: Sequence[WorkItem]) -> frozenset[str]:
 
 def spill_fits(items: Sequence[WorkItem], max_side: int | None, run_dir: Path) -> bool:
     """Spill decoded sources to disk only if (pixels of every source + one resized copy) fit the budget."""
-    from PIL import Image
-
     total = 0
     for path in sorted({p for item in items for p in (item.left, item.right)}):
         try:
@@ -271,8 +273,6 @@ def release_freed_memory() -> None:
 
 def _load_libc() -> Any:
     try:
-        import ctypes
-
         libc = ctypes.CDLL("libc.so.6")
         libc.malloc_trim  # noqa: B018  (glibc only)
         return libc
@@ -320,8 +320,6 @@ def _write_spill(path: Path, size: tuple[int, int], source_size: tuple[int, int]
 def _spilled(key: str, make: Callable[[], tuple[Any, tuple[int, int]]]) -> tuple[Any, tuple[int, int]]:
     """Decoded pixels shared by all workers through raw files: each source is decoded (and each pair
     height resized) once per build instead of once per worker and cache miss."""
-    from PIL import Image
-
     path = _spill_path(key)
     hit = _read_spill(path)
     if hit is not None:
@@ -487,8 +485,6 @@ def _submit(executor: ProcessPoolExecutor, queue: Iterator[list[WorkItem]], coun
 def _pool_context() -> Any:
     """forkserver: one clean process imports the worker code once and workers fork from it on demand (never
     plain fork: the parent runs a progress-bar thread); spawn where forkserver does not exist."""
-    import multiprocessing
-
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")

@@ -73,7 +73,7 @@ def find_open_clip_vocab() -> Path:
 
 def save_clip_tokenizer(out: Path) -> None:
     """Write a CLIPTokenizer (vocab.json + merges.txt + configs) equivalent to clip-vit-large-patch14's."""
-    from transformers import CLIPTokenizer
+    from transformers import CLIPTokenizer  # the training stack: seconds to import, so only when building
 
     vocab, merges = clip_vocab_and_merges(find_open_clip_vocab())
     raw = out.parent / (out.name + ".raw")
@@ -107,6 +107,7 @@ SCHEDULER: dict[str, Any] = {
 
 def build_tiny_model(out: Path) -> Path:
     """Build the model into `out` (a diffusers folder); deterministic for a given library version."""
+    # torch and friends: the training stack, seconds to import, so only when a model is built
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer

@@ -14,8 +14,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rich.text import Text
+
+from kohya_1to2.configs.presets import load_preset
+from kohya_1to2.configs.render import preset_value
 from kohya_1to2.dataset.captions import composite_caption
 from kohya_1to2.dataset.scan import Problem
+from kohya_1to2.environment.tiny_model import clip_vocab_and_merges, find_open_clip_vocab
+from kohya_1to2.errors import SetupError
 from kohya_1to2.kohya import options as opt
 from kohya_1to2.models import CaptionRules, Character, CompositePlan, Job
 
@@ -36,12 +42,9 @@ def clip_token_counter() -> TokenCounter | None:
     """Tokens of a text without BOS/EOS, as sd-scripts' CLIP tokenizer splits it; None without the training
     stack (`tokenizers` and open-clip-torch's vocabulary come with it, not with the wrapper)."""
     try:
-        from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+        from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers  # training stack
     except ImportError:
         return None
-    from kohya_1to2.environment.tiny_model import clip_vocab_and_merges, find_open_clip_vocab
-    from kohya_1to2.errors import SetupError
-
     try:
         vocab, merges = clip_vocab_and_merges(find_open_clip_vocab())
     except SetupError:
@@ -117,9 +120,6 @@ def _listed(over: list[tuple[int, Path]], what: str, limit: int, fix: str) -> li
 
 def job_max_tokens(job: Job) -> int | None:
     """The preset's max_token_length (what both stages' training TOMLs get)."""
-    from kohya_1to2.configs.presets import load_preset
-    from kohya_1to2.configs.render import preset_value
-
     value = preset_value(load_preset(job.training.preset), opt.MAX_TOKEN_LENGTH)
     return value if isinstance(value, int) else None
 
@@ -135,8 +135,6 @@ def _too_long(path: Path, what: str, tokens: int, limit: int, fix: str) -> Probl
 def print_caption_length_warnings(console: Console, characters: Sequence[Character],
                                   plans: Iterable[CompositePlan], job: Job) -> None:
     """prepare's shell: the warnings of `caption_length_problems` for this job, one line each."""
-    from rich.text import Text
-
     if clip_token_counter() is None:
         console.print(Text("caption lengths not checked: the CLIP tokenizer comes with the training stack "
                            "(run ./bootstrap.sh)", style="dim"), soft_wrap=True)

@@ -244,6 +244,7 @@ def _api(name: str) -> Any:
 
 def _run_models(request: Path, result: Path) -> None:
     """The child's work: detect figures, CCIP features of figures and sources, differences between them."""
+    # the child's work only: the parent evaluating never loads the models' stack
     import numpy as np
     from PIL import Image
 

@@ -23,7 +23,8 @@ from rich.console import Console
 from rich.table import Table
 
 from kohya_1to2 import kohya
-from kohya_1to2.configs.presets import PresetSettings, run_family
+from kohya_1to2.configs.presets import PresetSettings, effective_settings, load_preset, run_family
+from kohya_1to2.dataset.scan import scan_sources
 from kohya_1to2.environment.vendor import require_sd_scripts
 from kohya_1to2.errors import DatasetError, UsageError
 from kohya_1to2.evaluate import compare
@@ -91,8 +92,6 @@ class RunPlan:
 
 def load_run(run_dir: Path) -> RunInputs:
     """A run's job and the characters its sources hold now."""
-    from kohya_1to2.dataset.scan import scan_sources
-
     job = load_job(run_dir)
     characters = tuple(scan_sources(job.sources).characters)
     if not characters:
@@ -103,8 +102,6 @@ def load_run(run_dir: Path) -> RunInputs:
 def evaluation_prompts(args: EvaluateOptions, run: RunInputs) -> tuple[list[EvalPrompt], PresetSettings]:
     """The run's prompts (its characters, its preset's sizes and negative prompt) and its preset's settings, with
     the run's command-line choices applied as for training (`--resolution` moves the sample size too)."""
-    from kohya_1to2.configs.presets import effective_settings, load_preset
-
     settings = effective_settings(run.job, load_preset(run.job.training.preset))
     triggers = [(c.name, c.trigger) for c in run.characters]
     prompts = character_prompts(triggers, settings, run.job.composites.captions, singles=args.singles,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +96,6 @@ def training_script(family: Family) -> str:
 
 def installed_lycoris_version() -> str | None:
     """lycoris-lora's version from package metadata (no import)."""
-    from importlib import metadata
-
     try:
         return metadata.version("lycoris-lora")
     except metadata.PackageNotFoundError:

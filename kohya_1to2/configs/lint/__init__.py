@@ -45,10 +45,13 @@ from kohya_1to2.configs.lint.training import (
     startup_value_problem,
 )
 from kohya_1to2.configs.presets import run_family
+from kohya_1to2.configs.render import file_names, subset_role
 from kohya_1to2.errors import CheckError
+from kohya_1to2.imagefiles import image_sizes, list_images
 from kohya_1to2.kohya import TRAINING_SCRIPTS
 from kohya_1to2.kohya import options as opt
-from kohya_1to2.rundir import RunDir
+from kohya_1to2.models import IMAGE_EXTENSIONS
+from kohya_1to2.rundir import RunDir, load_job, run_stages, unowned_subset_files
 
 __all__ = [
     "LEVEL_NAMES", "MAX_COMPOSITE_CROP", "NON_STRUCTURAL_NETWORK_ARGS", "POSITIVE_DATASET_KEYS",
@@ -82,11 +85,6 @@ def lint_file(path: Path, family: str | None = None) -> list[ConfigProblem]:
 
 def lint_run(run_dir: Path) -> list[ConfigProblem]:
     """Every generated file of a run directory, plus the cross-file 1to2 checks."""
-    from kohya_1to2.configs.render import file_names, subset_role
-    from kohya_1to2.imagefiles import image_sizes, list_images
-    from kohya_1to2.models import IMAGE_EXTENSIONS
-    from kohya_1to2.rundir import run_stages
-
     family = run_family(run_dir)
     script = TRAINING_SCRIPTS[family]
     problems: list[ConfigProblem] = []
@@ -128,8 +126,6 @@ def lint_run(run_dir: Path) -> list[ConfigProblem]:
 
 def protected_trees(run_dir: Path) -> list[tuple[str, Path]]:
     """The run's source and regularisation roots (from job.json): nothing of a run may be written there."""
-    from kohya_1to2.rundir import load_job
-
     if not RunDir(run_dir).job_file.is_file():
         return []
     sources = load_job(run_dir).sources
@@ -138,8 +134,6 @@ def protected_trees(run_dir: Path) -> list[tuple[str, Path]]:
 
 def lint_ownership(run_dir: Path) -> list[ConfigProblem]:
     """A file in the composite subset that prepare did not write would be trained as a composite."""
-    from kohya_1to2.rundir import load_job, unowned_subset_files
-
     layout = RunDir(run_dir)
     caption_extension = load_job(run_dir).sources.caption_extension if layout.job_file.is_file() else ".txt"
     return [ConfigProblem(file=str(path), key="(file)", problem="not written by prepare, yet in the stage-2 subset: "

@@ -17,6 +17,16 @@ from kohya_1to2.configs.lint.problems import (
     load_snapshot,
     parser_actions,
 )
+from kohya_1to2.configs.render import subset_role
+from kohya_1to2.kohya import (
+    LYCORIS_PIN,
+    TRAINING_PATH_KEYS,
+    TRAINING_TO_DATASET_KEYS,
+    WRITTEN_PATH_KEYS,
+    base_model_problem,
+    final_weights_of,
+    lycoris_sd1_problem,
+)
 from kohya_1to2.kohya import options as opt
 from kohya_1to2.kohya.buckets import SD_BUCKET_DEFAULTS, BucketSettings, assign_buckets
 
@@ -34,8 +44,6 @@ def _subset_values(dataset_doc: Mapping[str, Any]) -> list[tuple[str, dict[str, 
 
 
 def lint_network(flat: Mapping[str, Any], file: str, family: str | None = None) -> list[ConfigProblem]:
-    from kohya_1to2.kohya import LYCORIS_PIN, installed_lycoris_version, lycoris_sd1_problem
-
     problems = []
     module = flat.get(opt.NETWORK_MODULE)
     if isinstance(module, str) and not module.startswith("networks."):
@@ -50,7 +58,8 @@ def lint_network(flat: Mapping[str, Any], file: str, family: str | None = None) 
                                     problem=f"algo={algo}: the 1to2 method trains a LoHa",
                                     fix=f'put "algo=loha" in {opt.NETWORK_ARGS}'))
         args = flat.get(opt.NETWORK_ARGS)
-        broken = lycoris_sd1_problem(installed_lycoris_version(), family, args if isinstance(args, list) else None)
+        installed = kohya.installed_lycoris_version()
+        broken = lycoris_sd1_problem(installed, family, args if isinstance(args, list) else None)
         if broken:
             message, _, fix = broken.partition("; fix: ")
             problems.append(ConfigProblem(file=file, key=opt.NETWORK_MODULE, problem=message, fix=fix))
@@ -89,8 +98,6 @@ def lint_stage_consistency(flat1: Mapping[str, Any], flat2: Mapping[str, Any], f
 
 def lint_stage_chain(flat1: Mapping[str, Any], flat2: Mapping[str, Any], file1: str, file2: str) -> list[ConfigProblem]:
     """Stage 2 continues from stage 1's final file with the same network (used by `check` and `launch`)."""
-    from kohya_1to2.kohya import final_weights_of
-
     stage1_final = final_weights_of(flat1)
     if stage1_final is None:
         return [ConfigProblem(file=file1, key=opt.OUTPUT_DIR, problem="not set; stage 2 cannot find stage 1's network",
@@ -107,8 +114,6 @@ def lint_stage_chain(flat1: Mapping[str, Any], flat2: Mapping[str, Any], file1: 
 
 def lint_paths(flat: Mapping[str, Any], file: str) -> list[ConfigProblem]:
     """Relative paths resolve inside sd-scripts' folder at run time, and the base model must be loadable."""
-    from kohya_1to2.kohya import TRAINING_PATH_KEYS, base_model_problem
-
     problems = []
     for key in TRAINING_PATH_KEYS:
         value = flat.get(key)
@@ -142,8 +147,6 @@ def lint_written_paths(flats: Mapping[int, Mapping[str, Any]], files: Mapping[in
     scan the networks, samples and states as that character's images), never stage 1's output from stage 2;
     outside the run directory is allowed but said. `protected`: (what, folder) pairs; paths are compared
     resolved (symlinks followed), as the kernel will."""
-    from kohya_1to2.kohya import WRITTEN_PATH_KEYS
-
     run_dir = run_dir.resolve()
     problems: list[ConfigProblem] = []
     outputs: dict[int, Path] = {}
@@ -190,8 +193,6 @@ def lint_dataset_keys_in_training(train_doc: Mapping[str, Any], dataset_doc: Map
                                   dataset_file: str, script: str) -> list[ConfigProblem]:
     """A dataset option in the training TOML is only a fallback for subsets that do not set it: where the
     dataset TOML sets it everywhere, sd-scripts ignores it (config_util's BlueprintGenerator fallbacks)."""
-    from kohya_1to2.kohya import TRAINING_TO_DATASET_KEYS
-
     schema = load_snapshot()["dataset_schema"]
     actions = parser_actions(script)
     problems = []
@@ -221,8 +222,6 @@ def lint_composite_subsets(dataset_doc: Mapping[str, Any], train_flat: Mapping[s
                            file: str) -> list[ConfigProblem]:
     """flip_aug on the composites mirrors which character stands left, contradicting the CharLeft/CharRight
     caption (a training-TOML flip_aug applies where the dataset TOML does not set it)."""
-    from kohya_1to2.configs.render import subset_role
-
     problems = []
     for where, values in _subset_values(dataset_doc):
         if subset_role(values) != "composites":

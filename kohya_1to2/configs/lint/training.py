@@ -145,8 +145,6 @@ def _network_arg_problem(item: str) -> str | None:
 
 def startup_value_problem(key: str, value: Any, flat: Mapping[str, Any]) -> tuple[str, str] | None:
     """(problem, fix) for a well-typed value that sd-scripts still refuses (or ignores) at start-up."""
-    from kohya_1to2 import kohya
-
     if key in POSITIVE_TRAINING_KEYS:
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, (int, float)) and not isinstance(item, bool) and item <= 0:
