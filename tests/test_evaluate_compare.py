@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from kohya_1to2.errors import UsageError
+from kohya_1to2.evaluate import metrics as metric
 from kohya_1to2.evaluate.compare import (
     RunRows,
     RunSources,
@@ -69,12 +70,15 @@ def test_records_of_shown_rows_are_relabelled_and_run_records_are_tagged() -> No
     runs = [sequential("a"), joint("b")]
     compared = plan_comparison(runs)
 
-    def rate(row: str) -> dict[str, object]:
-        return {"metric": "composite_rate", "row": row, "label": "x", "kind": "pair", "rate": 0.5}
+    def rate(row: str) -> metric.CompositeRate:
+        return metric.CompositeRate(row=row, label="x", kind="pair", images=2, composites=1, rate=0.5,
+                                    detector_accuracy=1.0)
 
-    records = [[rate("base"), rate("stage1"), {"metric": "calibration", "accuracy": 1.0}],
-               [rate("base"), rate("stage1-e000002"), {"metric": "best_epoch", "row": "stage1-e000002"}]]
-    out = compared_records(compared, runs, records)
+    calibration = metric.CalibrationRecord(seam_threshold=0.5, split_threshold=0.9, accuracy=1.0, positives=2,
+                                           negatives=2)
+    best = metric.BestEpoch(kind="pair", stage=1, row="stage1-e000002", epoch=2, rate=0.5)
+    records = [[rate("base"), rate("stage1"), calibration], [rate("base"), rate("stage1-e000002"), best]]
+    out = [r.model_dump() for r in compared_records(compared, runs, records)]
     assert [(r["metric"], r.get("label"), r["run"]) for r in out] == [
         ("composite_rate", "base model", "a (sequential)"),
         ("composite_rate", "a (sequential) · stage 1 final", "a (sequential)"),

@@ -52,11 +52,11 @@ def fake_run(root: Path) -> RunDir:
         "prompts": [{"id": "pair_akari__bob", "kind": "pair", "text": "akari/bob"}],
         "grids": {"pair_akari__bob": "eval/grids/pair_akari__bob.png"}}))
     calibration = Calibration(0.5, 0.97, 1.0, 12, 12)
-    records = [metric.calibration_record(calibration),
-               {"metric": "composite_rate", "row": "stage2-e000001", "label": "stage 2 epoch 1", "stage": 2,
-                "epoch": 1, "kind": "pair", "images": 4, "composites": 1, "rate": 0.25, "detector_accuracy": 1.0},
-               metric.identity_record("identity scores unavailable: dghs-imgutils is not installed")]
-    records.append(metric.best_epoch(records[1:2]))
+    rate = metric.CompositeRate(row="stage2-e000001", label="stage 2 epoch 1", stage=2, epoch=1, kind="pair",
+                                images=4, composites=1, rate=0.25, detector_accuracy=1.0)
+    records = [metric.CalibrationRecord.of(calibration), rate,
+               metric.IdentityStatus(status="identity scores unavailable: dghs-imgutils is not installed"),
+               metric.BestEpoch.of([rate])]
     run.eval_metrics.write_text(metric.metrics_text(records))
     return run
 
@@ -130,10 +130,11 @@ def test_a_joint_run_shows_its_one_stage_and_no_stage_2(tmp_path: Path) -> None:
     job = Job(out=run.root, sources=SourceSettings(roots=[tmp_path / "src"]), training=TrainingSettings(mode="joint"))
     run.job_file.write_text(job.model_dump_json())
     records = metric.read_metrics(run.eval_metrics.read_text())
-    rates = [{**r, "row": "stage1-e000001", "label": "joint epoch 1", "stage": 1} for r in records
-             if r["metric"] == "composite_rate"]
-    best = metric.best_epoch(rates, "pair", stage=1)
-    run.eval_metrics.write_text(metric.metrics_text([r for r in records if r["metric"] != "best_epoch"] + [best]))
+    rates = [r.model_copy(update={"row": "stage1-e000001", "label": "joint epoch 1", "stage": 1})
+             for r in metric.of_kind(records, metric.CompositeRate)]
+    best = metric.BestEpoch.of(rates, "pair", stage=1)
+    kept = [r for r in records if not isinstance(r, metric.BestEpoch | metric.CompositeRate)]
+    run.eval_metrics.write_text(metric.metrics_text([*kept, *rates, best]))
     page = build_report(run.root)
     assert "<h2>Stage 2 vs stage 1</h2>" not in page and "<h3>stage 2</h3>" not in page
     assert page.count("<h3>joint</h3>") == 2  # loss curves and training samples of its one stage
@@ -154,15 +155,15 @@ def test_a_comparison_is_one_section_whose_links_resolve(tmp_path: Path) -> None
         "prompts": [{"id": "pair_akari__bob", "kind": "pair", "text": "akari/bob"}], "seeds": [1000, 1001],
         "steps": 2, "multiplier": 1.0, "grids": {"pair_akari__bob": "eval/compare/grids/pair_akari__bob.png"}}))
 
-    def rate(run: str, label: str, stage: int, rate: float) -> dict[str, object]:
-        return {"metric": "composite_rate", "row": label, "label": label, "stage": stage, "epoch": 1, "kind": "pair",
-                "images": 4, "composites": int(rate * 4), "rate": rate, "detector_accuracy": 1.0, "run": run}
+    def rate(run: str, label: str, stage: int, rate: float) -> metric.CompositeRate:
+        return metric.CompositeRate(row=label, label=label, stage=stage, epoch=1, kind="pair", images=4,
+                                    composites=int(rate * 4), rate=rate, detector_accuracy=1.0, run=run)
 
     seq, joint = (r["title"] for r in runs)
-    records = [rate(seq, "base model", 0, 0.0), rate(seq, "run_seq (sequential) · stage 2 epoch 1", 2, 0.25),
-               rate(joint, "run_joint (joint) · joint epoch 1", 1, 0.5)]
-    records += [{**metric.best_epoch(records[1:2]), "run": seq},
-                {**metric.best_epoch(records[2:3], stage=1), "run": joint}]
+    rates = [rate(seq, "base model", 0, 0.0), rate(seq, "run_seq (sequential) · stage 2 epoch 1", 2, 0.25),
+             rate(joint, "run_joint (joint) · joint epoch 1", 1, 0.5)]
+    records: list[metric.Record] = [*rates]
+    records += [metric.BestEpoch.of(rates[1:2]).for_run(seq), metric.BestEpoch.of(rates[2:3], stage=1).for_run(joint)]
     (compare / "metrics.jsonl").write_text(metric.metrics_text(records))
     page = build_report(first.root)
     section = page[page.index('<section id="comparison">'):]
@@ -181,7 +182,7 @@ def test_a_comparison_is_one_section_whose_links_resolve(tmp_path: Path) -> None
     joint_final = Row(id="run_joint/stage1-e000001", label="run_joint (joint) · joint epoch 1", stage=1, epoch=1)
     scores = {"images": 4, "figures": 8, "similarity": {"akari": 0.91, "bob": 0.88}, "pair_images": 2,
               "both_present_rate": 0.5, "clone_rate": 0.0}
-    records.append({**metric.identity_scores_record(joint_final, scores, 0.18), "run": joint})
+    records.append(metric.IdentityScores.of(joint_final, scores, 0.18).for_run(joint))
     (compare / "metrics.jsonl").write_text(metric.metrics_text(records))
     page = build_report(first.root)
     section = page[page.index('<section id="comparison">'):]

@@ -10,13 +10,13 @@ model of runs with the same base model and settings, for one.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from kohya_1to2.errors import UsageError
+from kohya_1to2.evaluate import metrics as metric
 from kohya_1to2.evaluate.rows import Row
 
 COMPARE_FOLDER = "compare"
@@ -130,19 +130,19 @@ def plan_comparison(runs: Sequence[RunRows]) -> list[ComparedRow]:
 
 
 def compared_records(compared: Sequence[ComparedRow], runs: Sequence[RunRows],
-                     records: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+                     records: Sequence[Sequence[metric.Record]]) -> list[metric.Record]:
     """One metrics list for the comparison: each shown row's records relabelled; each run's other records
     (detector calibration, best epoch, identity status) tagged with the run."""
     shown = {(row.run, row.row.id): row for row in compared}
-    out: list[dict[str, Any]] = []
+    out: list[metric.Record] = []
     for index, run_records in enumerate(records):
         for record in run_records:
-            if "label" in record:  # a per-row record
-                row = shown.get((index, str(record.get("row"))))
+            if isinstance(record, metric.RowRecord):
+                row = shown.get((index, record.row))
                 if row is not None:
-                    out.append({**record, "row": row.id, "label": row.label, "run": runs[index].title})
+                    out.append(record.for_run(runs[index].title, row=row.id, label=row.label))
             else:
-                out.append({**record, "run": runs[index].title})
+                out.append(record.for_run(runs[index].title))
     return out
 
 

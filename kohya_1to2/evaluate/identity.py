@@ -215,11 +215,11 @@ def measure_in_child(sources: Mapping[str, Sequence[Path]], images: Sequence[Pat
 def identity_records(rows: Sequence[Row], prompts: Sequence[EvalPrompt], seeds: Sequence[int],
                      characters: Sequence[Character], images_dir: Path, *,
                      availability: Availability | None = None,
-                     measure: Measure = measure_in_child) -> list[dict[str, Any]]:
+                     measure: Measure = measure_in_child) -> list[metric.Record]:
     """The status record, then one record of numbers per row when the models could run; never a made-up number."""
     availability = availability or check_availability()
     if not availability.available:
-        return [metric.identity_record(availability.reason)]
+        return [metric.IdentityStatus(status=availability.reason)]
     wanted = [(row.id, prompt, images_dir / row.id / image_name(prompt, seed))
               for row in rows for prompt in prompts if prompt.kind in ("single", "pair") for seed in seeds]
     wanted = [(row, prompt, path) for row, prompt, path in wanted if path.is_file()]
@@ -227,14 +227,14 @@ def identity_records(rows: Sequence[Row], prompts: Sequence[EvalPrompt], seeds: 
     try:
         threshold, found = measure(sources, [p for _, _, p in wanted])
     except (RuntimeError, OSError, ValueError, KeyError) as exc:
-        return [metric.identity_record(f"identity scores unavailable: the {IMGUTILS_DISTRIBUTION} models did not "
-                                       f"run ({exc}), so no number is shown")]
+        return [metric.IdentityStatus(status=f"identity scores unavailable: the {IMGUTILS_DISTRIBUTION} models did "
+                                              f"not run ({exc}), so no number is shown")]
     scored = [ScoredImage(row=row, kind=prompt.kind, characters=prompt.characters,
                           figures=figures_from_measurement(found.get(str(path), [])))
               for row, prompt, path in wanted]
-    return [metric.identity_record(f"{availability.reason} ({threshold:.4g})", available=True),
-            *(metric.identity_scores_record(row, row_identity(row.id, scored, list(sources), threshold).model_dump(),
-                                            threshold)
+    return [metric.IdentityStatus(status=f"{availability.reason} ({threshold:.4g})", available=True),
+            *(metric.IdentityScores.of(row, row_identity(row.id, scored, list(sources), threshold).model_dump(),
+                                       threshold)
               for row in rows)]
 
 

@@ -297,41 +297,35 @@ def prompt_grids(run: RunDir, summary: Mapping[str, Any], rows: str, max_height:
     return body
 
 
-def metrics_html(records: Sequence[Mapping[str, Any]], stages: Sequence[int] = STAGES, mode: str = DEFAULT_MODE) -> str:
+def metrics_html(records: Sequence[metric.Record], stages: Sequence[int] = STAGES, mode: str = DEFAULT_MODE) -> str:
     """Composite rate per row and kind with the detector's accuracy, best epoch with its rule, identity status."""
     body = ""
-    calibration = next((r for r in records if r["metric"] == "calibration"), None)
-    rates = [r for r in records if r["metric"] == "composite_rate"]
+    calibration = next(iter(metric.of_kind(records, metric.CalibrationRecord)), None)
     if calibration:
-        body += (f"<p>Composite detector: calibrated on {calibration['positives']} of the run's composites vs "
-                 f"{calibration['negatives']} stage-1 sources, accuracy {calibration['accuracy']:.1%}.</p>")
-        body += composite_rate_table(rates)
+        body += f"<p>{calibration.sentence()}</p>"  # our words and numbers only
+        body += composite_rate_table(metric.of_kind(records, metric.CompositeRate))
     else:
         body += '<p class="missing">No composite rate: the run has no composites or sources to calibrate on.</p>'
-    for best in (r for r in records if r["metric"] == "best_epoch"):
+    for best in metric.of_kind(records, metric.BestEpoch):
         body += f"<p>{best_epoch_html(best, stages, mode)}</p>"
-    for identity in (r for r in records if r["metric"] == "identity"):
-        body += f"<p class=note>{esc(identity['status'])}.</p>"
+    for identity in metric.of_kind(records, metric.IdentityStatus):
+        body += f"<p class=note>{esc(identity.status)}.</p>"
     headers, identity_rows = metric.identity_table(records)
     if identity_rows:
         body += table(headers, identity_rows, numeric=range(1, len(headers)))
     return body
 
 
-def composite_rate_table(rates: Sequence[Mapping[str, Any]]) -> str:
+def composite_rate_table(rates: Sequence[metric.CompositeRate]) -> str:
     """One row per (weights row, prompt kind): images, judged composites, rate, and the detector's accuracy."""
-    return table(["row", "prompt kind", "images", "judged composites", "composite rate", "detector accuracy"],
-                 [(r["label"], r["kind"], r["images"], r["composites"],
-                   "-" if r["rate"] is None else f"{r['rate']:.0%}", f"{r['detector_accuracy']:.1%}")
-                  for r in rates], numeric=[2, 3, 4, 5])
+    return table(metric.CompositeRate.HEADERS, [r.cells() for r in rates], numeric=[2, 3, 4, 5])
 
 
-def best_epoch_html(best: Mapping[str, Any], stages: Sequence[int], mode: str) -> str:
+def best_epoch_html(best: metric.BestEpoch, stages: Sequence[int], mode: str) -> str:
     """`Best stage-2 epoch for pair prompts: epoch 3 (10%). Rule: ...` (a joint run: `Best joint epoch ...`)."""
-    title = stage_title(stages, int(best.get("stage", stages[-1])), mode).replace(" ", "-")
-    choice = f"none (no {title} row)" if best["epoch"] is None else f"epoch {best['epoch']} ({best['rate']:.0%})"
-    return (f"Best {esc(title)} epoch for {esc(best['kind'])} prompts: <b>{esc(choice)}</b>. "
-            f"Rule: {esc(best['rule'])}.")
+    title = stage_title(stages, best.stage, mode).replace(" ", "-")
+    choice = f"none (no {title} row)" if best.epoch is None else f"epoch {best.epoch} ({best.rate or 0:.0%})"
+    return f"Best {esc(title)} epoch for {esc(best.kind)} prompts: <b>{esc(choice)}</b>. Rule: {esc(best.rule)}."
 
 
 def comparison_section(run: RunDir) -> str | None:
@@ -351,21 +345,21 @@ def comparison_section(run: RunDir) -> str | None:
             f"sampled with the same {len(summary['prompts'])} prompts, seeds {', '.join(map(str, summary['seeds']))}, "
             f"sizes and {summary['steps']} steps; a row whose images are the same for several runs (the base model "
             f"of runs with the same base model and settings) is shown once.</p>")
-    rates = [r for r in records if r["metric"] == "composite_rate"]
+    rates = metric.of_kind(records, metric.CompositeRate)
     if rates:
         body += composite_rate_table(rates)
     else:
         body += '<p class="missing">No composite rate: the runs have no composites or sources to calibrate on.</p>'
     notes = []
     for record in records:
-        if record["metric"] == "calibration":
-            notes.append(f"{esc(record['run'])}: composite detector accuracy {record['accuracy']:.1%} on "
-                         f"{record['positives']} composites vs {record['negatives']} sources.")
-        elif record["metric"] == "best_epoch":
-            stages = next((tuple(r.get("stages", ())) for r in runs if r["title"] == record["run"]), ()) or STAGES
-            mode = next((r["mode"] for r in runs if r["title"] == record["run"]), DEFAULT_MODE)
-            notes.append(f"{esc(record['run'])}: {best_epoch_html(record, stages, mode)}")
-    notes += list(dict.fromkeys(f"{esc(r['status'])}." for r in records if r["metric"] == "identity"))
+        if isinstance(record, metric.CalibrationRecord):
+            notes.append(f"{esc(record.run)}: composite detector accuracy {record.accuracy:.1%} on "
+                         f"{record.positives} composites vs {record.negatives} sources.")
+        elif isinstance(record, metric.BestEpoch):
+            stages = next((tuple(r.get("stages", ())) for r in runs if r["title"] == record.run), ()) or STAGES
+            mode = next((r["mode"] for r in runs if r["title"] == record.run), DEFAULT_MODE)
+            notes.append(f"{esc(record.run)}: {best_epoch_html(record, stages, mode)}")
+    notes += list(dict.fromkeys(f"{esc(r.status)}." for r in metric.of_kind(records, metric.IdentityStatus)))
     body += "".join(f"<p class=note>{note}</p>" for note in notes)
     headers, identity_rows = metric.identity_table(records)
     if identity_rows:  # each row's identity numbers, relabelled with its run like the composite rates

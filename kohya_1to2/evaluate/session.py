@@ -178,7 +178,7 @@ def evaluate(args: EvaluateOptions, console: Console, run_dirs: Sequence[Path], 
 
 
 def evaluate_planned(args: EvaluateOptions, console: Console, plan: RunPlan, prompts: Sequence[EvalPrompt],
-                     seeds: Sequence[int], steps: int, prefix: str, hold: tuple[int, ...] = ()) -> list[dict[str, Any]]:
+                     seeds: Sequence[int], steps: int, prefix: str, hold: tuple[int, ...] = ()) -> list[metric.Record]:
     """Generate one run's stale images, then write its grids, metrics.jsonl and evaluation.json."""
     layout, rows = plan.run.layout, plan.rows
     if len(rows) == 1:
@@ -208,8 +208,8 @@ def comparison_dir(first: RunDir) -> Path:
 
 
 def write_comparison(args: EvaluateOptions, plans: Sequence[RunPlan], names: Sequence[str],
-                     records: Sequence[Sequence[dict[str, Any]]], prompts: Sequence[EvalPrompt],
-                     seeds: Sequence[int], steps: int) -> list[dict[str, Any]]:
+                     records: Sequence[Sequence[metric.Record]], prompts: Sequence[EvalPrompt],
+                     seeds: Sequence[int], steps: int) -> list[metric.Record]:
     """The first run's eval/compare/: one grid per prompt over every run's rows, metrics.jsonl, comparison.json."""
     runs = [compare.RunRows(name=name, mode=plan.run.job.training.mode, rows=tuple(plan.rows),
                             cells={job.row.id: tuple(key for _, _, key in job.cells) for job in plan.jobs})
@@ -254,9 +254,9 @@ def write_grids(out: Path, rows: Sequence[tuple[str, Path]], prompts: Sequence[E
 
 
 def measure(layout: RunDir, rows: Sequence[Row], prompts: Sequence[EvalPrompt], seeds: Sequence[int],
-            characters: Sequence[Character], final_stage: int) -> list[dict[str, Any]]:
+            characters: Sequence[Character], final_stage: int) -> list[metric.Record]:
     """Calibrate the seam detector on the run's composites vs sources, then score every generated image."""
-    records: list[dict[str, Any]] = []
+    records: list[metric.Record] = []
     composites = sorted(p for p in layout.composites.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".webp"))
     sources = sorted(image.path for c in characters for image in c.images)
     cache_file = layout.eval_dir / SEAM_CACHE_FILE
@@ -277,7 +277,7 @@ def measure(layout: RunDir, rows: Sequence[Row], prompts: Sequence[EvalPrompt], 
         positives = [cached_scores(p) for p in even_sample(composites)]  # type: ignore[arg-type]
         negatives = [cached_scores(p) for p in even_sample(sources)]  # type: ignore[arg-type]
         calibration = calibrate(positives, negatives)
-        records.append(metric.calibration_record(calibration))
+        records.append(metric.CalibrationRecord.of(calibration))
         image_scores: dict[tuple[str, str], SeamScores] = {}
         for row in rows:
             for prompt in prompts:
@@ -287,7 +287,7 @@ def measure(layout: RunDir, rows: Sequence[Row], prompts: Sequence[EvalPrompt], 
                         image_scores[(row.id, path.name)] = cached_scores(path)
         rates = metric.composite_rates(rows, prompts, seeds, image_scores, calibration)
         records += rates
-        records.append(metric.best_epoch(rates, "pair", final_stage))
+        records.append(metric.BestEpoch.of(rates, "pair", final_stage))
     records += identity_records(rows, prompts, seeds, characters, layout.eval_images)
     atomic_write_text(cache_file, json.dumps(used) + "\n")  # only what this evaluation used
     return records
@@ -301,23 +301,23 @@ def _load_seam_cache(path: Path) -> dict[str, list[float]]:
     return {str(k): [float(v[0]), float(v[1])] for k, v in data.items()} if isinstance(data, dict) else {}
 
 
-def rates_table(records: Sequence[dict[str, Any]], title_prefix: str = "") -> Table:
+def rates_table(records: Sequence[metric.Record], title_prefix: str = "") -> Table:
     table = Table(title=f"{title_prefix}composite rate (share of images judged side-by-side panels)")
     table.add_column("row")
-    kinds = sorted({r["kind"] for r in records if r["metric"] == "composite_rate"})
+    rates: list[metric.CompositeRate] = metric.of_kind(records, metric.CompositeRate)
+    kinds = sorted({r.kind for r in rates})
     for kind in kinds:
         table.add_column(kind, justify="right")
-    for label in dict.fromkeys(r["label"] for r in records if r["metric"] == "composite_rate"):
+    for label in dict.fromkeys(r.label for r in rates):
         cells = []
         for kind in kinds:
-            rec = next((r for r in records if r["metric"] == "composite_rate" and r["label"] == label
-                        and r["kind"] == kind), None)
-            cells.append("-" if rec is None or rec["rate"] is None else f"{rec['rate']:.0%} of {rec['images']}")
+            rec = next((r for r in rates if r.label == label and r.kind == kind), None)
+            cells.append("-" if rec is None or rec.rate is None else f"{rec.rate:.0%} of {rec.images}")
         table.add_row(label, *cells)
-    calibrations = [r for r in records if r["metric"] == "calibration"]
+    calibrations: list[metric.CalibrationRecord] = metric.of_kind(records, metric.CalibrationRecord)
     if calibrations:
         table.caption = "; ".join(
-            (f"{r['run']}: " if "run" in r else "")
-            + f"detector accuracy {r['accuracy']:.0%} on {r['positives']} composites vs {r['negatives']} sources"
+            (f"{r.run}: " if r.run else "")
+            + f"detector accuracy {r.accuracy:.0%} on {r.positives} composites vs {r.negatives} sources"
             for r in calibrations)
     return table
