@@ -132,7 +132,7 @@ def test_pair_canvas_is_landscape_and_changeable() -> None:
 
 
 def test_rotation_follows_the_epoch_lines_of_a_running_stage_and_restores_the_file(tmp_path) -> None:
-    from kohya_1to2.configs.prompts import rotating_sample_prompts
+    from kohya_1to2.launch.prompt_rounds import rotating_sample_prompts
 
     path = tmp_path / "sample_prompts.txt"
     original = sample_prompts_text([(f"c{i}", f"char{i}") for i in range(4)], SETTINGS, CaptionRules())

@@ -14,16 +14,13 @@ e.g. at each epoch start; `--sample-pairs all` writes every pair every time inst
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from itertools import permutations, zip_longest
-from pathlib import Path
 
 from kohya_1to2 import kohya
 from kohya_1to2.configs.presets import PresetSettings
 from kohya_1to2.dataset.captions import CaptionTemplate
 from kohya_1to2.errors import DatasetError, UsageError
-from kohya_1to2.fsutil import atomic_write_text
 from kohya_1to2.kohya import escape_attention
 from kohya_1to2.models import CaptionRules
 
@@ -191,30 +188,3 @@ def sampling_load(text: str) -> tuple[int, int]:
     return images, steps
 
 
-_EPOCH_LINE = kohya.EPOCH_LINE
-
-
-@contextmanager
-def rotating_sample_prompts(
-    prompt_file: object, check: Callable[[str], str | None] | None = None
-) -> Iterator[Callable[[str], str | None] | None]:
-    """While a stage runs, switch the prompt file's active pair round at each `epoch N/M` line (sd-scripts
-    re-reads the file every time it samples), so a stage's epochs cover every ordered pair; the file is
-    restored afterwards, so `prepare` never mistakes the rotation for a hand edit. Wraps the line `check`."""
-    path = Path(prompt_file) if isinstance(prompt_file, str) and prompt_file else None
-    original = path.read_text(encoding="utf-8") if path is not None and path.is_file() else None
-    if path is None or original is None or rotate_prompt_text(original, 2) == original:
-        yield check
-        return
-
-    def observe(line: str) -> str | None:
-        match = _EPOCH_LINE.match(line.strip())
-        if match:
-            atomic_write_text(path, rotate_prompt_text(original, int(match.group(1))))
-        return check(line) if check is not None else None
-
-    try:
-        yield observe
-    finally:
-        if path.read_text(encoding="utf-8") != original:
-            atomic_write_text(path, original)

@@ -19,12 +19,12 @@ import tomlkit
 import tomlkit.exceptions
 
 from kohya_1to2 import kohya
-from kohya_1to2.configs.prompts import rotating_sample_prompts
 from kohya_1to2.errors import SetupError, TrainingError, UsageError
 from kohya_1to2.fsutil import atomic_write_text, free_path
 from kohya_1to2.kohya import options
 from kohya_1to2.launch.argv import StageCommand
 from kohya_1to2.launch.inputs import Attempt, Decision, Record, StageInputs, collect_inputs, decide
+from kohya_1to2.launch.prompt_rounds import rotating_sample_prompts
 from kohya_1to2.launch.run import run_child
 from kohya_1to2.launch.substitutions import Capabilities, Substitution, apply_substitutions, plan_substitutions
 from kohya_1to2.models import STAGES
