@@ -16,8 +16,8 @@ from rich.text import Text
 from kohya_1to2.environment.vendor import require_sd_scripts
 from kohya_1to2.flags import model_overrides
 from kohya_1to2.launch.argv import AccelerateOptions
-from kohya_1to2.launch.pipeline import StageResult, select_stages
-from kohya_1to2.launch.session import LaunchOptions, dry_run_lines, plan_launch, require_checked, run_planned
+from kohya_1to2.launch.pipeline import StageResult, dry_run_text, select_stages
+from kohya_1to2.launch.session import LaunchOptions, plan_launch, require_checked, run_planned
 from kohya_1to2.rundir import RunDir, require_run_dir, run_stages, writer_lock
 
 __all__ = ["LaunchOptions", "launch", "run"]
@@ -66,7 +66,7 @@ def launch_stages(args: LaunchOptions, console: Console, run_dir: Path, selected
     require_checked(run_dir)
     plan = plan_launch(args, run_dir, selected, require_sd_scripts(args.sd_scripts), console)
     if args.dry_run:
-        console.print(Text(dry_run_lines(plan)), soft_wrap=True)
+        console.print(Text(dry_run_text(list(plan.commands.values()))), soft_wrap=True)
         return 0
     console.print(summary_table(run_planned(plan, console, hold)))
     from kohya_1to2.evaluate.report import write_report  # the report's modules only after a training

@@ -27,7 +27,6 @@ from kohya_1to2.launch.pipeline import (
     StageConfig,
     StageResult,
     decide_stages,
-    dry_run_text,
     execute_stage,
     latest_state_dir,
     read_stage,
@@ -125,10 +124,6 @@ def _require_lycoris_fits(stage: StageConfig, family: Family) -> None:
                                       args_list if isinstance(args_list, list) else None)
         if problem:
             raise SetupError(problem, hint="`python -m kohya_1to2 doctor` shows the environment")
-
-
-def dry_run_lines(plan: LaunchPlan) -> str:
-    return dry_run_text(list(plan.commands.values()))
 
 
 def run_planned(plan: LaunchPlan, console: Console, hold: tuple[int, ...] = ()) -> list[StageResult]:
