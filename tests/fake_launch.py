@@ -4,6 +4,7 @@ bench/bench_launch.py: the launch chain runs for real, the training does not (fa
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 FAKE_ACCELERATE = """\
@@ -73,6 +74,18 @@ def make_fake_base_model(root: Path) -> Path:
     base = root / "base.safetensors"
     base.write_bytes(b"fake model")
     return base
+
+
+def write_safetensors_header(path: Path, keys: tuple[str, ...] = (), metadata: dict[str, str] | None = None) -> Path:
+    """A header-only .safetensors file (empty tensors named `keys`, and `__metadata__`): a base model whose
+    header says what it predicts, for `check`'s v-pred tests."""
+    header: dict[str, object] = {key: {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for key in keys}
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    data = json.dumps(header).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(struct.pack("<Q", len(data)) + data)
+    return path
 
 
 def make_fake_gen_img(root: Path) -> Path:

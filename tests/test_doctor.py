@@ -116,3 +116,14 @@ def test_doctor_reports_a_missing_base_model(tmp_path: Path, sd: list[str], caps
     (tmp_path / "gone").mkdir()
     (tmp_path / "gone" / "model_index.json").write_text("{}")
     assert main(["doctor", str(run), *sd]) == 0
+
+
+def test_doctor_shows_what_the_base_model_predicts(tmp_path: Path, sd: list[str], monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.fake_launch import write_safetensors_header
+
+    monkeypatch.setenv("COLUMNS", "400")  # one table row per line
+    base = write_safetensors_header(tmp_path / "models" / "m.safetensors", metadata={"modelspec.prediction_type": "v"})
+    assert main(["doctor", *sd, "--base-model", str(base)]) == 0
+    out = capsys.readouterr().out.replace("\n", "")
+    assert "v-prediction (its metadata modelspec.prediction_type = 'v')" in out

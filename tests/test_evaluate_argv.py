@@ -48,3 +48,9 @@ def test_sdxl_and_v2_flags() -> None:
     assert "--sdxl" in build(family="sdxl") and "--v1" not in build(family="sdxl")
     assert "--v2" in build(family="sd2")
     assert "--v_parameterization" in build(flat={**FLAT, "v_parameterization": True})
+    assert "--zero_terminal_snr" not in build()
+
+
+def test_a_zero_terminal_snr_training_generates_with_the_rescaled_schedule() -> None:
+    argv = build(flat={**FLAT, "v_parameterization": True, "zero_terminal_snr": True})
+    assert "--v_parameterization" in argv and "--zero_terminal_snr" in argv

@@ -60,6 +60,16 @@ def test_user_prompt_file_keeps_its_options_but_not_seed_or_file_name() -> None:
     assert first.id != second.id
 
 
+def test_the_presets_guidance_scale_reaches_every_prompt_a_user_line_does_not_set() -> None:
+    settings = load_preset("noobai-vpred").settings
+    assert settings.sample_cfg_scale == 4.5
+    assert all(p.options == ("l 4.5",) for p in character_prompts(TRIGGERS, settings, CaptionRules()))
+    mine, plain = parse_user_prompts("a knight --l 7\nplain\n", settings, "mine.txt")
+    assert (mine.options, plain.options) == (("l 7",), ("l 4.5",))
+    assert " --l 4.5 " in prompt_line(plain, 1, 28)
+    assert all(p.options == () for p in character_prompts(TRIGGERS, SETTINGS, CaptionRules()))  # smoke: default
+
+
 @pytest.mark.parametrize("text", ["", "# only a comment\n", "--n only options\n", "x --w 10\n"])
 def test_bad_user_prompt_files_are_one_line_errors(text: str) -> None:
     with pytest.raises(UsageError):

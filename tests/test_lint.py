@@ -13,8 +13,18 @@ from PIL import Image
 
 from kohya_1to2.cli import main
 from kohya_1to2.configs.generate import render_run_files, write_run_configs
-from kohya_1to2.configs.lint import ConfigProblem, lint_dataset, lint_file, lint_run, lint_training, value_fits
+from kohya_1to2.configs.lint import (
+    ConfigProblem,
+    lint_dataset,
+    lint_file,
+    lint_prediction,
+    lint_run,
+    lint_training,
+    prediction_summary,
+    value_fits,
+)
 from kohya_1to2.models import Character, Job, SourceImage, SourceSettings, TrainingSettings
+from tests.fake_launch import write_safetensors_header
 
 RUN = Path("/runs/example")
 
@@ -541,3 +551,48 @@ def test_a_written_path_outside_the_run_directory_is_only_a_warning(run_dir: Pat
     [problem] = [p for p in lint_run(run_dir) if p.key == "logging_dir"]
     assert problem.severity == "warning" and "outside the run directory" in problem.problem
     assert main(["check", str(run_dir)]) == 0
+
+
+# ------------------------------------------------------------------------------------- prediction type
+
+V_BASE = {"modelspec.prediction_type": "v"}
+EPS_BASE = {"modelspec.prediction_type": "epsilon"}
+
+
+@pytest.mark.parametrize(("metadata", "keys", "flat", "expected"), [
+    (V_BASE, (), {}, [("v_parameterization", "set v_parameterization = true and zero_terminal_snr = true")]),
+    (EPS_BASE, (), {"v_parameterization": True, "zero_terminal_snr": True},
+     [("v_parameterization", "set v_parameterization = false")]),
+    (None, ("v_pred", "ztsnr"), {"v_parameterization": True}, [("zero_terminal_snr", "zero_terminal_snr = true")]),
+    (None, (), {"zero_terminal_snr": True}, [("zero_terminal_snr", "set v_parameterization = true")]),
+    (V_BASE, (), {"v_parameterization": True, "zero_terminal_snr": True}, []),
+    (EPS_BASE, (), {}, []),
+    ({}, (), {"v_parameterization": True}, []),  # the base says nothing: nothing to compare
+], ids=["v-base-eps-toml", "eps-base-v-toml", "ztsnr-base-without-ztsnr", "ztsnr-without-v", "v-match",
+        "eps-match", "silent-base"])
+def test_prediction_type_is_checked_against_the_base_model(
+        tmp_path: Path, metadata: dict[str, str] | None, keys: tuple[str, ...], flat: dict[str, object],
+        expected: list[tuple[str, str]]) -> None:
+    base = write_safetensors_header(tmp_path / "base.safetensors", keys, metadata)
+    problems = lint_prediction({"pretrained_model_name_or_path": str(base), **flat}, "t.toml")
+    assert [(p.key, p.severity) for p in problems] == [(key, "warning") for key, _ in expected]
+    assert all(fix in p.fix for p, (_, fix) in zip(problems, expected, strict=True))
+
+
+def test_check_warns_of_a_v_pred_base_trained_as_epsilon_in_both_stages(
+        run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = Path(json.loads((run_dir / "job.json").read_text())["training"]["base_model"])
+    write_safetensors_header(base, ("v_pred", "ztsnr"))
+    assert main(["check", str(run_dir)]) == 0  # a warning: the user may know better
+    out = capsys.readouterr().out.replace("\n", "")
+    for stage in (1, 2):
+        assert f"warning: {run_dir / f'stage{stage}.train.toml'}: v_parameterization: base model" in out
+    assert "carries a 'v_pred' key" in out and "--preset noobai-vpred" in out
+
+
+def test_plan_line_shows_both_sides() -> None:
+    assert prediction_summary({"v_parameterization": True, "zero_terminal_snr": True,
+                               "pretrained_model_name_or_path": "/m/noobai-vpred-1.0.safetensors"}) == (
+        "trains v-prediction with zero terminal SNR; base model: v-prediction (its name "
+        "'noobai-vpred-1.0.safetensors' says v-pred)")
+    assert prediction_summary({}).startswith("trains epsilon (noise) prediction; base model: not set")

@@ -191,3 +191,24 @@ def test_plan_command_shows_the_measured_seconds_of_a_stage_that_ran(
     text = console.export_text()
     assert "measured 0.62 s/step (logs/stage1.log, 4 steps)" in text
     assert text.count("measured") == 1 + text.count("measured on"), "stage 2 has not run: no measured figure"
+
+
+def test_plan_command_shows_the_prediction_type_and_what_the_base_model_says(
+        tmp_path: Path, kohya_dataset: Callable[..., Path]) -> None:
+    import argparse
+
+    from kohya_1to2.commands import plan as plan_command
+
+    chars = _characters(kohya_dataset({"alice": 3, "bob": 2}))
+    run = tmp_path / "run"
+    base = tmp_path / "noobaiXL-vpred-1.0.safetensors"
+    base.write_bytes(b"fake")
+    job = Job(out=run, sources=SourceSettings(roots=[tmp_path / "src"]),
+              training=TrainingSettings(preset="noobai-vpred", base_model=str(base)))
+    write_run_configs(job, chars, composite_dir=run / "composites" / "1_composite", composite_repeats=1,
+                      composite_sizes=[(192, 128)] * 4, run_dir=run)
+    console = Console(record=True, width=300)
+    with pytest.raises(DatasetError, match="composite"):  # composites not built here: printed, then refused
+        plan_command.run(argparse.Namespace(run_dir=run), console)
+    assert ("prediction: trains v-prediction with zero terminal SNR; base model: v-prediction (its name "
+            "'noobaiXL-vpred-1.0.safetensors' says v-pred)") in console.export_text()

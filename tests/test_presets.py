@@ -13,10 +13,10 @@ from kohya_1to2.kohya import flatten_training_config
 
 
 def test_shipped_presets_are_found() -> None:
-    assert {"seed", "sdxl", "smoke"} <= set(available_presets())
+    assert {"seed", "sdxl", "smoke", "illustrious", "noobai-vpred"} <= set(available_presets())
 
 
-@pytest.mark.parametrize("name", ["seed", "sdxl", "smoke"])
+@pytest.mark.parametrize("name", ["seed", "sdxl", "smoke", "illustrious", "noobai-vpred"])
 def test_every_key_has_a_comment(name: str) -> None:
     preset = load_preset(name)
     doc = preset.document()

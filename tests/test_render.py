@@ -55,6 +55,37 @@ def test_seed_preset_matches_golden(name: str) -> None:
     assert text == golden.read_text(encoding="utf-8"), f"regenerate with UPDATE_GOLDEN=1 if intended: {golden}"
 
 
+@pytest.mark.parametrize("preset", ["illustrious", "noobai-vpred"])
+@pytest.mark.parametrize("name", ["stage1.dataset.toml", "stage1.train.toml", "stage2.train.toml",
+                                  "sample_prompts.txt"])
+def test_sdxl_anime_presets_match_their_goldens(preset: str, name: str) -> None:
+    text = render(job(preset=preset))[name]
+    golden = GOLDEN / f"{preset}.{name}"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8"), f"regenerate with UPDATE_GOLDEN=1 if intended: {golden}"
+
+
+@pytest.mark.parametrize(("preset", "vpred"), [("illustrious", False), ("noobai-vpred", True)])
+def test_the_prediction_type_follows_the_preset_in_both_stages(preset: str, vpred: bool) -> None:
+    files = render(job(preset=preset))
+    for stage in (1, 2):
+        flat = flatten_training_config(toml.loads(files[f"stage{stage}.train.toml"]))
+        assert bool(flat.get("v_parameterization")) is vpred
+        assert bool(flat.get("zero_terminal_snr")) is vpred
+        # v-pred samples with plain Euler (the model card's advice); eps keeps the reference's k_euler_a
+        assert flat["sample_sampler"] == ("euler" if vpred else "k_euler_a")
+    scale = "4.5" if vpred else "6"
+    assert all(f" --l {scale} " in line for line in files["sample_prompts.txt"].splitlines()
+               if line and not line.startswith("#"))
+
+
+def test_v_parameterization_flag_turns_v_pred_on_for_an_eps_preset() -> None:
+    flat = flatten_training_config(toml.loads(render(job(preset="illustrious", v_parameterization=True))[
+        "stage1.train.toml"]))
+    assert flat["v_parameterization"] is True
+
+
 def test_stages_differ_only_in_documented_keys() -> None:
     files = render(job())
     one = flatten_training_config(toml.loads(files["stage1.train.toml"]))
@@ -172,7 +203,7 @@ def test_caption_prefix_and_separator_reach_the_stage1_dataset_toml() -> None:
     assert "caption_separator" not in toml.loads(render(job())["stage1.dataset.toml"])["general"]
 
 
-@pytest.mark.parametrize("preset", ["seed", "sdxl", "smoke"])
+@pytest.mark.parametrize("preset", ["seed", "sdxl", "smoke", "illustrious", "noobai-vpred"])
 def test_every_preset_saves_state_logs_to_tensorboard_per_stage_and_sets_loader_workers(preset: str) -> None:
     files = render(job(preset=preset))
     for stage in (1, 2):

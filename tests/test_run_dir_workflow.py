@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fake_launch import make_fake_base_model, make_fake_sd_scripts
+from fake_launch import make_fake_base_model, make_fake_sd_scripts, write_safetensors_header
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sample_images import write_image
@@ -415,3 +415,23 @@ def test_a_trigger_with_a_prompt_option_is_refused_before_anything_is_built(
     assert main(["prepare", str(src), "--out", str(out)]) == 3
     assert "' --'" in capsys.readouterr().err
     assert not out.exists(), "refused before the pre-flight wrote or built anything"
+
+
+# ------------------------------------------------------------ issue 21: the SDXL anime presets, end to end
+
+
+@pytest.mark.parametrize("preset", ["illustrious", "noobai-vpred"])
+def test_anime_presets_prepare_and_dry_run_sdxl_commands_and_a_v_pred_mismatch_is_said_first(
+        preset: str, tmp_path: Path, fake_sd: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = make_sources(tmp_path / "src", {"alice": 2, "bob": 2})
+    base = write_safetensors_header(tmp_path / "noobai.safetensors", ("v_pred", "ztsnr"))  # a v-pred base
+    out = tmp_path / "run"
+    assert prepare(src, out, base, "--preset", preset) == 0
+    capsys.readouterr()
+    assert launch(out, fake_sd, "--dry-run") == 0
+    said = capsys.readouterr()
+    text = (said.out + said.err).replace("\n", "")
+    assert text.count("sdxl_train_network.py") == text.count("train_network.py") == 2
+    warned = "v_parameterization: base model" in text
+    assert warned is (preset == "illustrious"), text  # the v-pred preset fits a v-pred base; the eps one does not
+    assert calls(out) == []

@@ -63,7 +63,8 @@ def launch(args: LaunchOptions, console: Console) -> int:
 def launch_stages(args: LaunchOptions, console: Console, run_dir: Path, selected: tuple[int, ...],
                   hold: tuple[int, ...] = ()) -> int:
     """Check, decide, print the commands (--dry-run) or run them, then write the run's report."""
-    require_checked(run_dir)
+    for warning in require_checked(run_dir):
+        console.print(Text(f"warning: {warning}", style="yellow"), soft_wrap=True)
     plan = plan_launch(args, run_dir, selected, require_sd_scripts(args.sd_scripts), console)
     if args.dry_run:
         console.print(Text(dry_run_text(list(plan.commands.values()))), soft_wrap=True)

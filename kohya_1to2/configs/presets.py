@@ -38,6 +38,8 @@ class PresetSettings(BaseModel):
     sample_width: int = Field(ge=64)
     sample_height: int = Field(ge=64)
     sample_steps: int = Field(ge=1, le=1000)
+    sample_cfg_scale: float | None = Field(None, gt=0, le=30)
+    """Guidance scale of sample and evaluate images (`--l`); None = sd-scripts' own default (7.5)."""
     sample_negative: str = ""
     sample_max_prompts: int = Field(0, ge=0)
     """0 = every prompt; else at most this many, alternating single and pair prompts (cheap CPU runs)."""

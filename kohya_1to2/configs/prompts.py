@@ -84,6 +84,12 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+def _scale_option(settings: PresetSettings) -> str:
+    """` --l 4.5` where the preset sets a guidance scale; nothing keeps sd-scripts' default."""
+    scale = settings.sample_cfg_scale
+    return "" if scale is None else f" --l {scale:g}"
+
+
 class _Prompts:
     """The pieces of a prompt file: single lines, and pair lines by ordered pair (both complete)."""
 
@@ -96,7 +102,7 @@ class _Prompts:
             raise UsageError(f"preset sample_negative {negative!r} {problem}",
                              hint="edit the preset's [preset] table")
         composite_negative = CaptionTemplate(captions).composite_negative(negative)
-        steps = f"--s {settings.sample_steps}"
+        steps = f"--s {settings.sample_steps}" + _scale_option(settings)
         single = f"--w {settings.sample_width} --h {settings.sample_height} {steps}"
         width, height = pair_canvas(settings, pair_size)
         neg = f" --n {negative}" if negative else ""

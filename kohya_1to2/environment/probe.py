@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kohya_1to2 import kohya
+from kohya_1to2.configs.lint.prediction import base_prediction_line
 from kohya_1to2.launch.substitutions import Capabilities, Substitution, plan_substitutions
 
 PROBE = r"""
@@ -146,9 +147,11 @@ def findings(facts: dict[str, Any], sd_scripts: Path, pin_problems: list[str] | 
 
 
 def base_model_finding(model: str, where: str) -> Finding:
-    """The base model a run (or --base-model) names: sd-scripts fails only after loading much else."""
+    """The base model a run (or --base-model) names, and the prediction type it says it has: sd-scripts fails
+    only after loading much else, and trains a mismatched prediction type without failing at all."""
     problem = kohya.base_model_problem(model)
-    return Finding("base model", f"{model} ({where})" + (f": {problem}" if problem else ""), bool(problem),
+    said = f": {problem}" if problem else f", {base_prediction_line(model)}"
+    return Finding("base model", f"{model} ({where}){said}", bool(problem),
                    "point it at a .safetensors/.ckpt file or a diffusers folder (model_index.json or unet/)"
                    if problem else None)
 

@@ -1,7 +1,8 @@
 """gen_img.py commands as argv lists (pure; `generate.py` runs them), one per row of the evaluation.
 
-Generation settings come from stage 1's training config (model, v2, v-prediction, CLIP skip, token length,
-tokenizer cache, VAE, sampler, precision), so every row is sampled the way sd-scripts samples during training.
+Generation settings come from stage 1's training config (model, v2, v-prediction, zero terminal SNR, CLIP skip,
+token length, tokenizer cache, VAE, sampler, precision), so every row is sampled the way sd-scripts samples
+during training.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def generation_arguments(flat: Mapping[str, Any], *, family: Family, cuda: bool,
         args.append(flag(kohya.GEN_IMG_V1))
     if _set(flat, kohya.V_PARAMETERIZATION):
         args.append(flag(kohya.GEN_IMG_V_PARAMETERIZATION))
+    if _set(flat, kohya.ZERO_TERMINAL_SNR):
+        args.append(flag(kohya.GEN_IMG_ZERO_TERMINAL_SNR))
     for key in kohya.GEN_IMG_SAME_AS_TRAINING:
         if (value := _set(flat, key)) is not None:
             args += [flag(key), str(value)]

@@ -42,7 +42,13 @@ class EvalPrompt(BaseModel):
     height: int
     characters: tuple[str, ...] = ()
     options: tuple[str, ...] = ()
-    """Further per-line options of a user line (e.g. `l 5`), kept verbatim."""
+    """Further per-line options: a user line's own (e.g. `l 5`), kept verbatim, else the preset's guidance scale."""
+
+
+def scale_options(settings: PresetSettings) -> tuple[str, ...]:
+    """The preset's guidance scale as a prompt option (`l 4.5`), so evaluate samples as training does."""
+    scale = settings.sample_cfg_scale
+    return () if scale is None else (f"l {scale:g}",)
 
 
 def _safe(text: str) -> str:
@@ -59,7 +65,8 @@ def character_prompts(
     width, height = pair_canvas(settings)
     single_prompts = [
         EvalPrompt(id=f"single_{_safe(name)}", kind="single", text=escape_attention(trigger), negative=negative,
-                   width=settings.sample_width, height=settings.sample_height, characters=(name,))
+                   width=settings.sample_width, height=settings.sample_height, characters=(name,),
+                   options=scale_options(settings))
         for name, trigger in triggers
     ]
     pair_prompts = [
@@ -67,6 +74,7 @@ def character_prompts(
             id=f"pair_{_safe(triggers[i][0])}__{_safe(triggers[j][0])}", kind="pair",
             text=pair_prompt(escape_attention(triggers[i][1]), escape_attention(triggers[j][1]), captions),
             negative=composite_negative, width=width, height=height, characters=(triggers[i][0], triggers[j][0]),
+            options=scale_options(settings),
         )
         for i, j in permutations(range(len(triggers)), 2)
     ]
@@ -97,6 +105,8 @@ def parse_user_prompts(text: str, settings: PresetSettings, source: str) -> list
                 options.append(option)
         if not prompt:
             raise UsageError(f"{source}:{number}: the line has options but no prompt", hint="write the prompt first")
+        if not any(option[:2].lower() == "l " for option in options):
+            options += scale_options(settings)
         digest = hashlib.sha256(line.encode("utf-8")).hexdigest()[:6]
         prompts.append(EvalPrompt(id=f"user{number:03d}_{_safe(prompt)}_{digest}", kind="user", text=prompt,
                                   negative=negative, width=width, height=height, options=tuple(options)))
@@ -110,14 +120,12 @@ def image_name(prompt: EvalPrompt, seed: int) -> str:
     return f"{prompt.id}_s{seed}.png"
 
 
-def prompt_line(prompt: EvalPrompt, seed: int, steps: int, scale: float | None = None) -> str:
+def prompt_line(prompt: EvalPrompt, seed: int, steps: int) -> str:
     """One gen_img `--from_file` line: the prompt, its options, our seed, steps and output file name."""
     parts = [prompt.text]
     if prompt.negative:
         parts.append(f"--n {prompt.negative}")
     parts += [f"--w {prompt.width}", f"--h {prompt.height}", f"--s {steps}"]
-    if scale is not None:
-        parts.append(f"--l {scale:g}")
     parts += [f"--{option}" for option in prompt.options]
     parts += [f"--d {seed}", f"--f {image_name(prompt, seed)}"]
     return " ".join(parts)

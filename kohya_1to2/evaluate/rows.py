@@ -8,9 +8,7 @@ header (no torch).
 
 from __future__ import annotations
 
-import json
 import re
-import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -69,18 +67,6 @@ def select_epochs(available: Sequence[tuple[int, Path]], spec: str | tuple[int, 
     return [(n, by_epoch[n]) for n in spec]
 
 
-def safetensors_metadata(path: Path) -> dict[str, str]:
-    """The `__metadata__` of a .safetensors header, read without torch."""
-    try:
-        with path.open("rb") as fh:
-            (size,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(size))
-    except (OSError, struct.error, ValueError):
-        return {}
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
-
-
 def saved_epochs(output_dir: Path, output_name: str, ext: str = "safetensors") -> list[tuple[int, Path]]:
     """A stage's saved networks by epoch: `<name>-NNNNNN.<ext>` files plus the final `<name>.<ext>`."""
     found: dict[int, Path] = {}
@@ -91,7 +77,7 @@ def saved_epochs(output_dir: Path, output_name: str, ext: str = "safetensors") -
                 found[int(match.group(1))] = path
     final = output_dir / f"{output_name}.{ext}"
     if final.is_file():
-        epoch = safetensors_metadata(final).get(kohya.EPOCH_METADATA_KEY, "")
+        epoch = kohya.safetensors_metadata(final).get(kohya.EPOCH_METADATA_KEY, "")
         number = int(epoch) if epoch.isdigit() else max(found, default=0) + 1
         found[number] = final
     return sorted(found.items())

@@ -16,12 +16,14 @@ public name of the modules below (buckets excepted: `kohya.buckets`). On a versi
 - outputs.py: output naming (final, per-epoch, state folders, samples, TensorBoard).
 - prompts.py: the sample-prompt line grammar, the default sample steps, the `epoch N/M` line.
 - gen_img.py: gen_img.py's options and prompt-line grammar.
+- checkpoints.py: how a base model says its prediction type (modelspec metadata, `v_pred` key, diffusers config).
 - the parser snapshot (data/kohya_<tag>.json): regenerate with tools/snapshot_kohya_parser.py.
 Tests: tests/test_kohya.py; tests/integration/test_check_corpus.py checks these against the real code;
 tests/test_architecture.py keeps other modules from spelling sd-scripts names.
 """
 
 from kohya_1to2.kohya.captions import *  # noqa: F403
+from kohya_1to2.kohya.checkpoints import *  # noqa: F403
 from kohya_1to2.kohya.dataset_scope import *  # noqa: F403
 from kohya_1to2.kohya.facts import *  # noqa: F403
 from kohya_1to2.kohya.gen_img import *  # noqa: F403

@@ -56,6 +56,7 @@ def flag(option: str) -> str:
 CONFIG_FILE = "config_file"
 V2 = "v2"
 V_PARAMETERIZATION = "v_parameterization"
+ZERO_TERMINAL_SNR = "zero_terminal_snr"
 VAE = "vae"
 TOKENIZER_CACHE_DIR = "tokenizer_cache_dir"
 CLIP_SKIP = "clip_skip"

@@ -61,14 +61,17 @@ def lint_problems(run_dir: Path) -> list[str]:
     return [p.line for p in lint_run(run_dir) if p.severity == "error"]
 
 
-def require_checked(run_dir: Path) -> None:
-    """Refuse (exit 4) a run `check` finds errors in, naming the first."""
-    problems = lint_problems(run_dir)
-    if problems:
+def require_checked(run_dir: Path) -> list[str]:
+    """Refuse (exit 4) a run `check` finds errors in, naming the first; else `check`'s warnings, which launch
+    prints before anything runs (a v-pred base trained as epsilon is a warning, and trains without an error)."""
+    problems = lint_run(run_dir)
+    errors = [p.line for p in problems if p.severity == "error"]
+    if errors:
         raise CheckError(
-            f"check found {len(problems)} problem(s) in {run_dir}: {problems[0]}",
+            f"check found {len(errors)} problem(s) in {run_dir}: {errors[0]}",
             hint=f"run `python -m kohya_1to2 check {run_dir}` for the full list",
         )
+    return [p.line for p in problems if p.severity == "warning"]
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from sd_scripts_child import REPO, requires_sd_scripts, run_in_sd_scripts
 from kohya_1to2 import kohya
 from kohya_1to2.configs.generate import write_run_configs
 from kohya_1to2.configs.lint import lint_run, startup_value_problem
+from kohya_1to2.configs.presets import run_family
 from kohya_1to2.models import Character, Job, SourceImage, SourceSettings, TrainingSettings
 
 pytestmark = requires_sd_scripts()
@@ -140,7 +141,7 @@ def _make_run(tmp_path: Path, kohya_dataset: Callable[..., Path], preset: str) -
 
 
 def _job(run: Path, stage: int, load_model: bool = False) -> list[Any]:
-    script = kohya.TRAINING_SCRIPTS["sdxl"] if "sdxl" in run.name else kohya.TRAINING_SCRIPTS["sd1"]
+    script = kohya.TRAINING_SCRIPTS[run_family(run)]  # sd1 where the run has no job.json
     return [script, str(run / f"stage{stage}.train.toml"), str(run / f"stage{stage}.dataset.toml"), load_model]
 
 
@@ -188,7 +189,8 @@ def test_every_startup_case_check_refuses_crashes_or_is_ignored_or_trains_nothin
 
 def test_generated_files_of_every_preset_pass_check_and_start_in_sd_scripts(
         tmp_path: Path, kohya_dataset: Callable[..., Path]) -> None:
-    runs = [_make_run(tmp_path, kohya_dataset, preset) for preset in ("seed", "sdxl", "smoke")]
+    presets = ("seed", "sdxl", "smoke", "illustrious", "noobai-vpred")
+    runs = [_make_run(tmp_path, kohya_dataset, preset) for preset in presets]
     for run in runs:
         assert [p.line for p in lint_run(run) if p.severity == "error"] == []
     records = _start_with_sd_scripts([_job(run, stage) for run in runs for stage in (1, 2)])

@@ -96,8 +96,9 @@ def test_snapshot_matches_a_fresh_dump_of_the_real_parser() -> None:
 
 
 def test_generated_tomls_read_by_sd_scripts_carry_the_intended_values(tmp_path: Path) -> None:
-    runs = {preset: _write_run(tmp_path, preset) for preset in ("seed", "sdxl", "smoke")}
-    scripts = {"seed": "train_network.py", "sdxl": "sdxl_train_network.py", "smoke": "train_network.py"}
+    runs = {preset: _write_run(tmp_path, preset) for preset in ("seed", "sdxl", "smoke", "illustrious", "noobai-vpred")}
+    scripts = {"seed": "train_network.py", "sdxl": "sdxl_train_network.py", "smoke": "train_network.py",
+               "illustrious": "sdxl_train_network.py", "noobai-vpred": "sdxl_train_network.py"}
     request = {"training": [[scripts[p], str(run / f"stage{s}.train.toml")] for p, run in runs.items()
                             for s in (1, 2)], "bad_datasets": []}
     result = _read_with_sd_scripts(request)
@@ -141,6 +142,13 @@ def test_generated_tomls_read_by_sd_scripts_carry_the_intended_values(tmp_path: 
     assert smoke1["max_train_steps"] == ["int", 2] and smoke1["max_train_epochs"] == ["NoneType", None]
     assert smoke1["tokenizer_cache_dir"] == ["str", str(Path(base) / "tokenizer_cache")]
     assert smoke1["optimizer_type"] == ["str", "AdamW"] and smoke1["sdpa"] == ["bool", True]
+
+    for preset, vpred, sampler in (("illustrious", False, "k_euler_a"), ("noobai-vpred", True, "euler")):
+        for stage in (1, 2):
+            args, _ = by_file[str(runs[preset] / f"stage{stage}.train.toml")]
+            assert args["v_parameterization"] == ["bool", vpred], (preset, stage)
+            assert args["zero_terminal_snr"] == ["bool", vpred], (preset, stage)
+            assert args["sample_sampler"] == ["str", sampler] and args["no_half_vae"] == ["bool", True]
 
 
 def test_dataset_mistakes_the_lint_reports_are_really_rejected_by_sd_scripts(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from kohya_1to2 import kohya
 from kohya_1to2.configs.lint.dataset import LEVEL_NAMES, is_dataset_document, lint_dataset, value_fits
+from kohya_1to2.configs.lint.prediction import lint_prediction, prediction_summary
 from kohya_1to2.configs.lint.problems import (
     MAX_COMPOSITE_CROP,
     NON_STRUCTURAL_NETWORK_ARGS,
@@ -57,8 +58,9 @@ __all__ = [
     "LEVEL_NAMES", "MAX_COMPOSITE_CROP", "NON_STRUCTURAL_NETWORK_ARGS", "POSITIVE_DATASET_KEYS",
     "POSITIVE_TRAINING_KEYS", "SD_SCRIPTS_CAPTION_DEFAULT", "SNAPSHOT", "ConfigProblem", "check_training_value",
     "is_dataset_document", "lint_buckets", "lint_captions", "lint_composite_subsets", "lint_dataset",
-    "lint_dataset_keys_in_training", "lint_network", "lint_paths", "lint_stage_chain", "lint_stage_consistency",
-    "lint_training", "lint_written_paths", "load_snapshot", "parser_actions", "read_toml",
+    "lint_dataset_keys_in_training", "lint_network", "lint_paths", "lint_prediction", "lint_stage_chain",
+    "lint_stage_consistency", "lint_training", "lint_written_paths", "load_snapshot", "parser_actions",
+    "prediction_summary", "read_toml",
     "startup_value_problem", "value_fits",
 ]
 
@@ -80,7 +82,8 @@ def lint_file(path: Path, family: str | None = None) -> list[ConfigProblem]:
     script = script_for(document, family)
     if is_dataset_document(document):
         return lint_dataset(document, str(path), script=script)
-    return lint_training(document, script, str(path))
+    return lint_training(document, script, str(path)) + lint_prediction(kohya.flatten_training_config(document),
+                                                                         str(path))
 
 
 def lint_run(run_dir: Path) -> list[ConfigProblem]:
@@ -107,6 +110,7 @@ def lint_run(run_dir: Path) -> list[ConfigProblem]:
                 composite_sizes.setdefault(index, []).extend(image_sizes(list_images(folder)) or ())
         problems += lint_buckets(dataset_doc, str(dataset_path), family, composite_sizes)
         problems += lint_paths(flat, str(train_path))
+        problems += lint_prediction(flat, str(train_path))
         problems += lint_dataset_keys_in_training(train_doc, dataset_doc, str(train_path), str(dataset_path), script)
         problems += lint_composite_subsets(dataset_doc, flat, str(dataset_path))
         configured = flat.get(opt.DATASET_CONFIG)
