@@ -1,0 +1,162 @@
+"""Scene composites: each character cut out by its mask and placed on one shared background.
+
+Side-by-side panels teach a hard vertical seam and two backgrounds, which leak back as split-screen images;
+MuDI's Seg-Mix places the subjects' cut-outs together on one canvas instead and trains only where they are.
+Placement is pure and seeded (same plan, same seed: same pixels); cut-outs keep their caption order left to
+right, stay whole inside the canvas, and overlap by at most `max_overlap` of the smaller one's box. The
+composite's alpha channel is the loss weight sd-scripts reads with `alpha_mask`: the union of the
+characters' masks, and `background_weight` elsewhere.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image, ImageChops, ImageOps
+
+Size = tuple[int, int]
+RGB = tuple[int, int, int]
+BackgroundKind = Literal["flat", "gradient", "images"]
+
+HEIGHT_ROOM = 1.06
+"""Canvas height over the cut-outs' full height: room to jitter them up and down."""
+WIDTH_ROOM = 1.15
+"""Canvas width over the cut-outs' summed width: room to jitter them sideways."""
+MIN_SCALE = 0.85
+"""Each cut-out is drawn at 85-100% of the full height, so characters do not always stand equally tall."""
+GRADIENT_SHADES = ((0.55, 0.55, 0.55), (1.0, 0.92, 0.8), (0.8, 0.88, 1.0), (0.85, 1.0, 0.88))
+"""Colour factors of a gradient's far end (the near end is --background): grey, warm, cool, green."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one cut-out goes on the canvas, at what size, and whether it is mirrored."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    flip: bool = False
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return (self.x, self.y, self.x + self.width, self.y + self.height)
+
+
+@dataclass(frozen=True)
+class ScenePlan:
+    canvas: Size
+    placements: tuple[Placement, ...]
+
+
+def overlap_fraction(a: Placement, b: Placement) -> float:
+    """The area the two boxes share, over the smaller box's area (a bound on how much masks can overlap)."""
+    width = min(a.x + a.width, b.x + b.width) - max(a.x, b.x)
+    height = min(a.y + a.height, b.y + b.height) - max(a.y, b.y)
+    if width <= 0 or height <= 0:
+        return 0.0
+    return width * height / min(a.width * a.height, b.width * b.height)
+
+
+def _full_height(sizes: Sequence[Size], max_side: int | None) -> int:
+    """The height every cut-out is scaled towards: the tallest one's, shrunk until the canvas fits max_side."""
+    tallest = max(h for _, h in sizes)
+    if max_side is None:
+        return tallest
+    width_per_height = sum(w / h for w, h in sizes) * WIDTH_ROOM
+    longest = max(width_per_height, HEIGHT_ROOM) * tallest
+    return max(1, int(tallest * min(1.0, max_side / longest)))
+
+
+def plan_scene(sizes: Sequence[Size], key: str, *, max_overlap: float = 0.1, flip: bool = False,
+               max_side: int | None = None, bottom: Sequence[bool] = ()) -> ScenePlan:
+    """Canvas and placements for cut-outs of `sizes` (left to right), seeded by `key`; `bottom[i]`: the cut-out
+    touches its own image's bottom edge (a cowboy shot), so it stands on the canvas's bottom edge."""
+    rng = random.Random(f"1to2-scene:{key}")
+    full = _full_height(sizes, max_side)
+    canvas = (max(8, int(sum(w * full / h for w, h in sizes) * WIDTH_ROOM)), max(8, int(full * HEIGHT_ROOM)))
+    drawn = []
+    for w, h in sizes:
+        height = max(1, int(full * rng.uniform(MIN_SCALE, 1.0)))
+        drawn.append((max(1, min(canvas[0], round(w * height / h))), height))
+    slack = canvas[0] - sum(w for w, _ in drawn)
+    cuts = sorted(rng.uniform(0, max(0, slack)) for _ in drawn)
+    gaps = [int(b - a) for a, b in pairwise([0.0, *cuts])]
+    wanted = [0] + [int(rng.uniform(0, max_overlap) * min(drawn[i - 1][0], drawn[i][0])) for i in range(1, len(drawn))]
+    ys = [canvas[1] - h if bottom and bottom[i] else rng.randint(0, canvas[1] - h) for i, (_, h) in enumerate(drawn)]
+    flips = [flip and rng.random() < 0.5 for _ in drawn]
+    while True:
+        placements = _row(drawn, gaps, wanted, ys, flips)
+        worst = _first_too_close(placements, max_overlap)
+        if worst is None:
+            return ScenePlan(canvas, tuple(placements))
+        wanted[worst] = 0  # that cut-out goes back to its gap: with no shift left, no box overlaps another
+
+
+def _row(drawn: Sequence[Size], gaps: Sequence[int], shifts: Sequence[int], ys: Sequence[int],
+         flips: Sequence[bool]) -> list[Placement]:
+    placements, x = [], 0
+    for i, (w, h) in enumerate(drawn):
+        x = max(placements[-1].x if placements else 0, x + gaps[i] - shifts[i])
+        placements.append(Placement(x, ys[i], w, h, flips[i]))
+        x += w
+    return placements
+
+
+def _first_too_close(placements: Sequence[Placement], max_overlap: float) -> int | None:
+    for j in range(1, len(placements)):
+        if any(overlap_fraction(placements[i], placements[j]) > max_overlap for i in range(j)):
+            return j
+    return None
+
+
+# ---------------------------------------------------------------- pixels
+
+
+def cut_out(image: Image.Image, mask: Image.Image) -> tuple[Image.Image, Image.Image, bool]:
+    """The character's box of `image` and `mask` (mask > 0), and whether it touches the image's bottom edge."""
+    box = mask.point(lambda v: 255 if v else 0).getbbox()
+    if box is None:
+        raise ValueError("the mask is empty")
+    return image.crop(box), mask.crop(box), box[3] == image.size[1]
+
+
+def background(kind: BackgroundKind, canvas: Size, colour: RGB, key: str,
+               images: Sequence[Path] = ()) -> Image.Image:
+    """The shared background: the flat colour, a vertical gradient from it, or one of `images` (cover-cropped)."""
+    rng = random.Random(f"1to2-background:{key}")
+    if kind == "images" and images:
+        with Image.open(images[rng.randrange(len(images))]) as opened:
+            return ImageOps.fit(ImageOps.exif_transpose(opened).convert("RGB"), canvas, Image.Resampling.LANCZOS)
+    near = Image.new("RGB", canvas, colour)
+    if kind != "gradient":
+        return near
+    shade = GRADIENT_SHADES[rng.randrange(len(GRADIENT_SHADES))]
+    far = Image.new("RGB", canvas, tuple(min(255, int(c * f)) for c, f in zip(colour, shade, strict=True)))
+    ramp = Image.linear_gradient("L").resize(canvas, Image.Resampling.BILINEAR)
+    return Image.composite(far, near, ramp)
+
+
+def compose_scene(cutouts: Sequence[tuple[Image.Image, Image.Image]], plan: ScenePlan, back: Image.Image,
+                  background_weight: float = 0.0) -> Image.Image:
+    """RGBA: the cut-outs pasted by their masks over `back`; alpha = the union of the placed masks, lifted to
+    `background_weight` (0..1) where no character is."""
+    picture = back.copy()
+    union = Image.new("L", plan.canvas, 0)
+    for (rgb, mask), place in zip(cutouts, plan.placements, strict=True):
+        size = (place.width, place.height)
+        rgb, mask = rgb.resize(size, Image.Resampling.LANCZOS), mask.resize(size, Image.Resampling.BILINEAR)
+        if place.flip:
+            rgb, mask = ImageOps.mirror(rgb), ImageOps.mirror(mask)
+        picture.paste(rgb, (place.x, place.y), mask)
+        union.paste(ImageChops.lighter(union.crop(place.box), mask), (place.x, place.y))
+    if background_weight > 0:
+        floor = round(background_weight * 255)
+        union = union.point(lambda v: floor + (255 - floor) * v // 255)
+    picture.putalpha(union)
+    return picture
