@@ -179,6 +179,10 @@ class CompositeSettings(Strict):
         "at least one per ordered character pair",
     )
     seed: int = Field(0, description="pairing seed; same seed + same sources = same composites")
+    style: Literal["side-by-side", "scene"] = Field(
+        "side-by-side", json_schema_extra={"flag": "composite-style"},
+        description="side-by-side: two images joined (the method as published); scene: the characters cut out "
+        "by their masks and placed on one background, loss only where they are")
     layout: Literal["horizontal"] = Field("horizontal", description="side by side, left then right")
     background: str = Field("#ffffff", description="colour behind transparency and in the gap (#rrggbb)")
     gap: int = Field(0, ge=0, le=512, description="pixels between the two halves")
@@ -187,6 +191,17 @@ class CompositeSettings(Strict):
     max_side: int | None = Field(2048, ge=64, description="cap on the composite's long side (None = no cap)")
     repeats: int = Field(1, ge=1, description="kohya repeats of the composite subset (N in N_composite/)")
     workers: int | None = Field(None, ge=1, description="worker processes; default = all cores")
+    masks: Path | None = Field(None, description="scene: a tree of mask images mirroring the sources, "
+                               "N_name/<stem>.png, white = character (images with an alpha channel need none)")
+    scene_background: Literal["flat", "gradient"] = Field(
+        "flat", description="scene: the shared background, flat --background or a gradient from it")
+    backgrounds: Path | None = Field(None, description="scene: a folder of background images (one per scene, "
+                                     "seeded; overrides --scene-background)")
+    max_overlap: float = Field(0.1, ge=0, le=0.5, description="scene: how much two characters' boxes may "
+                               "overlap, as a share of the smaller one")
+    flip: bool = Field(False, description="scene: mirror cut-outs at random (off: asymmetric features stay put)")
+    background_loss_weight: float = Field(0.0, ge=0, le=1, description="scene: loss weight where no character "
+                                          "is (0 = masked out)")
     captions: CaptionRules = Field(default_factory=CaptionRules)
 
     @field_validator("background")
@@ -196,6 +211,12 @@ class CompositeSettings(Strict):
         if not match:
             raise ValueError(f"background {value!r} is not a #rrggbb colour, e.g. '#ffffff'")
         return "#" + match.group(1).lower()
+
+    @model_validator(mode="after")
+    def _scene_keeps_alpha(self) -> CompositeSettings:
+        if self.style == "scene" and self.format == "jpg":
+            raise ValueError("scene composites carry their loss mask as alpha: use --format png or webp")
+        return self
 
     @property
     def background_rgb(self) -> tuple[int, int, int]:

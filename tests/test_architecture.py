@@ -194,7 +194,7 @@ SD_SCRIPTS_STRINGS = (
     "mixed_precision", "save_precision", "full_fp16", "full_bf16", "fp8_base", "sdpa", "optimizer_type",
     "lr_scheduler", "learning_rate", "unet_lr", "text_encoder_lr", "max_train_epochs", "max_train_steps",
     "max_data_loader_n_workers", "sample_every_n_epochs", "sample_sampler", "save_every_n_epochs", "save_state",
-    "v_parameterization", "zero_terminal_snr",
+    "v_parameterization", "zero_terminal_snr", "alpha_mask",
     # gen_img.py's options (kohya.gen_img)
     "--ckpt", "--sdxl", "--v1", "--v2", "--v_parameterization", "max_embeddings_multiples", "--sampler", "--sdpa",
     "--xformers", "from_file", "--outdir", "--batch_size", "images_per_prompt", "network_mul", "network_merge",

@@ -305,3 +305,89 @@ def test_extreme_sources_are_padded_so_check_accepts_what_prepare_announces(
                  str(make_fake_base_model(tmp_path))]) == 0
     assert "then: python -m kohya_1to2 launch" in " ".join(capsys.readouterr().out.split())
     assert main(["check", str(out)]) == 0
+
+
+# ------------------------------------------------------------- issue 20: scene composites
+
+
+def _figures(root: Path, names: tuple[str, ...] = ("alice", "bob", "carol"), alpha: bool = True) -> Path:
+    """Characters drawn as ellipses: on a transparent background (alpha = the mask), or opaque on grey."""
+    from PIL import ImageDraw
+
+    for n, name in enumerate(names):
+        folder = root / f"1_{name}"
+        folder.mkdir(parents=True)
+        for i in range(2):
+            image = Image.new("RGBA" if alpha else "RGB", (120 + 30 * i, 200), (0, 0, 0, 0) if alpha else (90,) * 3)
+            ImageDraw.Draw(image).ellipse((10, 10, 110 + 30 * i, 200), fill=(50 + 80 * n, 90, 200 - 60 * n))
+            image.save(folder / f"{name}_{i}.png")
+            (folder / f"{name}_{i}.txt").write_text(f"{name}, tag{i}, 1girl\n", encoding="utf-8")
+    return root
+
+
+def test_scene_composites_carry_the_union_mask_as_alpha_and_stage_2_trains_on_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import toml
+
+    src, out = _figures(tmp_path / "src"), tmp_path / "run"
+    base = tmp_path / "base.safetensors"
+    base.write_bytes(b"not read")
+    argv = ["prepare", str(src), "--out", str(out), "--composite-style", "scene", "--workers", "1",
+            "--base-model", str(base)]
+    assert main(argv) == 0
+    assert "masks: 6 from the images' alpha channel" in capsys.readouterr().out
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    general = toml.load(out / "stage2.dataset.toml")
+    [subset] = general["datasets"][0]["subsets"]
+    assert subset["alpha_mask"] is True
+    for entry in manifest:
+        with Image.open(out / entry["file"]) as image:
+            assert image.mode == "RGBA" and image.size == tuple(entry["size"])
+            low, high = image.getchannel("A").getextrema()
+            assert (low, high) == (0, 255), "background masked out, characters kept"
+        bucket = entry["padded_to"]
+        assert abs(entry["size"][0] / entry["size"][1] - bucket[0] / bucket[1]) < 0.01, "lands in its bucket"
+    assert main(["check", str(out)]) == 0
+    mtimes = {e["file"]: (out / e["file"]).stat().st_mtime_ns for e in manifest}
+    assert main(argv) == 0  # a second prepare reuses every scene
+    assert {e: (out / e).stat().st_mtime_ns for e in mtimes} == mtimes
+    first = out / manifest[0]["file"]
+    Image.open(first).convert("RGB").save(first)  # an editor dropped the alpha: the mask is gone
+    assert main(["check", str(out)]) == 4
+    assert f"have no alpha channel, so no mask: {first.name}" in capsys.readouterr().out.replace("\n", "")
+    side = tmp_path / "side"
+    assert main(["prepare", str(src), "--out", str(side), "--workers", "1"]) == 0
+    assert "alpha_mask" not in (side / "stage2.dataset.toml").read_text()
+
+
+def test_scene_without_masks_names_the_images_and_a_mask_tree_supplies_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = _figures(tmp_path / "src", ("alice", "bob"), alpha=False)
+    argv = ["prepare", str(src), "--out", str(tmp_path / "run"), "--composite-style", "scene", "--workers", "1"]
+    assert main(argv) == 3
+    err = capsys.readouterr().err
+    assert "4 image(s) have no alpha channel" in err and "1_alice/alice_0.png" in err
+    masks = tmp_path / "masks"
+    for folder in src.iterdir():
+        (masks / folder.name).mkdir(parents=True)
+        for image in folder.glob("*.png"):
+            with Image.open(image) as opened:
+                mask = Image.new("L", opened.size, 0)
+            from PIL import ImageDraw
+
+            ImageDraw.Draw(mask).rectangle((20, 20, 60, opened.size[1] - 1), fill=255)
+            mask.save(masks / folder.name / image.name)
+    assert main([*argv, "--masks", str(masks)]) == 0
+    assert "masks: 4 from --masks files" in capsys.readouterr().out
+    (src / "1_alice" / "alice_0_mask.png").write_bytes((masks / "1_alice" / "alice_0.png").read_bytes())
+    (src / "1_alice" / "alice_0_mask.txt").write_text("alice, x\n")
+    (masks / "1_alice" / "alice_0_mask.png").write_bytes((masks / "1_alice" / "alice_0.png").read_bytes())
+    assert main([*argv, "--masks", str(masks)]) == 0
+    assert "looks like a mask inside a character folder" in capsys.readouterr().out.replace("\n", "")
+
+
+def test_scene_refuses_jpeg_which_has_no_alpha(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = _figures(tmp_path / "src", ("alice", "bob"))
+    assert main(["prepare", str(src), "--out", str(tmp_path / "run"), "--composite-style", "scene",
+                 "--format", "jpg"]) == 2
+    assert "use --format png or webp" in capsys.readouterr().err

@@ -130,3 +130,15 @@ def test_backgrounds_are_flat_gradient_or_an_image(tmp_path) -> None:
 
 def test_scene_plan_is_hashable_for_comparisons() -> None:
     assert isinstance(hash(ScenePlan((10, 10), (Placement(0, 0, 1, 1),))), int)
+
+
+@pytest.mark.parametrize("aspect", [1.0, 1.5, 2.5, 0.8])
+def test_a_bucket_aspect_grows_the_canvas_and_keeps_everyone_inside(aspect: float) -> None:
+    sizes = [(300, 600), (280, 640), (350, 500)]
+    plan = plan_scene(sizes, "a", max_overlap=0.1, bottom=[True, False, True], aspect=aspect)
+    plain = plan_scene(sizes, "a", max_overlap=0.1, bottom=[True, False, True])
+    width, height = plan.canvas
+    assert abs(width / height - aspect) < 0.01 and width >= plain.canvas[0] and height >= plain.canvas[1]
+    for place in plan.placements:
+        assert 0 <= place.x and place.x + place.width <= width and 0 <= place.y and place.y + place.height <= height
+    assert plan.placements[0].y + plan.placements[0].height == height  # still standing on the bottom edge

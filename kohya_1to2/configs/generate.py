@@ -115,7 +115,8 @@ def render_run_files(
     """File name -> text of every generated file of the job's stages (pure apart from reading the preset)."""
     preset = load_preset(job.training.preset)
     composites = SubsetSpec(name="composite", image_dir=composite_dir.expanduser().resolve(),
-                            num_repeats=composite_repeats, images=composite_count, role="composites")
+                            num_repeats=composite_repeats, images=composite_count, role="composites",
+                            alpha_mask=job.composites.style == "scene")
     blocks = stage_datasets(job, characters, composites, reg_sets=reg_sets, replay=replay,
                             replay_root=RunDir(run_dir).replay)
     files: dict[str, str] = {}

@@ -29,6 +29,7 @@ from kohya_1to2.configs.render import PlannedComposites, plan_composites
 from kohya_1to2.dataset.build import BuildResult, build_composites
 from kohya_1to2.dataset.captions import validate_triggers
 from kohya_1to2.dataset.compose import upright_size
+from kohya_1to2.dataset.masks import mask_summary, masks_in_character_folders, require_masks
 from kohya_1to2.dataset.pairing import plan_pairs
 from kohya_1to2.dataset.preflight import preflight, preflight_reg, raise_for_errors, sort_problems, write_fixed_sources
 from kohya_1to2.dataset.replay import replay_share, write_replay
@@ -52,7 +53,11 @@ def with_absolute_paths(job: Job) -> Job:
         training = training.model_copy(update={"base_model": str(Path(base).expanduser().resolve())})
     sources = job.sources.model_copy(update={"roots": [r.expanduser().resolve() for r in job.sources.roots],
                                              "reg": [r.expanduser().resolve() for r in job.sources.reg]})
-    return job.model_copy(update={"out": job.out.expanduser().resolve(), "sources": sources, "training": training})
+    composites = job.composites.model_copy(update={
+        key: value.expanduser().resolve() for key in ("masks", "backgrounds")
+        if (value := getattr(job.composites, key)) is not None})
+    return job.model_copy(update={"out": job.out.expanduser().resolve(), "sources": sources, "training": training,
+                                  "composites": composites})
 
 
 def require_inputs(job: Job) -> None:
@@ -107,7 +112,19 @@ def read_sources(job: Job, console: Console) -> Sources:
     for problem in problems:
         console.print(Text(problem.line, style="red" if problem.severity == "error" else "yellow"), soft_wrap=True)
     raise_for_errors(problems)
+    if job.composites.style == "scene":
+        scene_masks_preflight(scan.characters, job.composites.masks, console)
     return Sources(scan, reg, problems)
+
+
+def scene_masks_preflight(characters: Sequence[Character], masks_root: Path | None, console: Console) -> None:
+    """Scene composites: where each image's mask comes from (or the error naming those without one), and any
+    mask file sitting among a character's images, where sd-scripts would train it as that character."""
+    for path in masks_in_character_folders(characters):
+        console.print(Text(f"warning: {path} looks like a mask inside a character folder: sd-scripts trains "
+                           "every image there as that character; move it to a --masks tree", style="yellow"),
+                      soft_wrap=True)
+    console.print(Text(mask_summary(require_masks(characters, masks_root))), soft_wrap=True)
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,11 @@ from kohya_1to2.configs.presets import (
     resolved_family,
 )
 from kohya_1to2.dataset.compose import pad_to_aspect, pair_layout
+from kohya_1to2.dataset.scene import estimated_canvas
 from kohya_1to2.errors import UsageError
 from kohya_1to2.kohya import final_weights_path
 from kohya_1to2.kohya import options as opt
+from kohya_1to2.kohya.buckets import buckets_for, select_bucket
 from kohya_1to2.models import Job, StageNumber
 from kohya_1to2.rundir import RunDir
 
@@ -93,6 +95,8 @@ class SubsetSpec(BaseModel):
     images: int
     caption_prefix: str | None = None
     role: Role = "character"
+    alpha_mask: bool = False
+    """Scene composites: their alpha channel is the loss weight (the union of the characters' masks)."""
 
     @property
     def is_reg(self) -> bool:
@@ -313,6 +317,11 @@ def _subset_table(spec: SubsetSpec) -> Table:
     subset.add(opt.NUM_REPEATS, spec.num_repeats)
     if spec.caption_prefix:
         _add_commented(subset, opt.CAPTION_PREFIX, spec.caption_prefix, DATASET_KEY_COMMENTS[opt.CAPTION_PREFIX])
+    if spec.alpha_mask:
+        _add_commented(subset, opt.ALPHA_MASK, True, textwrap.fill(
+            "Scene composites: each image's alpha channel weights the loss (the characters' union mask; "
+            "--background-loss-weight elsewhere), so stage 2 trains where the characters are, not on the shared "
+            "background.", 110))
     if spec.is_reg:
         _add_commented(subset, opt.IS_REG, True, "Regularisation images (--reg): balanced by sd-scripts to the "
                        f"training images' count, weighted by {opt.PRIOR_LOSS_WEIGHT}.")
@@ -350,10 +359,15 @@ def plan_composites(job: Job, pairs: Sequence[tuple[tuple[int, int], tuple[int, 
     """From each composite's (left, right) upright source sizes: natural sizes, stage 2's bucket choice for
     their aspects, then a bucket to pad to for those the choice would crop by more than MAX_CROP."""
     gap, max_side = job.composites.gap, job.composites.max_side
-    natural = [pair_layout(left, right, gap, max_side).size for left, right in pairs]
+    scene = job.composites.style == "scene"
+    natural = [estimated_canvas((left, right), max_side) if scene else pair_layout(left, right, gap, max_side).size
+               for left, right in pairs]
     preset = load_preset(job.training.preset)
     resolution = effective_settings(job, preset).resolution
     choice = stage2_bucket_choice(job, preset, resolution, [w / h for w, h in natural if h])
+    if scene:  # a scene's canvas is grown to its bucket's aspect in the build: every one lands uncropped
+        buckets = [select_bucket(size, buckets_for(choice.settings))[0] for size in natural]
+        return PlannedComposites(natural, list(buckets), list(buckets))
     pad_to = bucket_fits(natural, choice.settings)
     sizes = [pad_to_aspect(left, right, gap, max_side, bucket).size if bucket else size
              for (left, right), size, bucket in zip(pairs, natural, pad_to, strict=True)]

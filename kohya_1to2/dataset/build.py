@@ -40,11 +40,12 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from kohya_1to2.dataset import captions, compose, pool
+from kohya_1to2.dataset import captions, compose, masks, pool, scene
 from kohya_1to2.dataset.pool import CACHE_BYTES, ItemResult, WorkItem
 from kohya_1to2.dataset.preview import Thumbnail, contact_sheet
 from kohya_1to2.errors import DatasetError
 from kohya_1to2.fsutil import TMP_PREFIX, atomic_write_text, file_fingerprint, remove_stale_temporaries
+from kohya_1to2.imagefiles import list_images
 from kohya_1to2.models import Character, CompositePlan, CompositeSettings, Job
 from kohya_1to2.rundir import RunDir
 
@@ -104,7 +105,7 @@ class BuildResult:
 
 def settings_fingerprint(settings: CompositeSettings) -> str:
     """Hash of everything that changes an output's bytes (not budget/seed/captions/repeats)."""
-    relevant = {
+    relevant: dict[str, object] = {
         "build": BUILD_VERSION,
         "pillow": PIL.__version__,
         "png_encoder": compose.png_encoder() if settings.format == "png" else None,
@@ -115,6 +116,10 @@ def settings_fingerprint(settings: CompositeSettings) -> str:
         "quality": None if settings.format == "png" else settings.quality,
         "max_side": settings.max_side,
     }
+    if settings.style == "scene":  # only then: side-by-side runs keep their fingerprint (and their files)
+        relevant["scene"] = {"seed": settings.seed, "background": settings.scene_background,
+                             "backgrounds": str(settings.backgrounds), "max_overlap": settings.max_overlap,
+                             "flip": settings.flip, "loss_weight": settings.background_loss_weight}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -241,7 +246,8 @@ def build_composites(
     if force:
         layout.journal.unlink(missing_ok=True)
     settings_id = settings_fingerprint(settings)
-    fingerprints = _source_fingerprints(plans)
+    scene_config = scene_settings(settings, characters)
+    fingerprints = _source_fingerprints(plans, scene_config.masks if scene_config else {})
 
     reuse = reuse_or_rebuild(
         plans, characters, settings, job.sources.caption_extension,
@@ -262,7 +268,8 @@ def build_composites(
 
     preview_wanted = bool(plans) and (preview_stale or force or not layout.preview.is_file())
     if to_build:
-        _build(to_build, layout, subset, settings, manifest, console, workers or settings.worker_count, cache_bytes)
+        _build(to_build, layout, subset, settings, manifest, console, workers or settings.worker_count, cache_bytes,
+               scene_config)
 
     atomic_write_text(layout.manifest, manifest.text())
     layout.journal.unlink(missing_ok=True)
@@ -286,6 +293,7 @@ def _build(
     console: Console | None,
     workers: int,
     cache_bytes: int,
+    scene_config: scene.SceneConfig | None = None,
 ) -> None:
     """Build `items` on workers, journaling each result so a killed build resumes where it stopped."""
     shutil.rmtree(layout.spill, ignore_errors=True)  # a killed run's leftovers
@@ -297,8 +305,10 @@ def _build(
         quality=settings.quality,
         cache_bytes=cache_bytes,
         subset_dir=str(subset),
-        spill_dir=str(layout.spill) if pool.spill_fits(items, settings.max_side, layout.root) else None,
+        spill_dir=str(layout.spill) if scene_config is None and pool.spill_fits(
+            items, settings.max_side, layout.root) else None,
         spill_sources=pool.shared_sources(items),
+        scene=scene_config,
     )
     layout.journal.parent.mkdir(parents=True, exist_ok=True)
     with layout.journal.open("a", encoding="utf-8") as journal, \
@@ -398,13 +408,34 @@ class _RateColumn(ProgressColumn):
 # ---------------------------------------------------------------- disk: what is there before the build
 
 
-def _source_fingerprints(plans: Sequence[CompositePlan]) -> dict[Path, str]:
+def scene_settings(settings: CompositeSettings, characters: Sequence[Character]) -> scene.SceneConfig | None:
+    """The workers' scene settings, with every source's mask found (or the error naming those without)."""
+    if settings.style != "scene":
+        return None
+    refs = masks.require_masks(characters, settings.masks)
+    backgrounds = tuple(list_images(settings.backgrounds)) if settings.backgrounds else ()
+    if settings.backgrounds and not backgrounds:
+        raise DatasetError(f"--backgrounds {settings.backgrounds}: no images there",
+                           hint="pass a folder of .png/.jpg/.webp background images")
+    return scene.SceneConfig(
+        masks={str(path): ref for path, ref in refs.items()}, background=settings.background_rgb,
+        kind=settings.scene_background, backgrounds=backgrounds, max_overlap=settings.max_overlap,
+        flip=settings.flip, background_weight=settings.background_loss_weight, max_side=settings.max_side,
+        seed=settings.seed)
+
+
+def _source_fingerprints(plans: Sequence[CompositePlan], mask_refs: Mapping[str, masks.MaskRef] | None = None,
+                         ) -> dict[Path, str]:
+    """Each source's fingerprint; a scene source's includes its mask file's, so an edited mask rebuilds."""
     fingerprints: dict[Path, str] = {}
     for plan in plans:
         for path in (plan.left.path, plan.right.path):
             if path not in fingerprints:
                 try:
                     fingerprints[path] = file_fingerprint(path)
+                    ref = (mask_refs or {}).get(str(path))
+                    if ref is not None and ref.kind == "file":
+                        fingerprints[path] += "+" + file_fingerprint(ref.path)
                 except FileNotFoundError as exc:
                     raise DatasetError(
                         f"source image {path} disappeared during prepare", hint="re-run prepare"

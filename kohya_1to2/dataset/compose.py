@@ -298,6 +298,8 @@ def encode(image: Image.Image, fmt: str = "png", quality: int = 95) -> bytes:
         if cv2 is not None:
             import numpy  # comes with the training stack (OpenCV's path); the wrapper needs Pillow only
 
+            if image.mode == "RGBA":  # a scene composite: its alpha is the loss mask
+                return _png_with_opencv(cv2, cv2.cvtColor(numpy.asarray(image), cv2.COLOR_RGBA2BGRA))
             rgb = numpy.asarray(image if image.mode == "RGB" else image.convert("RGB"))
             return _png_with_opencv(cv2, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         buffer = io.BytesIO()

@@ -12,13 +12,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from PIL import Image, ImageOps
 
 from kohya_1to2.dataset.compose import has_transparent_pixels
 from kohya_1to2.errors import DatasetError
-from kohya_1to2.models import Character, SourceImage
+
+if TYPE_CHECKING:  # build workers import this module: keep pydantic (models) out of their start-up
+    from kohya_1to2.models import Character, SourceImage
 
 MaskKind = Literal["alpha", "file"]
 MASK_SUFFIX = ".png"

@@ -31,7 +31,7 @@ from typing import Any
 
 from PIL import Image
 
-from kohya_1to2.dataset import compose, preview
+from kohya_1to2.dataset import compose, preview, scene
 from kohya_1to2.errors import (
     CheckError,
     DatasetError,
@@ -188,6 +188,8 @@ class WorkerConfig:
     subset_dir: str = "."
     spill_dir: str | None = None
     spill_sources: frozenset[str] = frozenset()
+    scene: scene.SceneConfig | None = None
+    """Set for scene composites (`--composite-style scene`): cut-outs on one canvas instead of halves."""
 
 
 class SourceCache:
@@ -393,6 +395,8 @@ def _layout(item: WorkItem, left: tuple[int, int], right: tuple[int, int], confi
 def _build_one(item: WorkItem) -> ItemResult:
     assert _worker_config is not None and _worker_cache is not None
     config, cache = _worker_config, _worker_cache
+    if config.scene is not None:
+        return _build_scene(item, config, cache)
     halves: list[Any]
     if compose.uses_opencv(config.format):
         (left_decoded, left_size), (right_decoded, right_size) = _sizes(cache, item.left), _sizes(cache, item.right)
@@ -413,6 +417,27 @@ def _build_one(item: WorkItem) -> ItemResult:
     atomic_write_bytes(Path(config.subset_dir, item.image_name), data)
     atomic_write_text(Path(config.subset_dir, item.caption_name), item.caption + "\n")
     return (item.index, layout.size, len(data), hashlib.sha256(data).hexdigest(), left_size, right_size, thumbnail)
+
+
+def _cutout_entry(path: str, settings: scene.SceneConfig) -> tuple[Any, scene.Cutout]:
+    cutout = scene.load_cutout(path, settings)
+    return cutout.image, cutout  # the cache counts the first item's pixels
+
+
+def _build_scene(item: WorkItem, config: WorkerConfig, cache: SourceCache) -> ItemResult:
+    """One scene composite: each member's cut-out (cached like a source), placed and encoded with its alpha."""
+    assert config.scene is not None
+    settings = config.scene
+    members = [cache.get(("cutout", path), lambda key: _cutout_entry(key[1], settings))[1]
+               for path in (item.left, item.right)]
+    picture = scene.render_scene(members, item.image_name, settings, item.pad_to)
+    data = compose.encode(picture, config.format, config.quality)
+    thumbnail = preview.thumbnail_data(picture.convert("RGB")) if item.thumbnail and compose.is_lossless(
+        config.format) else None
+    atomic_write_bytes(Path(config.subset_dir, item.image_name), data)
+    atomic_write_text(Path(config.subset_dir, item.caption_name), item.caption + "\n")
+    return (item.index, picture.size, len(data), hashlib.sha256(data).hexdigest(), members[0].source_size,
+            members[1].source_size, thumbnail)
 
 
 def build_chunk(chunk: list[WorkItem]) -> tuple[list[ItemResult], WorkerFailure | None]:

@@ -19,6 +19,10 @@ from typing import Literal
 
 from PIL import Image, ImageChops, ImageOps
 
+from kohya_1to2.dataset.compose import SOURCE_SIZE_KEY, load_source
+from kohya_1to2.dataset.masks import MaskRef, load_mask
+from kohya_1to2.errors import DatasetError
+
 Size = tuple[int, int]
 RGB = tuple[int, int, int]
 BackgroundKind = Literal["flat", "gradient", "images"]
@@ -73,34 +77,56 @@ def _full_height(sizes: Sequence[Size], max_side: int | None) -> int:
     return max(1, int(tallest * min(1.0, max_side / longest)))
 
 
+def estimated_canvas(sizes: Sequence[Size], max_side: int | None = None) -> Size:
+    """The canvas of cut-outs of `sizes` before any aspect padding (prepare's guess from whole sources,
+    for choosing stage 2's buckets before the build)."""
+    full = _full_height(sizes, max_side)
+    return (max(8, int(sum(w * full / h for w, h in sizes) * WIDTH_ROOM)), max(8, int(full * HEIGHT_ROOM)))
+
+
+def _grown(canvas: Size, aspect: float | None) -> Size:
+    """The canvas grown (never shrunk) to `aspect` (width / height): the bucket sd-scripts will put it in."""
+    if aspect is None:
+        return canvas
+    width, height = canvas
+    if width / height < aspect:
+        return (max(width, round(height * aspect)), height)
+    return (width, max(height, round(width / aspect)))
+
+
 def plan_scene(sizes: Sequence[Size], key: str, *, max_overlap: float = 0.1, flip: bool = False,
-               max_side: int | None = None, bottom: Sequence[bool] = ()) -> ScenePlan:
+               max_side: int | None = None, bottom: Sequence[bool] = (), aspect: float | None = None) -> ScenePlan:
     """Canvas and placements for cut-outs of `sizes` (left to right), seeded by `key`; `bottom[i]`: the cut-out
-    touches its own image's bottom edge (a cowboy shot), so it stands on the canvas's bottom edge."""
+    touches its own image's bottom edge (a cowboy shot), so it stands on the canvas's bottom edge. `aspect`:
+    the canvas is grown to it (background added), so its stage-2 bucket crops nothing."""
     rng = random.Random(f"1to2-scene:{key}")
     full = _full_height(sizes, max_side)
-    canvas = (max(8, int(sum(w * full / h for w, h in sizes) * WIDTH_ROOM)), max(8, int(full * HEIGHT_ROOM)))
+    row = estimated_canvas(sizes, max_side)
+    canvas = _grown(row, aspect)
+    dx, dy = (canvas[0] - row[0]) // 2, canvas[1] - row[1]  # centred across, standing on the bottom edge
     drawn = []
     for w, h in sizes:
         height = max(1, int(full * rng.uniform(MIN_SCALE, 1.0)))
-        drawn.append((max(1, min(canvas[0], round(w * height / h))), height))
-    slack = canvas[0] - sum(w for w, _ in drawn)
+        drawn.append((max(1, min(row[0], round(w * height / h))), height))
+    slack = row[0] - sum(w for w, _ in drawn)
     cuts = sorted(rng.uniform(0, max(0, slack)) for _ in drawn)
     gaps = [int(b - a) for a, b in pairwise([0.0, *cuts])]
     wanted = [0] + [int(rng.uniform(0, max_overlap) * min(drawn[i - 1][0], drawn[i][0])) for i in range(1, len(drawn))]
-    ys = [canvas[1] - h if bottom and bottom[i] else rng.randint(0, canvas[1] - h) for i, (_, h) in enumerate(drawn)]
+    ys = [row[1] - h if bottom and bottom[i] else rng.randint(0, row[1] - h) for i, (_, h) in enumerate(drawn)]
     flips = [flip and rng.random() < 0.5 for _ in drawn]
     while True:
         placements = _row(drawn, gaps, wanted, ys, flips)
         worst = _first_too_close(placements, max_overlap)
         if worst is None:
-            return ScenePlan(canvas, tuple(placements))
+            return ScenePlan(canvas, tuple(Placement(p.x + dx, p.y + dy, p.width, p.height, p.flip)
+                                           for p in placements))
         wanted[worst] = 0  # that cut-out goes back to its gap: with no shift left, no box overlaps another
 
 
 def _row(drawn: Sequence[Size], gaps: Sequence[int], shifts: Sequence[int], ys: Sequence[int],
          flips: Sequence[bool]) -> list[Placement]:
-    placements, x = [], 0
+    placements: list[Placement] = []
+    x = 0
     for i, (w, h) in enumerate(drawn):
         x = max(placements[-1].x if placements else 0, x + gaps[i] - shifts[i])
         placements.append(Placement(x, ys[i], w, h, flips[i]))
@@ -160,3 +186,58 @@ def compose_scene(cutouts: Sequence[tuple[Image.Image, Image.Image]], plan: Scen
         union = union.point(lambda v: floor + (255 - floor) * v // 255)
     picture.putalpha(union)
     return picture
+
+
+# ---------------------------------------------------------------- one scene, in a build worker
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    """What a build worker needs for scene composites (plain data: workers never import pydantic)."""
+
+    masks: dict[str, MaskRef]
+    """Each source's mask, by path string."""
+    background: RGB
+    kind: BackgroundKind
+    backgrounds: tuple[Path, ...] = ()
+    max_overlap: float = 0.1
+    flip: bool = False
+    background_weight: float = 0.0
+    max_side: int | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Cutout:
+    """A source cut to its character's box (RGBA: the mask is the alpha), its source size, and whether the
+    character touches the source's bottom edge."""
+
+    image: Image.Image
+    source_size: Size
+    bottom: bool
+
+
+def load_cutout(path: str, config: SceneConfig) -> Cutout:
+    rgb = load_source(Path(path), config.background, config.max_side)
+    source_size = rgb.info.get(SOURCE_SIZE_KEY, rgb.size)
+    mask = load_mask(config.masks[path], source_size, rgb.size)
+    try:
+        cropped, cropped_mask, bottom = cut_out(rgb, mask)
+    except ValueError:
+        raise DatasetError(f"the mask of {path} is empty: no character to cut out",
+                           hint="fix its alpha channel or mask file") from None
+    cropped.putalpha(cropped_mask)
+    return Cutout(cropped, source_size, bottom)
+
+
+def render_scene(cutouts: Sequence[Cutout], key: str, config: SceneConfig,
+                 bucket: Size | None = None) -> Image.Image:
+    """The scene composite of `cutouts` (left to right) seeded by `key`: RGBA, alpha = loss weight; grown to
+    `bucket`'s aspect where given."""
+    plan = plan_scene([c.image.size for c in cutouts], f"{config.seed}:{key}", max_overlap=config.max_overlap,
+                      flip=config.flip, max_side=config.max_side, bottom=[c.bottom for c in cutouts],
+                      aspect=bucket[0] / bucket[1] if bucket else None)
+    kind: BackgroundKind = "images" if config.backgrounds else config.kind
+    back = background(kind, plan.canvas, config.background, f"{config.seed}:{key}", config.backgrounds)
+    pairs = [(c.image.convert("RGB"), c.image.getchannel("A")) for c in cutouts]
+    return compose_scene(pairs, plan, back, config.background_weight)

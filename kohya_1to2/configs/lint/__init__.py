@@ -14,6 +14,7 @@ from typing import Any
 
 from kohya_1to2 import kohya
 from kohya_1to2.configs.lint.dataset import LEVEL_NAMES, is_dataset_document, lint_dataset, value_fits
+from kohya_1to2.configs.lint.masks import lint_alpha_masks
 from kohya_1to2.configs.lint.prediction import lint_prediction, prediction_summary
 from kohya_1to2.configs.lint.problems import (
     MAX_COMPOSITE_CROP,
@@ -103,6 +104,7 @@ def lint_run(run_dir: Path) -> list[ConfigProblem]:
         flats[stage] = flat
         problems += lint_network(flat, str(train_path), family)
         problems += lint_captions(dataset_doc, str(dataset_path), IMAGE_EXTENSIONS)
+        problems += lint_alpha_masks(dataset_doc, str(dataset_path))
         composite_sizes: dict[int, list[tuple[int, int]]] = {}
         for index, _, values in kohya.subset_scopes(dataset_doc):
             if subset_role(values) == "composites":
