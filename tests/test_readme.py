@@ -1,4 +1,5 @@
-"""README opens with the two commands, and CI runs the second one verbatim."""
+"""README opens with the two commands, and CI runs the second one verbatim; the exit-code table in
+docs/development.md and `--help` come from errors.EXIT_CODES."""
 
 from __future__ import annotations
 
@@ -29,11 +30,11 @@ def test_ci_extracts_exactly_the_readme_test_command():
     assert script in (REPO / ".ci" / "run").read_text(encoding="utf-8")
 
 
-def test_readme_exit_code_table_and_help_come_from_the_one_table():
+def test_docs_exit_code_table_and_help_come_from_the_one_table():
     from kohya_1to2.cli import build_parser
     from kohya_1to2.errors import EXIT_CODES, OneToTwoError
 
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+    text = (REPO / "docs" / "development.md").read_text(encoding="utf-8")
     rows = text[text.index("## Exit codes"):].split("\n\n")[1].splitlines()[2:]
     assert rows == [f"| {code} | {meaning} |" for code, _, meaning in EXIT_CODES]
     epilog = build_parser().epilog or ""
