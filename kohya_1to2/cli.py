@@ -112,6 +112,8 @@ def _add_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     demo = sub.add_parser("demo", help="the bundled example end to end: prepare + launch (smoke on CPU)")
     demo.add_argument("--out", type=Path, default=Path("runs/example"))
     demo.add_argument("--base-model", default=None, help="real base model; default: tiny CPU smoke model")
+    demo.add_argument("--composite-style", choices=("side-by-side", "scene"), default="side-by-side",
+                      help="scene: the example's characters cut out by their bundled masks (examples/masks)")
 
 
 class Terminated(KeyboardInterrupt):

@@ -68,3 +68,13 @@ def test_a_failed_prepare_stops_the_demo(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setattr("kohya_1to2.commands.demo.ensure_tiny_model", lambda console: Path("/cache/tiny"))
     assert run_demo("--out", str(tmp_path / "ex")) == 3
     assert [name for name, _ in seen] == ["prepare"]
+
+
+def test_demo_scene_style_cuts_the_example_out_by_its_bundled_masks(calls: list[tuple[str, Any]],
+                                                                    tmp_path: Path) -> None:
+    assert run_demo("--out", str(tmp_path / "ex"), "--composite-style", "scene") == 0
+    job = calls[0][1]
+    assert job.composites.style == "scene" and job.composites.masks.parts[-2:] == ("examples", "masks")
+    assert job.composites.masks.is_dir()
+    assert run_demo("--out", str(tmp_path / "side")) == 0
+    assert calls[4][1].composites.style == "side-by-side" and calls[4][1].composites.masks is None

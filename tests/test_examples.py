@@ -44,3 +44,24 @@ def test_example_is_small_and_has_three_characters_with_triggers_first():
         assert len(captions) == len(list(folder.glob("*.png"))) > 0
         for caption in captions:
             assert caption.read_text(encoding="utf-8").split(",")[0] == trigger
+
+
+MASKS = REPO / "examples" / "masks"
+
+
+def test_committed_masks_match_the_generator_and_cover_exactly_each_figure(tmp_path):
+    load_tool().write_example(tmp_path / "dataset", tmp_path / "masks")
+    generated = sorted(p.relative_to(tmp_path / "masks") for p in (tmp_path / "masks").rglob("*.png"))
+    committed = sorted(p.relative_to(MASKS) for p in MASKS.rglob("*.png"))
+    images = sorted(p.relative_to(EXAMPLE) for p in EXAMPLE.rglob("*.png"))
+    assert generated == committed == images, "one mask per image, mirroring the character folders"
+    for rel in committed:
+        with Image.open(tmp_path / "masks" / rel) as new, Image.open(MASKS / rel) as old, \
+                Image.open(EXAMPLE / rel) as image:
+            assert ImageChops.difference(new, old).getbbox() is None, rel
+            assert old.mode == "L" and set(old.getdata()) <= {0, 255}
+            # outside the mask the image is its flat background colour; inside, the figure
+            background = image.convert("RGB").getpixel((0, 0))
+            outside = Image.new("RGB", image.size, background)
+            shown = Image.composite(image.convert("RGB"), outside, old)
+            assert ImageChops.difference(shown, image.convert("RGB")).getbbox() is None, rel

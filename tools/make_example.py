@@ -1,10 +1,12 @@
 """Draw the bundled example dataset: three synthetic characters in kohya layout (no copyrighted art).
 
-    python tools/make_example.py examples/dataset
+    python tools/make_example.py examples/dataset --masks examples/masks
 
 Each character is a simple figure with its own hair colour and accessory; each image varies pose, background
-and expression, and its caption starts with the character's trigger. Deterministic, so re-running it gives
-the committed files byte for byte.
+and expression, and its caption starts with the character's trigger. Each image's character mask (white =
+the figure) goes to a mirror tree for scene composites (`prepare --composite-style scene --masks`): never into
+the character folders, where sd-scripts would train it as an image. Deterministic, so re-running it gives the
+committed files byte for byte.
 """
 
 from __future__ import annotations
@@ -41,12 +43,14 @@ BACKGROUNDS = (((200, 225, 250), "blue background"), ((250, 230, 200), "orange b
 EXPRESSIONS = ("smile", "open mouth", "closed eyes", "neutral")
 
 
-def draw_character(design: Design, index: int) -> tuple[Image.Image, list[str]]:
+def draw_character(design: Design, index: int) -> tuple[Image.Image, list[str], Image.Image]:
+    """The image, its tags, and its mask: the figure is drawn opaque on a transparent layer, so the layer's
+    alpha is exactly the figure and pasting it on the background gives the image."""
     rng = random.Random(f"{design.trigger}:{index}")
     background, background_tag = BACKGROUNDS[index % len(BACKGROUNDS)]
     expression = EXPRESSIONS[(index + len(design.trigger)) % len(EXPRESSIONS)]
-    image = Image.new("RGB", SIZE, background)
-    draw = ImageDraw.Draw(image)
+    layer = Image.new("RGBA", SIZE, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
     cx = 128 + rng.randint(-30, 30)
     head_y = 90 + rng.randint(-10, 10)
     draw.polygon([(cx - 55, 250), (cx + 55, 250), (cx + 30, head_y + 50), (cx - 30, head_y + 50)], fill=design.outfit)
@@ -73,24 +77,31 @@ def draw_character(design: Design, index: int) -> tuple[Image.Image, list[str]]:
     else:
         draw.rectangle((cx - 45, head_y - 70, cx + 45, head_y - 48), fill=(120, 70, 30))
     tags = ["1girl", "solo", design.hair_tag, design.outfit_tag, design.accessory, expression, background_tag]
-    return image, tags
+    image = Image.new("RGB", SIZE, background)
+    image.paste(layer, (0, 0), layer)
+    return image, tags, layer.getchannel("A")
 
 
-def write_example(root: Path) -> None:
+def write_example(root: Path, masks: Path | None = None) -> None:
     for design in DESIGNS:
         folder = root / f"{REPEATS}_{design.trigger}"
         folder.mkdir(parents=True, exist_ok=True)
         for index in range(IMAGES_PER_CHARACTER):
-            image, tags = draw_character(design, index)
+            image, tags, mask = draw_character(design, index)
             stem = folder / f"{design.trigger}_{index + 1:02d}"
             image.save(stem.with_suffix(".png"), optimize=True)
             stem.with_suffix(".txt").write_text(", ".join([design.trigger, *tags]) + "\n", encoding="utf-8")
+            if masks is not None:
+                (masks / folder.name).mkdir(parents=True, exist_ok=True)
+                mask.save(masks / folder.name / f"{stem.name}.png", optimize=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", type=Path)
-    write_example(parser.parse_args().root)
+    parser.add_argument("--masks", type=Path, default=None, help="also write each image's mask under this root")
+    args = parser.parse_args()
+    write_example(args.root, args.masks)
 
 
 if __name__ == "__main__":

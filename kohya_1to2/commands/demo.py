@@ -18,7 +18,7 @@ from kohya_1to2.environment.tiny_model import is_complete
 from kohya_1to2.environment.vendor import repo_root
 from kohya_1to2.errors import SetupError, UsageError
 from kohya_1to2.launch.substitutions import probe_capabilities
-from kohya_1to2.models import Job, SourceSettings, TrainingSettings
+from kohya_1to2.models import CompositeSettings, Job, SourceSettings, TrainingSettings
 
 SMOKE_EVALUATION: dict[str, Any] = {"seeds": 1, "steps": 2, "singles": 1, "pairs": 1}
 """On the tiny CPU model: one seed, 2 sampling steps, one character alone and one pair per row."""
@@ -60,7 +60,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
     else:
         preset, model = "smoke", str(ensure_tiny_model(console))
         console.print("demo: CPU smoke profile (tiny random-init model, a few steps per stage)")
-    job = Job(out=out, sources=SourceSettings(roots=[example]),
+    style = getattr(args, "composite_style", "side-by-side")
+    composites = CompositeSettings(style=style, masks=example.parent / "masks" if style == "scene" else None)
+    job = Job(out=out, sources=SourceSettings(roots=[example]), composites=composites,
               training=TrainingSettings(preset=preset, base_model=model))
     code = prepare(job, PrepareOptions(), console)
     if code == 0:

@@ -66,7 +66,7 @@ def _wait_gone(run: Path, within: float) -> tuple[list[int], str | None]:
 
 @pytest.fixture(scope="session")
 def killed_joint_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """joint + --reg: `launch` is killed (SIGKILL) once the stage saved a state; what was left
+    """joint + --reg + scene composites: `launch` is killed (SIGKILL) once the stage saved a state; what was left
     running 5 s later and the next `launch --dry-run` are recorded; then `launch --resume` finishes the stage."""
     tmp = tmp_path_factory.mktemp("joint")
     for i in range(2):  # class images without captions: sd-scripts captions them with the class token
@@ -74,7 +74,9 @@ def killed_joint_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
     run = tmp / "run joint"
     # sampling stays on, as in `trained_run`: both runs then sample (and evaluate) with the preset's sampler, and
     # their base-model rows are the same images
-    prepared = prepare_smoke(run, "--mode", "joint", "--reg", str(tmp / "reg"))
+    # scene composites (issue 20): the joint stage trains them with the masked loss, beside the singles and reg
+    prepared = prepare_smoke(run, "--mode", "joint", "--reg", str(tmp / "reg"), "--composite-style", "scene",
+                             "--masks", str(repo_root() / "examples" / "masks"))
     train_toml = RunDir(run).train_toml(1)
     # a long stage that saves its state every step, so it can be killed after a state (not a finished stage)
     set_key(train_toml, "max_train_steps", "max_train_steps = 500")

@@ -59,6 +59,9 @@ def test_joint_trains_one_loha_on_singles_composites_and_reg_images(killed_joint
     log = (run / "logs" / "stage1.log").read_text(encoding="utf-8")
     assert "composites/" in log and "1_person" in log, "both blocks and the reg class were loaded"
     assert "is_reg: True" in log
+    # the scene composites' block is read with its alpha masks: apply_masked_loss weights their loss
+    composites = log[log.index("composites/"):]
+    assert "alpha_mask: True" in composites[:3000] and "alpha_mask: True" not in log[:log.index("composites/")]
 
 
 def test_evaluate_compares_the_joint_and_sequential_runs_in_one_grid(killed_joint_run: dict[str, Any],
