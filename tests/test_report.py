@@ -223,3 +223,21 @@ def test_the_pairing_table_reads_captions_through_the_runs_own_template(tmp_path
                                     for i, (a, b) in enumerate([("akari", "bob"), ("bob", "akari"), ("akari", "bob")])))
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", pairing_section(run))
     assert cells == ["akari", "bob", "2", "bob", "akari", "1"]
+
+
+def test_a_scene_run_shows_its_composites_beside_their_loss_masks(tmp_path: Path) -> None:
+    from kohya_1to2.cli import main
+    from kohya_1to2.evaluate.report import build_report
+    from tests.test_prepare_command import _figures
+
+    src = _figures(tmp_path / "src", ("alice", "bob"))
+    scene, side = tmp_path / "scene", tmp_path / "side"
+    assert main(["prepare", str(src), "--out", str(scene), "--composite-style", "scene", "--workers", "1"]) == 0
+    assert main(["prepare", str(src), "--out", str(side), "--workers", "1"]) == 0
+    html = build_report(scene)
+    assert "Scene composites and their loss masks" in html
+    masks = re.findall(r'<img src="([^"]+)" alt="mask">', html)
+    assert len(masks) == 4
+    with Image.open(scene / masks[0]) as mask:
+        assert mask.mode == "L" and mask.getextrema() == (0, 255)
+    assert "loss masks" not in build_report(side)

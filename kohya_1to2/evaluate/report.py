@@ -52,23 +52,25 @@ def href(run_dir: Path, path: Path) -> str:
     return quote(Path(os.path.relpath(path, run_dir)).as_posix())
 
 
-def thumbnail(run: RunDir, path: Path, max_width: int = THUMB_SIDE, max_height: int = THUMB_SIDE) -> Path | None:
-    """A small PNG copy of `path` in report_files/ (rebuilt when the source changes); None if unreadable."""
+def thumbnail(run: RunDir, path: Path, max_width: int = THUMB_SIDE, max_height: int = THUMB_SIDE,
+              channel: str | None = None) -> Path | None:
+    """A small PNG copy of `path` in report_files/ (rebuilt when the source changes), or of one of its
+    channels (`"A"`: a scene composite's loss mask); None if unreadable."""
     try:
         fingerprint = file_fingerprint(path)
     except OSError:
         return None
-    key = hashlib.sha256(f"{path}:{fingerprint}:{max_width}x{max_height}".encode()).hexdigest()
+    key = hashlib.sha256(f"{path}:{fingerprint}:{max_width}x{max_height}:{channel}".encode()).hexdigest()
     out = run.thumbnails / f"{key[:20]}.png"
     if out.is_file():
         return out
     try:
         with Image.open(path) as image:
-            small = image.convert("RGB")
+            small = image.getchannel(channel) if channel else image.convert("RGB")
             small.thumbnail((max_width, max_height))
             with atomic_path(out) as tmp:
                 small.save(tmp, format="PNG")
-    except OSError:
+    except (OSError, ValueError):  # ValueError: no such channel
         return None
     return out
 
@@ -198,7 +200,38 @@ def pairing_section(run: RunDir) -> str:
     body += table(["left", "right", "composites"], [(a, b, n) for (a, b), n in sorted(pairs.items())], numeric=[2])
     if run.preview.is_file():
         body += "<div class=strip>" + figure(run, run.preview, "preview.png", 1100, 700) + "</div>"
-    return body
+    return body + scene_masks(run, lines)
+
+
+SCENE_SHOWN = 4
+
+
+def scene_masks(run: RunDir, lines: Sequence[Mapping[str, Any]]) -> str:
+    """Scene composites: the first few beside their loss masks (the alpha channel sd-scripts weights the loss
+    by), so what stage 2 trains on can be seen; nothing for side-by-side runs."""
+    files = [run.root / str(item.get("file", "")) for item in lines[:SCENE_SHOWN]]
+    shown = [path for path in files if _has_alpha(path)]
+    if not shown:
+        return ""
+    cells = "".join(figure(run, path, path.name, 256, 256) + _mask_figure(run, path) for path in shown)
+    return ("<h3>Scene composites and their loss masks</h3><p>White: the characters, where stage 2's loss "
+            "counts; black: the background it ignores (--background-loss-weight).</p>"
+            f"<div class=strip>{cells}</div>")
+
+
+def _has_alpha(path: Path) -> bool:
+    try:
+        with Image.open(path) as image:
+            return image.mode == "RGBA"
+    except OSError:
+        return False
+
+
+def _mask_figure(run: RunDir, path: Path) -> str:
+    mask = thumbnail(run, path, 256, 256, channel="A")
+    if mask is None:
+        return f'<p class="missing">{esc(path.name)}: no mask</p>'
+    return f'<figure><img src="{href(run.root, mask)}" alt="mask"><figcaption>mask</figcaption></figure>'
 
 
 def plan_section(run: RunDir) -> str:
