@@ -1,5 +1,5 @@
 """One exception family; the CLI edge maps each class to a documented exit code (EXIT_CODES below is the one
-table: `--help` and README's table are checked against it)."""
+table: `--help` and docs/development.md's table are checked against it)."""
 
 from __future__ import annotations
 

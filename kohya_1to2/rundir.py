@@ -34,7 +34,7 @@ def backup_stamp() -> str:
 
 @dataclass(frozen=True)
 class RunDir:
-    """The layout of one run directory (see README, "Run directory")."""
+    """The layout of one run directory (docs/data.md, "The run directory")."""
 
     root: Path
 

@@ -11,6 +11,7 @@ CLI (`cli.main`, in this process), in a workspace whose files are the names the 
 | illustrious-xl.safetensors    | a fake SDXL base whose header says nothing about prediction   |
 | noobai-xl-vpred.safetensors   | a fake SDXL base carrying NoobAI's `v_pred` and `ztsnr` keys  |
 | my_prompts.txt                | two extra prompts in sd-scripts' syntax                       |
+| my_masks/                     | a copy of the bundled example's masks (examples/masks)        |
 | tiny-model/                   | a stand-in for `make-tiny-model tiny-model`'s diffusers folder |
 | templates/                    | a copy of the repository's presets                            |
 | runs/...                      | run directories the commands create                           |
@@ -244,6 +245,7 @@ def fake_sdxl_base(path: Path, *keys: str) -> None:
 def make_workspace(root: Path) -> None:
     """The files the docs' commands name (see the table above), and the fake sd-scripts in .fakes/."""
     shutil.copytree(REPO / "examples" / "dataset", root / "my_characters")
+    shutil.copytree(REPO / "examples" / "masks", root / "my_masks")
     for n in range(2):
         write_image(root / "my_regularisation" / "1_girl" / f"girl_{n}.png", (128, 128), (90 + 40 * n, 120, 160))
     make_fake_base_model(root)  # base.safetensors
