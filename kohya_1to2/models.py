@@ -26,6 +26,9 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 DEFAULT_TEMPLATE = "{left}/{right}/{tag}, {left_tags}, {right_tags}"
 """The method's caption, literally: `CharLeft/CharRight/COMPOSITE, TagsLeft, TagsRight`."""
 
+GROUP_SIZES = (2, 3, 4)
+"""Characters per composite (`--group-size`): the method's pairs, or groups of three or four."""
+
 _HEX_COLOUR = re.compile(r"^#?([0-9a-fA-F]{6})$")
 
 
@@ -142,6 +145,30 @@ class CaptionRules(Strict):
         return value
 
 
+def group_joins(template: str) -> tuple[str, str | None] | str:
+    """How a template names more than two characters: (the text between `{left}` and `{right}`, the text
+    between `{left_tags}` and `{right_tags}` or None where it names no tags), or why it cannot.
+
+    `{left}` is the first character and `{right}` the last; the ones between are joined in with the same text,
+    so `{left}/{right}/{tag}` reads `A/B/C/COMPOSITE` and its tags `tagsA, tagsB, tagsC`.
+    """
+    fields = [(literal, name) for literal, name, _, _ in string.Formatter().parse(template)]
+    names = [name for _, name in fields if name is not None]
+    joins: list[str] = []
+    for first, last in (("left", "right"), ("left_tags", "right_tags")):
+        if first not in names and last not in names:
+            continue
+        if names.count(first) != 1 or names.count(last) != 1:
+            return f"name {{{first}}} and {{{last}}} once each (or, for the tags, neither)"
+        at = names.index(first)
+        if at + 1 >= len(names) or names[at + 1] != last:
+            return f"{{{last}}} must follow {{{first}}} with only text between them"
+        joins.append(fields[[name for _, name in fields].index(last)][0])
+    if not joins[0].strip():
+        return "the text between {left} and {right} must hold a visible character (e.g. '/') to join more names"
+    return joins[0], joins[1] if len(joins) > 1 else None
+
+
 def group_separators(template: str) -> frozenset[str]:
     """Characters that join the character group of a template (`/` in `{left}/{right}/{tag}`), and `,`."""
     first = re.sub(r"{\w*}", "", template.split(",", 1)[0])
@@ -179,6 +206,10 @@ class CompositeSettings(Strict):
         "at least one per ordered character pair",
     )
     seed: int = Field(0, description="pairing seed; same seed + same sources = same composites")
+    group_size: int = Field(
+        2, ge=min(GROUP_SIZES), le=max(GROUP_SIZES),
+        description="characters per composite: 2 = the method's pairs; 3 or 4 = groups side by side, captioned "
+        "A/B/C/COMPOSITE, tagsA, tagsB, tagsC")
     style: Literal["side-by-side", "scene"] = Field(
         "side-by-side", json_schema_extra={"flag": "composite-style"},
         description="side-by-side: two images joined (the method as published); scene: the characters cut out "
@@ -211,6 +242,13 @@ class CompositeSettings(Strict):
         if not match:
             raise ValueError(f"background {value!r} is not a #rrggbb colour, e.g. '#ffffff'")
         return "#" + match.group(1).lower()
+
+    @model_validator(mode="after")
+    def _template_names_the_group(self) -> CompositeSettings:
+        if self.group_size > 2 and isinstance(problem := group_joins(self.captions.template), str):
+            raise ValueError(f"group_size {self.group_size}: the caption template {self.captions.template!r} "
+                             f"cannot name more than two characters: {problem}")
+        return self
 
     @model_validator(mode="after")
     def _scene_keeps_alpha(self) -> CompositeSettings:
@@ -404,11 +442,28 @@ class ReplayPick(Strict):
 
 
 class CompositePlan(Strict):
-    """One composite to build: its index and the two sources (left, right); the file name follows from them."""
+    """One composite to build: its index and its sources in order, left to right (the one record of which
+    images make it, whatever the style); the file name follows from them. `left=`/`right=` build a pair."""
 
     index: int
-    left: SourceImage
-    right: SourceImage
+    members: tuple[SourceImage, ...] = Field(min_length=2, max_length=max(GROUP_SIZES))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pair_as_members(cls, data: object) -> object:
+        if isinstance(data, dict) and "members" not in data and {"left", "right"} <= data.keys():
+            data = {key: value for key, value in data.items() if key not in ("left", "right")} | {
+                "members": (data["left"], data["right"])}
+        return data
+
+    @property
+    def left(self) -> SourceImage:
+        return self.members[0]
+
+    @property
+    def right(self) -> SourceImage:
+        """The last member (the right one of a pair)."""
+        return self.members[-1]
 
 
 def validation_message(exc: Exception, *, as_flags: bool = False) -> str:
