@@ -579,3 +579,72 @@ def test_the_preview_comes_from_the_workers_thumbnails_and_equals_one_made_from_
     again = run_build(src, out, budget=40, workers=workers)  # all reused: the preview decodes the files
     assert again.written == 0
     assert RunDir(out).preview.read_bytes() == made_by_workers
+
+
+# ---------------------------------------------------------------- groups of three (--group-size 3)
+
+
+def run_group_build(src: Path, out: Path, budget: int = 8, **composites: object) -> build.BuildResult:
+    from kohya_1to2.dataset.pairing import plan_groups
+
+    characters = characters_from(src)
+    composites.setdefault("workers", 1)
+    job = make_job(src, out, budget=budget, group_size=3, **composites)
+    return build.build_composites(plan_groups(characters, 3, budget, job.composites.seed), characters, job, out)
+
+
+def test_a_group_build_writes_three_wide_composites_their_captions_and_members(src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = run_group_build(src, out)
+    assert (result.count, result.written) == (8, 8)
+    for entry in build.read_manifest(out):
+        names = Path(entry.file).stem.split("_", 1)[1].split("__")
+        assert len(names) == 3 and len(set(names)) == 3
+        assert entry.caption.startswith("/".join(names) + "/COMPOSITE, ")
+        assert (out / entry.file).with_suffix(".txt").read_text(encoding="utf-8") == entry.caption + "\n"
+        members = entry.members
+        assert [Path(m.path).parent.name.split("_", 1)[1] for m in members] == names
+        assert entry.middle is not None and len(entry.middle) == 1
+        assert all(m.fingerprint == file_fingerprint(Path(m.path)) for m in members)
+        with Image.open(out / entry.file) as image:
+            assert image.size == tuple(entry.size)
+            assert image.width == sum(m.size[0] for m in members) and image.height == 64  # same-height sources
+            x = 0
+            for member in members:  # each third is its source, in caption order
+                with Image.open(member.path) as source:
+                    assert image.crop((x, 0, x + source.width, 64)).tobytes() == source.convert("RGB").tobytes()
+                x += member.size[0]
+
+
+def test_a_resumed_group_build_reuses_every_composite(src: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "run"
+    run_group_build(src, out)
+    before = tree_hashes(out)
+    layout = RunDir(out)
+    layout.manifest.replace(layout.journal)  # as a build killed after its last composite leaves it
+
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a resumed build must not decode images")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(compose, "load_source", no_decoding)
+        patched.setattr(pool, "ProcessPoolExecutor", no_decoding)
+        result = run_group_build(src, out)
+    assert (result.reused, result.written) == (8, 0)
+    assert tree_hashes(out) == before and not layout.journal.exists()
+
+    middle = build.read_manifest(out)[0].middle
+    assert middle is not None
+    changed = Path(middle[0].path)  # a middle member's source changes: its composites, and only they, rebuild
+    users = {e.index for e in build.read_manifest(out) if str(changed) in {m.path for m in e.members}}
+    Image.new("RGB", Image.open(changed).size, (1, 2, 3)).save(changed)
+    result = run_group_build(src, out)
+    assert result.written == len(users) and result.reused == 8 - len(users)
+
+
+def test_a_pooled_group_build_gives_the_same_bytes_as_in_process(tmp_path: Path) -> None:
+    src = make_sources(tmp_path / "src", {"alice": 3, "bob": 2, "carol": 2, "dan": 2})
+    run_group_build(src, tmp_path / "one", budget=30, workers=1)
+    run_group_build(src, tmp_path / "two", budget=30, workers=2)
+    assert tree_hashes(tmp_path / "one") == tree_hashes(tmp_path / "two")

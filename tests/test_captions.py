@@ -150,3 +150,82 @@ def test_the_template_gives_the_group_prompt_and_the_composite_negative() -> Non
     assert "+" in plus.separators
     with pytest.raises(ValueError, match="two characters, not 3"):
         plus.group(("alice", "bob", "carol"))
+
+
+# ---------------------------------------------------------------- groups of three or four (--group-size)
+
+GROUP = [("alice", ("1girl", "solo", "red hair")), ("bob", ("1boy", "solo")), ("carol", ("1girl", "hat")),
+         ("dan", ("1other",))]
+
+
+def group_of(k: int, **rules: object) -> str:
+    from kohya_1to2.dataset.captions import group_caption
+
+    members = [character(name, (name, *tags)) for name, tags in GROUP[:k]]
+    return group_caption([c for c, _ in members], [i for _, i in members], CaptionRules(**rules))
+
+
+@pytest.mark.parametrize(("k", "expected"), [
+    (2, "alice/bob/COMPOSITE, 1girl, solo, red hair, 1boy, solo"),
+    (3, "alice/bob/carol/COMPOSITE, 1girl, solo, red hair, 1boy, solo, 1girl, hat"),
+    (4, "alice/bob/carol/dan/COMPOSITE, 1girl, solo, red hair, 1boy, solo, 1girl, hat, 1other"),
+])
+def test_a_group_caption_names_every_member_in_the_group_then_their_tags(k: int, expected: str) -> None:
+    text = group_of(k)
+    assert text == expected
+    for seed in range(10):  # keep_tokens = 1 keeps the whole group first
+        assert sd_scripts_keep_tokens(text, 1, random.Random(seed)).split(", ")[0] == expected.split(", ")[0]
+
+
+def test_a_pair_caption_is_the_same_through_either_function() -> None:
+    assert group_of(2) == caption(["1girl", "solo", "red hair"], ["1boy", "solo"])
+
+
+def test_the_tag_rules_apply_over_the_whole_group() -> None:
+    merged = group_of(3, merge_count_tags=True, drop_solo=True)
+    assert merged == "alice/bob/carol/COMPOSITE, 2girls, red hair, 1boy, hat"
+    assert group_of(3, dedupe_shared=True) == "alice/bob/carol/COMPOSITE, 1girl, solo, red hair, 1boy, hat"
+    assert group_of(3, max_tags_per_side=1) == "alice/bob/carol/COMPOSITE, 1girl, 1boy, 1girl"
+
+
+@pytest.mark.parametrize("template", [None, PLUS, "{tag} {left}+{right}, {left_tags}, {right_tags}",
+                                      "{left} & {right} ({tag}), {left_tags}; {right_tags}"])
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_group_captions_read_back_their_characters(template: str | None, k: int) -> None:
+    from kohya_1to2.dataset.captions import CaptionTemplate
+
+    rules = {} if template is None else {"template": template}
+    written = group_of(k, **rules)
+    reader = CaptionTemplate(CaptionRules(**rules), k)
+    names = tuple(name for name, _ in GROUP[:k])
+    assert reader.characters_in(written) == names
+    assert written.split(",", 1)[0] == reader.group(names)
+    assert CaptionTemplate(CaptionRules(**rules), 2 if k > 2 else 3).characters_in(written) == (), "another size"
+    prompt = reader.group_prompt(names)
+    assert all(name in prompt for name in names) and "COMPOSITE" not in prompt
+
+
+def test_group_prompts_and_the_composite_negative_of_a_group() -> None:
+    from kohya_1to2.dataset.captions import CaptionTemplate
+
+    three = CaptionTemplate(CaptionRules(), 3)
+    assert three.group(("alice", "bob", "carol")) == "alice/bob/carol/COMPOSITE"
+    assert three.group_prompt(("alice", "bob", "carol")) == "alice/bob/carol"
+    assert three.composite_negative("lowres") == "COMPOSITE, lowres"
+    with pytest.raises(ValueError, match="names three characters, not 2"):
+        three.group(("alice", "bob"))
+
+
+@pytest.mark.parametrize(("template", "problem"), [
+    ("{left} {right}/{tag}, {left_tags}, {right_tags}", "visible character"),
+    ("{left}/{tag}/{right}, {left_tags}, {right_tags}", "must follow {left}"),
+    ("{left}/{right}/{tag}, {left_tags}", "once each"),
+])
+def test_a_template_that_cannot_name_a_group_is_refused_for_groups_only(template: str, problem: str) -> None:
+    from pydantic import ValidationError
+
+    from kohya_1to2.models import CompositeSettings
+
+    CompositeSettings(captions=CaptionRules(template=template))  # pairs: as before
+    with pytest.raises(ValidationError, match=problem):
+        CompositeSettings(group_size=3, captions=CaptionRules(template=template))

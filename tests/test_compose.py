@@ -294,3 +294,52 @@ def test_the_composite_canvas_encodes_to_the_bytes_of_encode_join(png_encoder: s
     assert data == compose.encode(joined, "png")
     assert Image.open(io.BytesIO(data)).tobytes() == joined.tobytes()
     assert compose.canvas_image(canvas).tobytes() == joined.tobytes()  # what a worker's thumbnail is made from
+
+
+# ---------------------------------------------------------------- groups of three or four side by side
+
+
+@given(
+    st.lists(st.tuples(st.integers(1, 3000), st.integers(1, 3000)), min_size=2, max_size=4),
+    st.integers(0, 40),
+    st.one_of(st.none(), st.integers(64, 2048)),
+)
+def test_row_layout_invariants(sizes: list[tuple[int, int]], gap: int, max_side: int | None) -> None:
+    layout = compose.row_layout(sizes, gap, max_side)
+    assert len(layout.members) == len(sizes) and len({h for _, h in layout.members}) == 1
+    assert layout.members[0][1] <= min(h for _, h in sizes) and all(w >= 1 for w, _ in layout.members)
+    assert layout.size[0] == sum(w for w, _ in layout.members) + gap * (len(sizes) - 1)
+    if max_side is not None:
+        assert max(layout.size) <= max_side
+    if len(sizes) == 2:
+        assert layout == compose.pair_layout(sizes[0], sizes[1], gap, max_side)
+
+
+@pytest.mark.parametrize("gap", [0, 5])
+@pytest.mark.parametrize("bucket", [None, (640, 128)])
+def test_three_members_join_side_by_side_and_encode_alike_on_both_paths(png_encoder: str, gap: int,
+                                                                         bucket: tuple[int, int] | None) -> None:
+    images = [_realistic((40, 30)), _realistic((24, 30)).transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+              _realistic((30, 30)).rotate(90)]
+    sizes = [image.size for image in images]
+    layout = compose.row_layout(sizes, gap, None) if bucket is None else \
+        compose.pad_row_to_aspect(sizes, gap, None, bucket)
+    joined = compose.join_row(images, layout, BG)
+    assert joined.size == layout.size
+    if bucket is None:
+        assert joined.size == (40 + 24 + 30 + 2 * gap, 30)
+    else:
+        assert abs(joined.size[0] / joined.size[1] - 5) < 0.05 and joined.getpixel((0, 0)) == BG
+    for image, x in zip(images, layout.offsets, strict=True):  # each member where the layout says
+        y = layout.origin[1]
+        assert joined.crop((x, y, x + image.width, y + image.height)).tobytes() == image.tobytes()
+    if gap:
+        assert joined.getpixel((layout.offsets[1] - 1, layout.origin[1])) == BG
+    canvas = compose.row_canvas(images, layout, BG)
+    assert compose.encode_canvas(canvas) == compose.encode(joined, "png")
+
+
+def test_a_group_composite_is_named_by_its_members_left_to_right() -> None:
+    assert compose.group_name(7, ["Alice", "bob", "Carol Ann"], "webp") == "000007_Alice__bob__Carol_Ann.webp"
+    assert compose.group_name(42, ["Alice", "Bob Marley"], "png") == compose.composite_name(42, "Alice", "Bob Marley",
+                                                                                          "png")

@@ -1,7 +1,8 @@
 """Build the stage-2 composite folder: incremental re-runs, atomic writes, a manifest, a preview.
 
-Writes (paths from `RunDir`): the composite subset (images + captions named `000042_alice__bob.png`), the
-manifest (one line per composite: sources, fingerprints, output size and hash), the preview, and while a build
+Writes (paths from `RunDir`): the composite subset (images + captions named `000042_alice__bob.png`, or
+`000042_alice__bob__carol.png` for a group), the manifest (one line per composite: sources, fingerprints,
+output size and hash), the preview, and while a build
 runs its journal and the spill of decoded sources.
 
 `build_composites` is a pipeline: tidy the subset folder -> `reuse_or_rebuild` (pure: which outputs are still
@@ -59,7 +60,7 @@ PREVIEW_ITEMS = 12
 
 
 class SourceRecord(BaseModel):
-    """One side of a composite: the source file, its pixel size and a cheap change fingerprint."""
+    """One member of a composite: the source file, its pixel size and a cheap change fingerprint."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -78,12 +79,19 @@ class ManifestEntry(BaseModel):
     caption: str
     left: SourceRecord
     right: SourceRecord
+    middle: tuple[SourceRecord, ...] | None = None
+    """A group's members between left and right (absent for a pair, whose lines stay as they were)."""
     size: tuple[int, int]
     bytes: int
     sha256: str
     settings: str
     padded_to: tuple[int, int] | None = None
     """The stage-2 bucket whose aspect the composite was padded to (its own aspect would be cropped there)."""
+
+    @property
+    def members(self) -> tuple[SourceRecord, ...]:
+        """Every source, left to right."""
+        return (self.left, *(self.middle or ()), self.right)
 
 
 @dataclass(frozen=True)
@@ -179,13 +187,13 @@ def reuse_or_rebuild(
         if plan.index != position:
             raise ValueError(f"plans must be in index order; plan {plan.index} at position {position}")
         try:
-            left, right = by_name[plan.left.character], by_name[plan.right.character]
+            members = [by_name[image.character] for image in plan.members]
         except KeyError as exc:
             raise DatasetError(f"composite {plan.index} names an unknown character {exc.args[0]!r}") from exc
-        name = compose.composite_name(plan.index, left.name, right.name, settings.format)
+        name = compose.group_name(plan.index, [c.name for c in members], settings.format)
         caption_name = Path(name).with_suffix(caption_extension).name
         expected.update((name, caption_name))
-        caption = captions.composite_caption(left, right, plan.left, plan.right, settings.captions)
+        caption = captions.group_caption(members, plan.members, settings.captions)
         old = previous.get(plan.index)
         padded = pad_to[plan.index] if plan.index < len(pad_to) else None
         if old is not None and _reusable(old, plan, name, settings_id, padded, fingerprints, on_disk):
@@ -198,9 +206,9 @@ def reuse_or_rebuild(
             entries[plan.index] = old
             continue
         preview_stale |= plan.index < PREVIEW_ITEMS
+        paths = [interned.setdefault(str(image.path), str(image.path)) for image in plan.members]
         to_build.append(WorkItem(
-            index=plan.index, left=interned.setdefault(str(plan.left.path), str(plan.left.path)),
-            right=interned.setdefault(str(plan.right.path), str(plan.right.path)), image_name=name,
+            index=plan.index, left=paths[0], right=paths[-1], middle=tuple(paths[1:-1]), image_name=name,
             caption_name=caption_name, caption=caption, thumbnail=plan.index < PREVIEW_ITEMS, pad_to=padded,
         ))
     return Reuse(entries, rewrites, to_build, frozenset(expected), preview_stale)
@@ -209,14 +217,14 @@ def reuse_or_rebuild(
 def _reusable(old: ManifestEntry, plan: CompositePlan, name: str, settings_id: str, padded: tuple[int, int] | None,
               fingerprints: Mapping[Path, str], on_disk: Mapping[str, int]) -> bool:
     """The recorded output is this plan's: same file, settings, padding and sources, unchanged sources and size."""
+    recorded = old.members
     return (
         Path(old.file).name == name
         and old.settings == settings_id
         and old.padded_to == padded
-        and old.left.path == str(plan.left.path)
-        and old.right.path == str(plan.right.path)
-        and old.left.fingerprint == fingerprints[plan.left.path]
-        and old.right.fingerprint == fingerprints[plan.right.path]
+        and len(recorded) == len(plan.members)
+        and all(record.path == str(image.path) and record.fingerprint == fingerprints[image.path]
+                for record, image in zip(recorded, plan.members, strict=True))
         and on_disk.get(name) == old.bytes
     )
 
@@ -345,19 +353,21 @@ class _Manifest:
         if self._items is None:
             self._items = {item.index: item for item in items}
         done = 0
-        for index, size, nbytes, digest, left_size, right_size, thumbnail in results:
+        for index, size, nbytes, digest, left_size, right_size, thumbnail, middle_sizes in results:
             plan, item = self.plans[index], self._items[index]
             file = f"{self.subset}/{item.image_name}"
             if thumbnail is not None:
                 self.thumbnails[file] = thumbnail
+            records = [SourceRecord(path=str(image.path), size=source_size, fingerprint=self.fingerprints[image.path])
+                       for image, source_size in zip(plan.members, (left_size, *middle_sizes, right_size),
+                                                     strict=True)]
             entry = ManifestEntry(
                 index=index,
                 file=file,
                 caption=item.caption,
-                left=SourceRecord(path=str(plan.left.path), size=left_size,
-                                  fingerprint=self.fingerprints[plan.left.path]),
-                right=SourceRecord(path=str(plan.right.path), size=right_size,
-                                   fingerprint=self.fingerprints[plan.right.path]),
+                left=records[0],
+                right=records[-1],
+                middle=tuple(records[1:-1]) or None,
                 size=size,
                 bytes=nbytes,
                 sha256=digest,
@@ -429,7 +439,7 @@ def _source_fingerprints(plans: Sequence[CompositePlan], mask_refs: Mapping[str,
     """Each source's fingerprint; a scene source's includes its mask file's, so an edited mask rebuilds."""
     fingerprints: dict[Path, str] = {}
     for plan in plans:
-        for path in (plan.left.path, plan.right.path):
+        for path in (image.path for image in plan.members):
             if path not in fingerprints:
                 try:
                     fingerprints[path] = file_fingerprint(path)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from kohya_1to2.errors import UsageError
 from kohya_1to2.kohya import escape_attention, first_caption_line
-from kohya_1to2.models import CaptionRules, Character, SourceImage, group_separators, name_problem
+from kohya_1to2.models import CaptionRules, Character, SourceImage, group_joins, group_separators, name_problem
 
 normalise_caption_text = first_caption_line
 """Strip a BOM, unify line endings and keep the first line, as sd-scripts reads it."""
@@ -31,10 +31,10 @@ def _count_tag(kind: str, count: int) -> str:
     return f"1{kind}" if count == 1 else f"{count}{kind}s"
 
 
-def _merge_count_tags(left: list[str], right: list[str]) -> tuple[list[str], list[str]]:
+def _merge_count_tags(*members: list[str]) -> list[list[str]]:
     """`1girl` + `1girl` -> `2girls` (at the first count tag's place); other tags untouched."""
     totals: dict[str, int] = {}
-    for tag in left + right:
+    for tag in (tag for tags in members for tag in tags):
         if match := _COUNT_TAG.match(tag):
             totals[match.group(3)] = totals.get(match.group(3), 0) + int(match.group(1))
     placed: set[str] = set()
@@ -50,7 +50,7 @@ def _merge_count_tags(left: list[str], right: list[str]) -> tuple[list[str], lis
                 out.append(_count_tag(kind, totals[kind]))
         return out
 
-    return merged(left), merged(right)
+    return [merged(tags) for tags in members]
 
 
 def validate_triggers(characters: Iterable[Character], rules: CaptionRules, separator: str = ",") -> None:
@@ -81,32 +81,48 @@ def composite_caption(
 ) -> str:
     """`CharLeft/CharRight/COMPOSITE, TagsLeft, TagsRight` by default; the character group stays the first
     comma-separated token so sd-scripts' `keep_tokens = 1` keeps all of it in place."""
-    left_tags, right_tags = descriptive_tags(left_image, left.trigger), descriptive_tags(right_image, right.trigger)
+    return group_caption((left, right), (left_image, right_image), rules)
+
+
+def group_caption(characters: Sequence[Character], images: Sequence[SourceImage], rules: CaptionRules) -> str:
+    """The caption of a composite of k characters (left to right): `A/B/C/COMPOSITE, tagsA, tagsB, tagsC` by
+    default; the rules apply per member (drop_solo, max_tags_per_side), across all (merge_count_tags), and to
+    a tag an earlier member already has (dedupe_shared)."""
+    tags = [descriptive_tags(image, character.trigger) for character, image in zip(characters, images, strict=True)]
     if rules.drop_solo:
-        left_tags = [t for t in left_tags if t != "solo"]
-        right_tags = [t for t in right_tags if t != "solo"]
+        tags = [[t for t in member if t != "solo"] for member in tags]
     if rules.merge_count_tags:
-        left_tags, right_tags = _merge_count_tags(left_tags, right_tags)
+        tags = _merge_count_tags(*tags)
     if rules.dedupe_shared:
-        seen = set(left_tags)
-        right_tags = [t for t in right_tags if t not in seen]
+        seen: set[str] = set()
+        deduped = []
+        for member in tags:
+            deduped.append([t for t in member if t not in seen])
+            seen.update(member)
+        tags = deduped
     if rules.max_tags_per_side is not None:
-        left_tags, right_tags = left_tags[: rules.max_tags_per_side], right_tags[: rules.max_tags_per_side]
-    return CaptionTemplate(rules).caption((left.trigger, right.trigger), (left_tags, right_tags))
+        tags = [member[: rules.max_tags_per_side] for member in tags]
+    template = CaptionTemplate(rules, len(characters))
+    return template.caption([c.trigger for c in characters], tags)
 
 
 _TAG_MARK = "\x00"
 """Stands for the composite tag while it is cut out of a group (a caption can never hold it)."""
 
 
+_COUNT_WORDS = {2: "two", 3: "three", 4: "four"}
+
+
 @dataclass(frozen=True)
 class CaptionTemplate:
     """The one reader of `CaptionRules.template` (`{left}/{right}/{tag}, {left_tags}, {right_tags}` by default):
     the composites' captions, the group token that `keep_tokens = 1` keeps, the group as a prompt (the sample and
-    evaluate pair prompts), the composite-negative text, and the characters named in a written caption (the
-    report). A group is k triggers in order; the template's fields name two (`left`, `right`)."""
+    evaluate group prompts), the composite-negative text, and the characters named in a written caption (the
+    report). A group is `group_size` triggers in order: `{left}` names the first, `{right}` the last, and those
+    between are joined in with the text between the two (`A/B/C/COMPOSITE, tagsA, tagsB, tagsC`)."""
 
     rules: CaptionRules
+    group_size: int = 2
 
     @property
     def separators(self) -> frozenset[str]:
@@ -123,7 +139,7 @@ class CaptionTemplate:
         return self._group_template().format(tag=self.rules.composite_tag, **self._fields(triggers)).strip()
 
     def group_prompt(self, triggers: Sequence[str]) -> str:
-        """The group without the composite tag, as pair prompts use it: `alice/bob`."""
+        """The group without the composite tag, as group prompts use it: `alice/bob`."""
         text = self._group_template().format(tag=_TAG_MARK, **self._fields(triggers)).strip()
         # the tag goes with the separator before it (after it, where the tag comes first)
         pattern = rf"{_TAG_MARK}\s*[^\w\s]?\s*" if text.startswith(_TAG_MARK) else rf"\s*[^\w\s]?\s*{_TAG_MARK}"
@@ -131,30 +147,52 @@ class CaptionTemplate:
         return text or "/".join(triggers)
 
     def composite_negative(self, negative: str = "") -> str:
-        """The negative prompt of a pair prompt: the composite tag (escaped: it is meant literally), then the
+        """The negative prompt of a group prompt: the composite tag (escaped: it is meant literally), then the
         preset's own negative (not escaped: its weights are meant)."""
         return ", ".join(p for p in (escape_attention(self.rules.composite_tag), negative.strip()) if p)
 
     def characters_in(self, caption: str) -> tuple[str, ...]:
-        """The triggers a caption written from this template names, in order; () when it does not match."""
+        """The triggers a caption written from this template names, in order; () when it does not match (or names
+        another number of characters)."""
+        joins = group_joins(self.rules.template)
         pattern = ""
         for literal, field, _, _ in string.Formatter().parse(self._group_template()):
             pattern += re.escape(literal)
-            if field in ("left", "right"):
-                pattern += "(.+?)"
+            if field in ("left", "right"):  # `left` of a group holds all but the last member, joined
+                pattern += "(.+)" if field == "left" and not isinstance(joins, str) else "(.+?)"
             elif field == "tag":
                 pattern += re.escape(self.rules.composite_tag)
             elif field is not None:
                 pattern += ".*?"
         match = re.fullmatch(pattern.strip(), caption.split(",", 1)[0].strip())
-        return tuple(match.groups()) if match else ()
+        if not match:
+            return ()
+        if isinstance(joins, str):  # a template that names pairs only
+            return tuple(match.groups()) if self.group_size == 2 else ()
+        first, last = match.groups()
+        named = (*first.split(joins[0]), last)  # a trigger never holds a join's separator
+        return named if len(named) == self.group_size and joins[0] not in last else ()
 
     def _group_template(self) -> str:
         return self.rules.template.split(",", 1)[0]
 
-    @staticmethod
-    def _fields(triggers: Sequence[str], tags: Sequence[Sequence[str]] = ((), ())) -> dict[str, str]:
-        if len(triggers) != 2 or len(tags) != 2:
-            raise ValueError(f"the caption template names two characters, not {len(triggers)}")
-        return {"left": triggers[0], "right": triggers[1], "left_tags": ", ".join(tags[0]),
-                "right_tags": ", ".join(tags[1])}
+    def _joins(self) -> tuple[str, str | None]:
+        joins = group_joins(self.rules.template)
+        if isinstance(joins, str):
+            raise ValueError(f"the caption template names two characters, not {self.group_size}: {joins}")
+        return joins
+
+    def _fields(self, triggers: Sequence[str], tags: Sequence[Sequence[str]] | None = None) -> dict[str, str]:
+        """The template's fields for a group: `left` holds every member but the last, joined (so the template's
+        own text between `{left}` and `{right}` joins the last one too); the tags likewise."""
+        tags = [()] * len(triggers) if tags is None else tags
+        if len(triggers) != self.group_size or len(tags) != self.group_size:
+            words = _COUNT_WORDS.get(self.group_size, str(self.group_size))
+            raise ValueError(f"the caption template names {words} characters, not {len(triggers)}")
+        if self.group_size == 2:
+            return {"left": triggers[0], "right": triggers[1], "left_tags": ", ".join(tags[0]),
+                    "right_tags": ", ".join(tags[1])}
+        join, tag_join = self._joins()
+        return {"left": join.join(triggers[:-1]), "right": triggers[-1],
+                "left_tags": (tag_join or "").join(", ".join(member) for member in tags[:-1]),
+                "right_tags": ", ".join(tags[-1])}

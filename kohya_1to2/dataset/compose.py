@@ -1,4 +1,4 @@
-"""Image operations of the composite build: load a source as 8-bit RGB, join two side by side, encode.
+"""Image operations of the composite build: load a source as 8-bit RGB, join two (or more) side by side, encode.
 
 Everything here is deterministic (same inputs, same bytes), so an interrupted build resumed later ends
 byte-identical to a clean one.
@@ -14,6 +14,7 @@ import math
 import re
 import unicodedata
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -156,17 +157,26 @@ def load_source(path: Path, background_rgb: RGB, max_side: int | None = None) ->
 
 @dataclass(frozen=True)
 class PairLayout:
-    """Where each half goes: both halves share `height`; the gap sits between them. `canvas`, when set, is a
-    larger frame the pair sits centred in (padding in the background colour, see `pad_to_aspect`)."""
+    """Where each member goes, left to right (a pair, or a group of three or four): all share one height; the
+    gap sits between neighbours. `canvas`, when set, is a larger frame the row sits centred in (padding in the
+    background colour, see `pad_to_aspect`)."""
 
-    left: Size
-    right: Size
+    members: tuple[Size, ...]
     gap: int
     canvas: Size | None = None
 
     @property
+    def left(self) -> Size:
+        return self.members[0]
+
+    @property
+    def right(self) -> Size:
+        """The last member (the right half of a pair)."""
+        return self.members[-1]
+
+    @property
     def content(self) -> Size:
-        return (self.left[0] + self.gap + self.right[0], self.left[1])
+        return (sum(w for w, _ in self.members) + self.gap * (len(self.members) - 1), self.members[0][1])
 
     @property
     def size(self) -> Size:
@@ -174,19 +184,34 @@ class PairLayout:
 
     @property
     def origin(self) -> tuple[int, int]:
-        """Top-left corner of the left half on the canvas."""
+        """Top-left corner of the left member on the canvas."""
         (width, height), (content_w, content_h) = self.size, self.content
         return ((width - content_w) // 2, (height - content_h) // 2)
+
+    @property
+    def offsets(self) -> list[int]:
+        """Each member's x on the canvas."""
+        x = self.origin[0]
+        found = []
+        for w, _ in self.members:
+            found.append(x)
+            x += w + self.gap
+        return found
 
 
 def pair_layout(left: Size, right: Size, gap: int, max_side: int | None, max_height: int | None = None) -> PairLayout:
     """Common height = the smaller height (never upscale); then everything shrinks to fit `max_side` (and the
     height to `max_height`, which `pad_to_aspect` uses to leave room for padding)."""
-    height = min(left[1], right[1])
-    widths = [max(1, round(w * height / h)) for w, h in (left, right)]
+    return row_layout((left, right), gap, max_side, max_height)
+
+
+def row_layout(sizes: Sequence[Size], gap: int, max_side: int | None, max_height: int | None = None) -> PairLayout:
+    """`pair_layout` for k members side by side: the smallest height, all shrunk together to fit `max_side`."""
+    height = min(h for _, h in sizes)
+    widths = [max(1, round(w * height / h)) for w, h in sizes]
     if max_side is not None:
-        room = max_side - gap
-        if room < 2:
+        room = max_side - gap * (len(sizes) - 1)
+        if room < len(sizes):
             raise UsageError(
                 f"composites.gap ({gap}) leaves no room in composites.max_side ({max_side})",
                 hint="lower --gap or raise --max-side",
@@ -194,15 +219,15 @@ def pair_layout(left: Size, right: Size, gap: int, max_side: int | None, max_hei
         scale = min(1.0, room / sum(widths), min(max_side, max_height or max_side) / height)
         if scale < 1.0:
             height = max(1, math.floor(height * scale))
-            widths = [max(1, math.floor(w * height / h)) for w, h in (left, right)]
-            # Rounding (or a 1-pixel height floor on extreme shapes) may overshoot: trim the wider half.
-            for _ in range(2):
+            widths = [max(1, math.floor(w * height / h)) for w, h in sizes]
+            # Rounding (or a 1-pixel height floor on extreme shapes) may overshoot: trim the widest member.
+            for _ in range(len(sizes)):
                 overflow = sum(widths) - room
                 if overflow <= 0:
                     break
-                wide = 0 if widths[0] >= widths[1] else 1
+                wide = widths.index(max(widths))
                 widths[wide] = max(1, widths[wide] - overflow)
-    return PairLayout(left=(widths[0], height), right=(widths[1], height), gap=gap)
+    return PairLayout(members=tuple((w, height) for w in widths), gap=gap)
 
 
 def _padded(content: Size, target: float) -> Size:
@@ -218,16 +243,21 @@ def pad_to_aspect(left: Size, right: Size, gap: int, max_side: int | None, bucke
     Too wide for the bucket: padding above and below; too tall: left and right. The canvas keeps within
     `max_side`: where padding would push it over, the pair shrinks first.
     """
+    return pad_row_to_aspect((left, right), gap, max_side, bucket)
+
+
+def pad_row_to_aspect(sizes: Sequence[Size], gap: int, max_side: int | None, bucket: Size) -> PairLayout:
+    """`pad_to_aspect` for k members side by side."""
     target = bucket[0] / bucket[1]
-    layout = pair_layout(left, right, gap, max_side)
+    layout = row_layout(sizes, gap, max_side)
     for _ in range(16):
         canvas = _padded(layout.content, target)
         if max_side is None or max(canvas) <= max_side or layout.content[1] == 1:
             break
         height = layout.content[1]
-        layout = pair_layout(left, right, gap, max_side,
-                             max_height=max(1, min(height - 1, math.floor(height * max_side / max(canvas)))))
-    return PairLayout(layout.left, layout.right, layout.gap, canvas if canvas != layout.content else None)
+        layout = row_layout(sizes, gap, max_side,
+                            max_height=max(1, min(height - 1, math.floor(height * max_side / max(canvas)))))
+    return PairLayout(layout.members, layout.gap, canvas if canvas != layout.content else None)
 
 
 def fit(image: Image.Image, size: Size) -> Image.Image:
@@ -239,17 +269,28 @@ def fit(image: Image.Image, size: Size) -> Image.Image:
 
 def join(left: Image.Image, right: Image.Image, layout: PairLayout, background_rgb: RGB) -> Image.Image:
     """Paste two already-fitted halves side by side on the background colour."""
+    return join_row((left, right), layout, background_rgb)
+
+
+def join_row(members: Sequence[Image.Image], layout: PairLayout, background_rgb: RGB) -> Image.Image:
+    """Paste k already-fitted members side by side on the background colour."""
     canvas = Image.new("RGB", layout.size, background_rgb)
-    x, y = layout.origin
-    canvas.paste(left, (x, y))
-    canvas.paste(right, (x + layout.left[0] + layout.gap, y))
+    y = layout.origin[1]
+    for image, x in zip(members, layout.offsets, strict=True):
+        canvas.paste(image, (x, y))
     return canvas
 
 
 def compose_pair(left: Image.Image, right: Image.Image, settings: CompositeSettings) -> Image.Image:
     """The composite of two RGB images per `settings` (halves resized before joining, cheaper than after)."""
-    layout = pair_layout(left.size, right.size, settings.gap, settings.max_side)
-    return join(fit(left, layout.left), fit(right, layout.right), layout, settings.background_rgb)
+    return compose_row((left, right), settings)
+
+
+def compose_row(images: Sequence[Image.Image], settings: CompositeSettings) -> Image.Image:
+    """The composite of k RGB images side by side per `settings`."""
+    layout = row_layout([image.size for image in images], settings.gap, settings.max_side)
+    fitted = [fit(image, size) for image, size in zip(images, layout.members, strict=True)]
+    return join_row(fitted, layout, settings.background_rgb)
 
 
 # ---------------------------------------------------------------- encoding and naming
@@ -366,30 +407,31 @@ def canvas_image(canvas: Any) -> Image.Image:
 
 
 def composite_canvas(left: Any, right: Any, layout: PairLayout, background_rgb: RGB, fmt: str = "png") -> Any:
-    """Two fitted halves on one canvas, in the form `encode_canvas` takes for `fmt`: an RGB image, or (where
-    `uses_opencv(fmt)`) one BGR array the halves go straight into (no RGB canvas, no whole-image copy).
+    """Two fitted halves on one canvas (see `row_canvas`)."""
+    return row_canvas((left, right), layout, background_rgb, fmt)
 
-    `left` and `right` are RGB images, or (only where `uses_opencv(fmt)`) their `as_bgr` arrays.
+
+def row_canvas(members: Sequence[Any], layout: PairLayout, background_rgb: RGB, fmt: str = "png") -> Any:
+    """Fitted members on one canvas, in the form `encode_canvas` takes for `fmt`: an RGB image, or (where
+    `uses_opencv(fmt)`) one BGR array the members go straight into (no RGB canvas, no whole-image copy).
+
+    `members` are RGB images, or (only where `uses_opencv(fmt)`) their `as_bgr` arrays.
     """
     if not uses_opencv(fmt):
-        return join(left, right, layout, background_rgb)
+        return join_row(members, layout, background_rgb)
     import numpy  # comes with the training stack (OpenCV's path); the wrapper needs Pillow only
 
     width, height = layout.size
-    if layout.canvas is not None:
-        x, y = layout.origin
-        canvas = numpy.empty((height, width, 3), numpy.uint8)
-        canvas[:] = background_rgb[::-1]
-        rows = slice(y, y + layout.left[1])
-        split = x + layout.left[0] + layout.gap
-        canvas[rows, x : x + layout.left[0]] = left if isinstance(left, numpy.ndarray) else as_bgr(left)
-        canvas[rows, split : split + layout.right[0]] = right if isinstance(right, numpy.ndarray) else as_bgr(right)
-        return canvas
-    split = layout.left[0] + layout.gap
     canvas = numpy.empty((height, width, 3), numpy.uint8)
-    canvas[:, layout.left[0] : split] = background_rgb[::-1]
-    canvas[:, : layout.left[0]] = left if isinstance(left, numpy.ndarray) else as_bgr(left)
-    canvas[:, split:] = right if isinstance(right, numpy.ndarray) else as_bgr(right)
+    y = layout.origin[1]
+    rows = slice(y, y + layout.content[1])
+    if layout.canvas is not None:
+        canvas[:] = background_rgb[::-1]
+    else:  # the members cover all but the gaps: paint only those
+        for x, (w, _) in zip(layout.offsets[:-1], layout.members[:-1], strict=True):
+            canvas[:, x + w : x + w + layout.gap] = background_rgb[::-1]
+    for member, x, (w, _) in zip(members, layout.offsets, layout.members, strict=True):
+        canvas[rows, x : x + w] = member if isinstance(member, numpy.ndarray) else as_bgr(member)
     return canvas
 
 
@@ -421,4 +463,9 @@ def slug(name: str, max_length: int = 48) -> str:
 
 def composite_name(index: int, left_name: str, right_name: str, fmt: str) -> str:
     """`000042_alice__bob.png`: sorts in build order and says who is on which side."""
-    return f"{index:06d}_{slug(left_name)}__{slug(right_name)}.{EXTENSIONS[fmt]}"
+    return group_name(index, (left_name, right_name), fmt)
+
+
+def group_name(index: int, names: Sequence[str], fmt: str) -> str:
+    """`000042_alice__bob__carol.png`: a composite's file, its members left to right."""
+    return f"{index:06d}_{'__'.join(slug(name) for name in names)}.{EXTENSIONS[fmt]}"

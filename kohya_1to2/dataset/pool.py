@@ -79,10 +79,19 @@ class WorkItem:
     """On the preview: the worker also returns its thumbnail, made from the pixels it has (for PNG)."""
     pad_to: tuple[int, int] | None = None
     """A bucket (w, h) whose aspect the composite is padded to (compose.pad_to_aspect), or its own aspect."""
+    middle: tuple[str, ...] = ()
+    """A group's members between `left` and `right` (none for a pair)."""
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """Every source, left to right."""
+        return (self.left, *self.middle, self.right)
 
 
-ItemResult = tuple[int, tuple[int, int], int, str, tuple[int, int], tuple[int, int], preview.Thumbnail | None]
-"""(index, output size, output bytes, sha256, left source size, right source size, thumbnail or None)"""
+ItemResult = tuple[int, tuple[int, int], int, str, tuple[int, int], tuple[int, int], preview.Thumbnail | None,
+                   tuple[tuple[int, int], ...]]
+"""(index, output size, output bytes, sha256, left source size, right source size, thumbnail or None, the middle
+members' source sizes)"""
 
 
 def schedule(
@@ -91,14 +100,15 @@ def schedule(
     """Chunks ordered so composites sharing sources land together and a worker's cache keeps hitting.
 
     Sources are ranked and cut into groups; composites are sorted by (left group, right group) in a snake
-    order: in a dense plan a chunk stays within one block of 2 x `group` sources, and consecutive chunks
-    share their left group.
+    order (then by the middle members' groups): in a dense plan a chunk stays within one block of 2 x `group`
+    sources, and consecutive chunks share their left group.
     """
-    ranks = {path: n for n, path in enumerate(sorted({p for item in items for p in (item.left, item.right)}))}
+    ranks = {path: n for n, path in enumerate(sorted({p for item in items for p in item.members}))}
 
-    def key(item: WorkItem) -> tuple[int, int, int]:
+    def key(item: WorkItem) -> tuple[int, ...]:
         left_group, right_group = ranks[item.left] // group, ranks[item.right] // group
-        return (left_group, right_group if left_group % 2 == 0 else -right_group, item.index)
+        middle = (ranks[path] // group for path in item.middle)
+        return (left_group, right_group if left_group % 2 == 0 else -right_group, *middle, item.index)
 
     ordered = sorted(items, key=key)
     return [ordered[start : start + chunk_size] for start in range(0, len(ordered), chunk_size)]
@@ -120,14 +130,14 @@ def taper(chunks: Sequence[list[WorkItem]], workers: int) -> list[list[WorkItem]
 
 def shared_sources(items: Sequence[WorkItem]) -> frozenset[str]:
     """Sources used by more than one composite: only these are worth spilling."""
-    uses = Counter(p for item in items for p in (item.left, item.right))
+    uses = Counter(p for item in items for p in item.members)
     return frozenset(path for path, count in uses.items() if count > 1)
 
 
 def spill_fits(items: Sequence[WorkItem], max_side: int | None, run_dir: Path) -> bool:
     """Spill decoded sources to disk only if (pixels of every source + one resized copy) fit the budget."""
     total = 0
-    for path in sorted({p for item in items for p in (item.left, item.right)}):
+    for path in sorted({p for item in items for p in item.members}):
         try:
             with Image.open(path) as image:
                 width, height = image.size
@@ -386,10 +396,10 @@ def _bgr_half(cache: SourceCache, path: str, decoded: tuple[int, int], size: tup
     return cache.get(("bgr", key), make)[0]
 
 
-def _layout(item: WorkItem, left: tuple[int, int], right: tuple[int, int], config: WorkerConfig) -> compose.PairLayout:
+def _layout(item: WorkItem, sizes: Sequence[tuple[int, int]], config: WorkerConfig) -> compose.PairLayout:
     if item.pad_to is None:
-        return compose.pair_layout(left, right, config.gap, config.max_side)
-    return compose.pad_to_aspect(left, right, config.gap, config.max_side, item.pad_to)
+        return compose.row_layout(sizes, config.gap, config.max_side)
+    return compose.pad_row_to_aspect(sizes, config.gap, config.max_side, item.pad_to)
 
 
 def _build_one(item: WorkItem) -> ItemResult:
@@ -397,26 +407,29 @@ def _build_one(item: WorkItem) -> ItemResult:
     config, cache = _worker_config, _worker_cache
     if config.scene is not None:
         return _build_scene(item, config, cache)
+    paths = item.members
     halves: list[Any]
     if compose.uses_opencv(config.format):
-        (left_decoded, left_size), (right_decoded, right_size) = _sizes(cache, item.left), _sizes(cache, item.right)
-        layout = _layout(item, left_decoded, right_decoded, config)
-        halves = [_bgr_half(cache, item.left, left_decoded, layout.left),
-                  _bgr_half(cache, item.right, right_decoded, layout.right)]
+        sizes = [_sizes(cache, path) for path in paths]
+        layout = _layout(item, [decoded for decoded, _ in sizes], config)
+        halves = [_bgr_half(cache, path, decoded, size)
+                  for path, (decoded, _), size in zip(paths, sizes, layout.members, strict=True)]
+        source_sizes = [source_size for _, source_size in sizes]
     else:
-        left, left_size = cache.get(item.left, _load)
-        right, right_size = cache.get(item.right, _load)
-        layout = _layout(item, left.size, right.size, config)
+        loaded = [cache.get(path, _load) for path in paths]
+        layout = _layout(item, [image.size for image, _ in loaded], config)
         halves = [_fitted(cache, path, image, size)
-                  for path, image, size in ((item.left, left, layout.left), (item.right, right, layout.right))]
-    canvas = compose.composite_canvas(halves[0], halves[1], layout, config.background, config.format)
+                  for path, (image, _), size in zip(paths, loaded, layout.members, strict=True)]
+        source_sizes = [source_size for _, source_size in loaded]
+    canvas = compose.row_canvas(halves, layout, config.background, config.format)
     data = compose.encode_canvas(canvas, config.format, config.quality)
     thumbnail = None
     if item.thumbnail and compose.is_lossless(config.format):  # else the file's pixels differ: the parent decodes it
         thumbnail = preview.thumbnail_data(compose.canvas_image(canvas))
     atomic_write_bytes(Path(config.subset_dir, item.image_name), data)
     atomic_write_text(Path(config.subset_dir, item.caption_name), item.caption + "\n")
-    return (item.index, layout.size, len(data), hashlib.sha256(data).hexdigest(), left_size, right_size, thumbnail)
+    return (item.index, layout.size, len(data), hashlib.sha256(data).hexdigest(), source_sizes[0], source_sizes[-1],
+            thumbnail, tuple(source_sizes[1:-1]))
 
 
 def _cutout_entry(path: str, settings: scene.SceneConfig) -> tuple[Any, scene.Cutout]:
@@ -428,8 +441,7 @@ def _build_scene(item: WorkItem, config: WorkerConfig, cache: SourceCache) -> It
     """One scene composite: each member's cut-out (cached like a source), placed and encoded with its alpha."""
     assert config.scene is not None
     settings = config.scene
-    members = [cache.get(("cutout", path), lambda key: _cutout_entry(key[1], settings))[1]
-               for path in (item.left, item.right)]
+    members = [cache.get(("cutout", path), lambda key: _cutout_entry(key[1], settings))[1] for path in item.members]
     picture = scene.render_scene(members, item.image_name, settings, item.pad_to)
     data = compose.encode(picture, config.format, config.quality)
     thumbnail = preview.thumbnail_data(picture.convert("RGB")) if item.thumbnail and compose.is_lossless(
@@ -437,7 +449,7 @@ def _build_scene(item: WorkItem, config: WorkerConfig, cache: SourceCache) -> It
     atomic_write_bytes(Path(config.subset_dir, item.image_name), data)
     atomic_write_text(Path(config.subset_dir, item.caption_name), item.caption + "\n")
     return (item.index, picture.size, len(data), hashlib.sha256(data).hexdigest(), members[0].source_size,
-            members[1].source_size, thumbnail)
+            members[-1].source_size, thumbnail, tuple(m.source_size for m in members[1:-1]))
 
 
 def build_chunk(chunk: list[WorkItem]) -> tuple[list[ItemResult], WorkerFailure | None]:
