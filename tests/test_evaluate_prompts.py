@@ -78,3 +78,21 @@ def test_bad_user_prompt_files_are_one_line_errors(text: str) -> None:
 
 def test_same_seeds_for_every_row() -> None:
     assert column_seeds(3) == [1000, 1001, 1002] == column_seeds(3)
+
+
+def test_a_run_of_groups_evaluates_every_group_once_on_the_group_canvas() -> None:
+    from kohya_1to2.configs.prompts import group_canvas
+
+    triggers = [*TRIGGERS, ("dan", "dan")]
+    prompts = character_prompts(triggers, SETTINGS, CaptionRules(), group_size=3)
+    groups = [p for p in prompts if p.kind == "pair"]
+    assert len(groups) == 4 and {frozenset(p.characters) for p in groups} == {
+        frozenset(g) for g in ({"alice", "bob", "carol"}, {"alice", "bob", "dan"}, {"alice", "carol", "dan"},
+                               {"bob", "carol", "dan"})}
+    first = groups[0]
+    assert first.text == r"alice/bob \(cat\)/carol" and first.id == "group_alice__bob__carol"
+    assert first.negative.startswith("COMPOSITE, ")
+    assert (first.width, first.height) == group_canvas(SETTINGS, 3) and first.width > character_prompts(
+        triggers, SETTINGS, CaptionRules())[-1].width
+    assert character_prompts(TRIGGERS, SETTINGS, CaptionRules(), group_size=2) == character_prompts(
+        TRIGGERS, SETTINGS, CaptionRules())

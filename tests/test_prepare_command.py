@@ -391,3 +391,42 @@ def test_scene_refuses_jpeg_which_has_no_alpha(tmp_path: Path, capsys: pytest.Ca
     assert main(["prepare", str(src), "--out", str(tmp_path / "run"), "--composite-style", "scene",
                  "--format", "jpg"]) == 2
     assert "use --format png or webp" in capsys.readouterr().err
+
+
+def test_prepare_group_size_3_builds_three_wide_composites_and_resumes(kohya_dataset, tmp_path, capsys):
+    src = kohya_dataset({"alice": 3, "bob": 2, "carol": 2, "dan": 2})
+    out = tmp_path / "run"
+    args = ["prepare", str(src), "--out", str(out), "--group-size", "3", "--workers", "1"]
+    assert main([*args, "--dry-run"]) == 0
+    assert "9 composites of 3 characters each (--group-size 3) planned" in " ".join(capsys.readouterr().out.split())
+    assert not out.exists()
+
+    assert main(args) == 0
+    capsys.readouterr()
+    images = sorted((out / "composites" / "1_composite").glob("*.png"))
+    assert len(images) == 9  # one per source image
+    for image in images:
+        names = image.stem.split("_", 1)[1].split("__")
+        caption = image.with_suffix(".txt").read_text(encoding="utf-8")
+        group, *tags = caption.strip().split(", ")
+        assert group == "/".join(names) + "/COMPOSITE" and len(set(names)) == 3
+        assert [t.removeprefix("tag_").rstrip("0123456789") for t in tags if t.startswith("tag_")] == names
+        assert tags.count("1girl") == 3, "each member's tags, in caption order"
+        with Image.open(image) as opened:  # three 96x128 sources side by side (padded to its bucket's aspect)
+            assert opened.width == 288 and 128 <= opened.height <= 140
+    assert json.loads((out / "job.json").read_text(encoding="utf-8"))["composites"]["group_size"] == 3
+    prompts = (out / "sample_prompts.txt").read_text(encoding="utf-8")
+    assert "groups of 3" in prompts
+    first = tree_hashes(out / "composites")
+
+    assert main(args) == 0
+    assert "9 reused" in " ".join(capsys.readouterr().out.split())
+    assert tree_hashes(out / "composites") == first
+
+
+def test_prepare_refuses_a_group_larger_than_the_cast_in_one_line(kohya_dataset, tmp_path, capsys):
+    src = kohya_dataset({"alice": 2, "bob": 2, "carol": 2})
+    assert main(["prepare", str(src), "--out", str(tmp_path / "run"), "--group-size", "4", "--dry-run"]) == 3
+    err = capsys.readouterr().err
+    assert "need at least 4 characters with images to make composites of 4" in err
+    assert main(["prepare", str(src), "--out", str(tmp_path / "run"), "--group-size", "5"]) == 2

@@ -151,3 +151,51 @@ def test_rotation_follows_the_epoch_lines_of_a_running_stage_and_restores_the_fi
     path.write_text(two, encoding="utf-8")
     with rotating_sample_prompts(str(path), None) as check:
         assert check is None, "nothing to rotate with two characters"
+
+
+# ---------------------------------------------------------------- groups of three or four (--group-size)
+
+
+@pytest.mark.parametrize(("count", "k"), [(4, 3), (5, 3), (7, 3), (5, 4), (8, 4)])
+def test_group_rounds_seat_every_character_once_in_every_position(count: int, k: int) -> None:
+    from kohya_1to2.configs.prompts import group_rounds
+
+    rounds = group_rounds(count, k)
+    assert rounds
+    for round_ in rounds:
+        assert len(round_) == count and all(len(set(group)) == k for group in round_)
+        for position in range(k):
+            assert sorted(group[position] for group in round_) == list(range(count))
+    keys = [frozenset(group) for round_ in rounds for group in round_]
+    assert len(keys) == len(set(keys)), "no group in two rounds"
+    assert group_rounds(count, 2) == [list(r) for r in pair_rounds(count)]
+
+
+def test_a_run_of_groups_samples_group_prompts_on_a_wider_canvas() -> None:
+    triggers = [(name, name) for name in ("alice", "bob", "carol", "dan", "eve")]
+    text = sample_prompts_text(triggers, SETTINGS, CaptionRules(), group_size=3)
+    lines = [parse_line(line) for line in text.splitlines() if line and not line.startswith("#")]
+    groups = [line for line in lines if "/" in line["prompt"]]
+    assert len(lines) == 5 + 5 and len(groups) == 5
+    pair_width, height = pair_canvas(SETTINGS)
+    for line in groups:
+        assert len(line["prompt"].split("/")) == 3 and "COMPOSITE" not in line["prompt"]
+        assert line["n"].startswith("COMPOSITE, ")
+        assert (int(line["w"]), int(line["h"])) == (pair_width * 3 // 2 // 8 * 8, height)
+    assert len({line["d"] for line in groups}) == 5
+    seen: set[frozenset[str]] = set()
+    for epoch in range(1, 5):
+        rotated = rotate_prompt_text(text, epoch)
+        seen |= {frozenset(parse_line(line)["prompt"].split("/")) for line in rotated.splitlines()
+                 if line and not line.startswith("#") and "/" in line}
+    assert len(seen) == 10, "the rounds together hold every group of 3 of 5"
+
+
+def test_group_prompts_leave_a_pair_runs_file_as_it_was() -> None:
+    triggers = [(f"c{i}", f"char{i}") for i in range(4)]
+    for pairs in ("rotate", "all"):
+        assert sample_prompts_text(triggers, SETTINGS, CaptionRules(), pairs=pairs, group_size=2) == \
+            sample_prompts_text(triggers, SETTINGS, CaptionRules(), pairs=pairs)
+    every = sample_prompts_text(triggers, SETTINGS, CaptionRules(), pairs="all", group_size=4)
+    assert [parse_line(line)["prompt"] for line in every.splitlines() if "/" in line and not line.startswith("#")] \
+        == ["char0/char1/char2/char3"]

@@ -241,3 +241,21 @@ def test_a_scene_run_shows_its_composites_beside_their_loss_masks(tmp_path: Path
     with Image.open(scene / masks[0]) as mask:
         assert mask.mode == "L" and mask.getextrema() == (0, 255)
     assert "loss masks" not in build_report(side)
+
+
+def test_the_pairing_table_of_a_group_run_shows_its_groups_and_seatings(tmp_path: Path) -> None:
+    from kohya_1to2.evaluate.report import pairing_section
+    from kohya_1to2.models import CompositeSettings, Job, SourceSettings
+
+    run = fake_run(tmp_path / "groups")
+    job = Job(out=run.root, sources=SourceSettings(roots=[tmp_path / "src"]),
+              composites=CompositeSettings(group_size=3))
+    run.job_file.write_text(job.model_dump_json())
+    seatings = [("bob", "akari", "cid"), ("akari", "cid", "bob"), ("dan", "akari", "bob"), ("bob", "akari", "cid")]
+    run.manifest.write_text("".join(json.dumps({"index": i, "caption": "/".join(names) + "/COMPOSITE, x"}) + "\n"
+                                    for i, names in enumerate(seatings)))
+    section = pairing_section(run)
+    assert "4 composites over 2 groups of 3" in section
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", section)
+    assert cells == ["akari, bob, cid", "3", "akari/cid/bob x1, bob/akari/cid x2", "akari, bob, dan", "1",
+                     "dan/akari/bob x1"]

@@ -42,6 +42,12 @@ def job_from_args(args: argparse.Namespace) -> Job:
         raise UsageError(message, hint="see `python -m kohya_1to2 prepare --help`") from None
 
 
+def _of_groups(job: Job) -> str:
+    """` of 3 characters each (--group-size 3)`, or nothing for the method's pairs."""
+    size = job.composites.group_size
+    return "" if size == 2 else f" of {size} characters each (--group-size {size})"
+
+
 def _summary_table(rows: list[tuple[str, str]]) -> Table:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
@@ -101,15 +107,16 @@ def prepare_run(args: PrepareOptions, console: Console, job: Job, take_run_dir: 
         console.print(note, soft_wrap=True)
     if args.dry_run:
         console.print(steps.render_dry_run(plan, sources))
-        console.print(f"[bold]dry run:[/] {len(plan.pairs)} composites planned; nothing written to {job.out}")
+        console.print(f"[bold]dry run:[/] {len(plan.pairs)} composites{_of_groups(job)} planned; nothing written "
+                      f"to {job.out}")
         return 0
     built = steps.write_run(plan, sources, console, force=args.force, overwrite_edits=args.overwrite_edits)
     next_step = steps.checked_next_step(job.out, console)
     console.print(_summary_table([
         ("run directory", str(job.out)),
         ("mode", job.mode.summary),
-        ("composites", f"{built.count} in {built.subset_dir} ({built.written} new, {built.reused} reused, "
-                       f"{built.removed} stale removed)"),
+        ("composites", f"{built.count}{_of_groups(job)} in {built.subset_dir} ({built.written} new, "
+                       f"{built.reused} reused, {built.removed} stale removed)"),
         ("manifest", str(built.manifest_path)),
         ("preview", str(RunDir(job.out).preview)),
         ("next", next_step),

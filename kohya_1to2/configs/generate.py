@@ -43,11 +43,12 @@ from kohya_1to2.configs.stage_plans import (
     plan_stage_datasets,
     render_stage_plans,
 )
+from kohya_1to2.errors import OneToTwoError
 from kohya_1to2.fsutil import atomic_write_text
 from kohya_1to2.imagefiles import image_sizes, list_images
 from kohya_1to2.kohya import flatten_training_config
 from kohya_1to2.models import Character, Job, RegSet, ReplayPick
-from kohya_1to2.rundir import RunDir, backup_stamp, run_stages
+from kohya_1to2.rundir import RunDir, backup_stamp, load_job, run_stages
 
 Status = Literal["written", "updated", "unchanged", "merged", "kept", "overwritten"]
 
@@ -128,7 +129,8 @@ def render_run_files(
     files[SAMPLE_PROMPTS_FILE] = sample_prompts_text(triggers, effective_settings(job, preset),
                                                      job.composites.captions, pairs=job.training.sample_pairs,
                                                      pair_size=parse_size(job.training.sample_pair_size)
-                                                     if job.training.sample_pair_size else None)
+                                                     if job.training.sample_pair_size else None,
+                                                     group_size=job.composites.group_size)
     return files
 
 
@@ -230,9 +232,10 @@ def _resolution(value: Any) -> tuple[int, int]:
 
 
 def plans_from_documents(
-    documents: Mapping[int, tuple[Mapping[str, Any], Mapping[str, Any]]], known: Known
+    documents: Mapping[int, tuple[Mapping[str, Any], Mapping[str, Any]]], known: Known, group_size: int = 2
 ) -> list[StagePlan]:
-    """Stage plans from (dataset, training) TOML contents; image folders not in `known` are read from disk."""
+    """Stage plans from (dataset, training) TOML contents; image folders not in `known` are read from disk;
+    `group_size`: characters per composite (the TOMLs do not say)."""
     plans = []
     for stage, (dataset_doc, training_doc) in sorted(documents.items()):
         flat = flatten_training_config(training_doc)
@@ -251,7 +254,7 @@ def plans_from_documents(
                     count, sizes = len(images), image_sizes(images) or ()
                 role = subset_role(values)
                 subsets.append(SubsetPlan(name="composite" if role == "composites" else image_dir.name,
-                                          image_dir=image_dir, images=count, role=role,
+                                          image_dir=image_dir, images=count, role=role, group_size=group_size,
                                           repeats=repeats if isinstance(repeats, int) else 1, sizes=sizes))
             settings = BucketSettings(
                 resolution=_resolution(scope.get(kohya.RESOLUTION, flat.get(kohya.RESOLUTION))),
@@ -290,7 +293,7 @@ def _in_memory_plans(
     for stage in job.stages:
         dataset_name, train_name = file_names(stage)
         documents[stage] = (toml.loads(files[dataset_name]), toml.loads(files[train_name]))
-    return plans_from_documents(documents, known)
+    return plans_from_documents(documents, known, job.composites.group_size)
 
 
 def render_plan(job: Job, characters: Sequence[Character], composite_dir: Path, composite_repeats: int,
@@ -317,4 +320,8 @@ def plans_from_run_dir(run_dir: Path) -> list[StagePlan]:
     for stage in run_stages(run_dir):
         dataset_name, train_name = file_names(stage)
         documents[stage] = (read_toml(run_dir / dataset_name), read_toml(run_dir / train_name))
-    return plans_from_documents(documents, {})
+    try:
+        group_size = load_job(run_dir).composites.group_size
+    except OneToTwoError:  # a run dir without a readable job.json still has its TOMLs to plan from
+        group_size = 2
+    return plans_from_documents(documents, {}, group_size)

@@ -30,7 +30,7 @@ from kohya_1to2.dataset.build import BuildResult, build_composites
 from kohya_1to2.dataset.captions import validate_triggers
 from kohya_1to2.dataset.compose import upright_size
 from kohya_1to2.dataset.masks import mask_summary, masks_in_character_folders, require_masks
-from kohya_1to2.dataset.pairing import plan_pairs
+from kohya_1to2.dataset.pairing import plan_groups
 from kohya_1to2.dataset.preflight import preflight, preflight_reg, raise_for_errors, sort_problems, write_fixed_sources
 from kohya_1to2.dataset.replay import replay_share, write_replay
 from kohya_1to2.dataset.scan import Problem, RegScan, ScanResult, reg_overlap, render_scan_table, scan_reg, scan_sources
@@ -163,7 +163,7 @@ def plan_run(job: Job, sources: Sources, *, write_fixed: bool) -> RunPlan:
     if job.sources.fix_sources and write_fixed:  # stage 1 and the composites both use the corrected copies
         fixed = write_fixed_sources(sources.scan, sources.problems, job.out, job.composites.background_rgb)
         characters = fixed.characters
-    pairs = plan_pairs(characters, job.composites.budget, job.composites.seed)
+    pairs = plan_groups(characters, job.composites.group_size, job.composites.budget, job.composites.seed)
     built_job = mode_job(job, characters, sources.reg.sets, len(pairs))
     replay = mode_replay(job, characters, len(pairs) * built_job.composites.repeats)
     # Stage 2's buckets are chosen for the composites' own aspects; one its buckets would crop by more than
@@ -256,8 +256,9 @@ def checked_next_step(run_dir: Path, console: Console) -> str:
     return f"edit the TOMLs if you like, then: python -m kohya_1to2 launch {run_dir}"
 
 
-def header_sizes(plans: Sequence[CompositePlan]) -> list[tuple[tuple[int, int], tuple[int, int]]]:
-    """(left, right) upright source sizes of each composite from image headers alone (no pixel decode)."""
+def header_sizes(plans: Sequence[CompositePlan]) -> list[tuple[tuple[int, int], ...]]:
+    """The members' upright source sizes (left to right) of each composite from image headers alone (no pixel
+    decode)."""
     sizes: dict[Path, tuple[int, int]] = {}
 
     def size_of(path: Path) -> tuple[int, int]:
@@ -266,7 +267,7 @@ def header_sizes(plans: Sequence[CompositePlan]) -> list[tuple[tuple[int, int], 
                 sizes[path] = upright_size(image)  # compose applies the orientation: the same size
         return sizes[path]
 
-    return [(size_of(p.left.path), size_of(p.right.path)) for p in plans]
+    return [tuple(size_of(image.path) for image in p.members) for p in plans]
 
 
 def _progress(console: Console) -> Progress:

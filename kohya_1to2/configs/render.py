@@ -35,7 +35,7 @@ from kohya_1to2.configs.presets import (
     load_preset,
     resolved_family,
 )
-from kohya_1to2.dataset.compose import pad_to_aspect, pair_layout
+from kohya_1to2.dataset.compose import pad_row_to_aspect, row_layout
 from kohya_1to2.dataset.scene import estimated_canvas
 from kohya_1to2.errors import UsageError
 from kohya_1to2.kohya import final_weights_path
@@ -355,13 +355,13 @@ class PlannedComposites:
         return [w / h for w, h in self.natural if h]
 
 
-def plan_composites(job: Job, pairs: Sequence[tuple[tuple[int, int], tuple[int, int]]]) -> PlannedComposites:
-    """From each composite's (left, right) upright source sizes: natural sizes, stage 2's bucket choice for
-    their aspects, then a bucket to pad to for those the choice would crop by more than MAX_CROP."""
+def plan_composites(job: Job, pairs: Sequence[Sequence[tuple[int, int]]]) -> PlannedComposites:
+    """From each composite's members' upright source sizes (left to right): natural sizes, stage 2's bucket
+    choice for their aspects, then a bucket to pad to for those the choice would crop by more than MAX_CROP."""
     gap, max_side = job.composites.gap, job.composites.max_side
     scene = job.composites.style == "scene"
-    natural = [estimated_canvas((left, right), max_side) if scene else pair_layout(left, right, gap, max_side).size
-               for left, right in pairs]
+    natural = [estimated_canvas(members, max_side) if scene else row_layout(members, gap, max_side).size
+               for members in pairs]
     preset = load_preset(job.training.preset)
     resolution = effective_settings(job, preset).resolution
     choice = stage2_bucket_choice(job, preset, resolution, [w / h for w, h in natural if h])
@@ -369,8 +369,8 @@ def plan_composites(job: Job, pairs: Sequence[tuple[tuple[int, int], tuple[int, 
         buckets = [select_bucket(size, buckets_for(choice.settings))[0] for size in natural]
         return PlannedComposites(natural, list(buckets), list(buckets))
     pad_to = bucket_fits(natural, choice.settings)
-    sizes = [pad_to_aspect(left, right, gap, max_side, bucket).size if bucket else size
-             for (left, right), size, bucket in zip(pairs, natural, pad_to, strict=True)]
+    sizes = [pad_row_to_aspect(members, gap, max_side, bucket).size if bucket else size
+             for members, size, bucket in zip(pairs, natural, pad_to, strict=True)]
     return PlannedComposites(natural, pad_to, sizes)
 
 

@@ -46,6 +46,8 @@ class SubsetPlan(BaseModel):
     role: Literal["character", "composites", "replay", "reg"] = "character"
     image_repeats: tuple[int, ...] | None = None
     """Per image, how often sd-scripts shows it per epoch when that is not `repeats` (reg images are balanced)."""
+    group_size: int = 2
+    """Characters per composite (`--group-size`); read for the composites only."""
 
     @property
     def samples(self) -> int:
@@ -70,7 +72,7 @@ class DatasetPlan(BaseModel):
 
     @property
     def characters_per_image(self) -> int:
-        return 2 if any(s.role == "composites" for s in self.subsets) else 1
+        return max((s.group_size for s in self.subsets if s.role == "composites"), default=1)
 
     @property
     def samples(self) -> int:
@@ -355,7 +357,7 @@ def render_stage_plans(plans: Sequence[StagePlan], family: str | None = None,
         for dataset in plan.datasets:
             if dataset.buckets:
                 parts.append(_bucket_table(dataset))
-        per_image = "composite" if all(d.characters_per_image == 2 for d in plan.datasets) else "image"
+        per_image = "composite" if all(d.characters_per_image > 1 for d in plan.datasets) else "image"
         line = (f"  {approx}{_side(plan.mean_pixels)} px per {per_image}, {approx}{_side(plan.pixels_per_character)} "
                 f"px per character · estimated {step_seconds(plan, cost):.2f} s/step")
         if plan.stage in measured:

@@ -1,7 +1,8 @@
-"""Evaluation prompts (pure): each character alone, each ordered pair, the user's lines; gen_img prompt lines.
+"""Evaluation prompts (pure): each character alone, each ordered pair (or group), the user's lines; gen_img lines.
 
 Pair prompts are the sample prompts' pairs (`alice/bob`, the composite tag first in the negative prompt, on the
-landscape pair canvas), so `evaluate` asks the model exactly what stage 2 trained it for.
+landscape pair canvas), so `evaluate` asks the model exactly what stage 2 trained it for; a run of groups of k
+gets every group once (`alice/bob/carol`, kind "pair": a prompt of several characters) on the wider group canvas.
 """
 
 from __future__ import annotations
@@ -9,14 +10,13 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from itertools import permutations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from kohya_1to2 import kohya
 from kohya_1to2.configs.presets import PresetSettings
-from kohya_1to2.configs.prompts import pair_canvas, pair_prompt
+from kohya_1to2.configs.prompts import every_group, group_canvas, group_prompt
 from kohya_1to2.dataset.captions import CaptionTemplate
 from kohya_1to2.errors import UsageError
 from kohya_1to2.kohya import escape_attention
@@ -57,26 +57,28 @@ def _safe(text: str) -> str:
 
 def character_prompts(
     triggers: Sequence[tuple[str, str]], settings: PresetSettings, captions: CaptionRules, *,
-    singles: int | None = None, pairs: int | None = None,
+    singles: int | None = None, pairs: int | None = None, group_size: int = 2,
 ) -> list[EvalPrompt]:
-    """Each character alone, then each ordered pair (`None` = all; a number keeps the first ones)."""
+    """Each character alone, then each ordered pair, or each group of `group_size` once (`None` = all; a number
+    keeps the first ones)."""
     negative = settings.sample_negative.strip()
     composite_negative = CaptionTemplate(captions).composite_negative(negative)
-    width, height = pair_canvas(settings)
+    width, height = group_canvas(settings, group_size)
     single_prompts = [
         EvalPrompt(id=f"single_{_safe(name)}", kind="single", text=escape_attention(trigger), negative=negative,
                    width=settings.sample_width, height=settings.sample_height, characters=(name,),
                    options=scale_options(settings))
         for name, trigger in triggers
     ]
+    kind = "pair" if group_size == 2 else "group"
     pair_prompts = [
         EvalPrompt(
-            id=f"pair_{_safe(triggers[i][0])}__{_safe(triggers[j][0])}", kind="pair",
-            text=pair_prompt(escape_attention(triggers[i][1]), escape_attention(triggers[j][1]), captions),
-            negative=composite_negative, width=width, height=height, characters=(triggers[i][0], triggers[j][0]),
+            id=f"{kind}_" + "__".join(_safe(triggers[c][0]) for c in group), kind="pair",
+            text=group_prompt([escape_attention(triggers[c][1]) for c in group], captions),
+            negative=composite_negative, width=width, height=height, characters=tuple(triggers[c][0] for c in group),
             options=scale_options(settings),
         )
-        for i, j in permutations(range(len(triggers)), 2)
+        for group in (every_group(len(triggers), group_size) if len(triggers) >= group_size else [])
     ]
     return single_prompts[:singles] + pair_prompts[:pairs]
 

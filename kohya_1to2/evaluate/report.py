@@ -11,6 +11,7 @@ import html
 import io
 import json
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -34,7 +35,7 @@ from kohya_1to2.evaluate.compare import COMPARE_FOLDER, COMPARISON_FILE
 from kohya_1to2.evaluate.curves import Series, log_losses, tensorboard_scalars
 from kohya_1to2.evaluate.rows import stage_title
 from kohya_1to2.fsutil import atomic_path, atomic_write_text, file_fingerprint
-from kohya_1to2.models import STAGES, CaptionRules
+from kohya_1to2.models import STAGES, CompositeSettings
 from kohya_1to2.modes import DEFAULT_MODE
 from kohya_1to2.rundir import RunDir, load_job, manifest_records, measured_steps
 
@@ -158,12 +159,13 @@ def stages_and_mode(run: RunDir) -> tuple[tuple[int, ...], str]:
     return job.stages, job.training.mode
 
 
-def caption_rules(run: RunDir) -> CaptionRules:
-    """The run's caption template (job.json); the default one where job.json is unreadable."""
+def composite_settings(run: RunDir) -> CompositeSettings:
+    """The run's composite settings (job.json: its caption template and group size); the defaults where job.json
+    is unreadable."""
     try:
-        return load_job(run.root).composites.captions
+        return load_job(run.root).composites
     except OneToTwoError:
-        return CaptionRules()
+        return CompositeSettings()
 
 
 def _flat(path: Path) -> dict[str, Any] | None:
@@ -190,17 +192,33 @@ def pairing_section(run: RunDir) -> str:
     lines = manifest_records(run)
     if not lines:
         return '<p class="missing">no composites yet (manifest.jsonl missing or empty)</p>'
-    template = CaptionTemplate(caption_rules(run))
-    pairs: dict[tuple[str, str], int] = {}
-    for item in lines:
-        named = template.characters_in(str(item.get("caption", "")))
-        key = (named[0], named[1]) if len(named) == 2 else ("?", "?")
-        pairs[key] = pairs.get(key, 0) + 1
-    body = f"<p>{len(lines)} composites over {len(pairs)} ordered pairs.</p>"
-    body += table(["left", "right", "composites"], [(a, b, n) for (a, b), n in sorted(pairs.items())], numeric=[2])
+    settings = composite_settings(run)
+    template = CaptionTemplate(settings.captions, settings.group_size)
+    named = [template.characters_in(str(item.get("caption", ""))) or ("?",) * settings.group_size for item in lines]
+    body = group_table(named) if settings.group_size > 2 else pair_table(named)
     if run.preview.is_file():
         body += "<div class=strip>" + figure(run, run.preview, "preview.png", 1100, 700) + "</div>"
     return body + scene_masks(run, lines)
+
+
+def pair_table(named: Sequence[tuple[str, ...]]) -> str:
+    """Composites per ordered pair (left, right)."""
+    pairs = Counter(named)
+    body = f"<p>{len(named)} composites over {len(pairs)} ordered pairs.</p>"
+    return body + table(["left", "right", "composites"], [(a, b, n) for (a, b), n in sorted(pairs.items())],
+                        numeric=[2])
+
+
+def group_table(named: Sequence[tuple[str, ...]]) -> str:
+    """Composites per unordered group, and the seatings (left to right) each group was built in."""
+    seatings: dict[tuple[str, ...], Counter[tuple[str, ...]]] = {}
+    for order in named:
+        seatings.setdefault(tuple(sorted(order)), Counter())[order] += 1
+    rows = [(", ".join(group), sum(orders.values()),
+             ", ".join(f"{'/'.join(order)} x{n}" for order, n in sorted(orders.items())))
+            for group, orders in sorted(seatings.items())]
+    body = f"<p>{len(named)} composites over {len(seatings)} groups of {len(named[0])}.</p>"
+    return body + table(["group", "composites", "seatings (left to right)"], rows, numeric=[1])
 
 
 SCENE_SHOWN = 4

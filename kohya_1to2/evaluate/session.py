@@ -105,7 +105,7 @@ def evaluation_prompts(args: EvaluateOptions, run: RunInputs) -> tuple[list[Eval
     settings = effective_settings(run.job, load_preset(run.job.training.preset))
     triggers = [(c.name, c.trigger) for c in run.characters]
     prompts = character_prompts(triggers, settings, run.job.composites.captions, singles=args.singles,
-                                pairs=args.pairs)
+                                pairs=args.pairs, group_size=run.job.composites.group_size)
     if args.prompts is not None:
         path = args.prompts.expanduser()
         try:
