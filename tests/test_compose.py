@@ -305,6 +305,10 @@ def test_the_composite_canvas_encodes_to_the_bytes_of_encode_join(png_encoder: s
     st.one_of(st.none(), st.integers(64, 2048)),
 )
 def test_row_layout_invariants(sizes: list[tuple[int, int]], gap: int, max_side: int | None) -> None:
+    if max_side is not None and max_side - gap * (len(sizes) - 1) < len(sizes):  # not a pixel per member left
+        with pytest.raises(UsageError, match="gap"):
+            compose.row_layout(sizes, gap, max_side)
+        return
     layout = compose.row_layout(sizes, gap, max_side)
     assert len(layout.members) == len(sizes) and len({h for _, h in layout.members}) == 1
     assert layout.members[0][1] <= min(h for _, h in sizes) and all(w >= 1 for w, _ in layout.members)
