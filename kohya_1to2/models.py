@@ -285,7 +285,8 @@ STAGES: tuple[StageNumber, ...] = (1, 2)
 class TrainingSettings(Strict):
     """User choices for both stages; `None` means "the preset's value"."""
 
-    preset: str = Field("seed", description="preset in templates/ (seed, sdxl, smoke) or a path to your own template")
+    preset: str = Field("seed", description="preset in templates/ (seed, sdxl, illustrious, noobai-vpred, smoke) "
+                        "or a path to your own template")
     base_model: str | None = Field(None, description="base model checkpoint or diffusers folder")
     family: Family | None = Field(None, description="model family; default from the preset")
     v_parameterization: bool = Field(False, description="v-prediction base model (SD2 768-v, v-pred SDXL)")

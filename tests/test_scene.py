@@ -140,5 +140,25 @@ def test_a_bucket_aspect_grows_the_canvas_and_keeps_everyone_inside(aspect: floa
     width, height = plan.canvas
     assert abs(width / height - aspect) < 0.01 and width >= plain.canvas[0] and height >= plain.canvas[1]
     for place in plan.placements:
-        assert 0 <= place.x and place.x + place.width <= width and 0 <= place.y and place.y + place.height <= height
+        assert place.x >= 0 and place.x + place.width <= width and place.y >= 0 and place.y + place.height <= height
     assert plan.placements[0].y + plan.placements[0].height == height  # still standing on the bottom edge
+
+
+def test_an_opaque_alpha_channel_is_no_mask_the_mask_file_then_serves(tmp_path) -> None:
+    from kohya_1to2.dataset.masks import MaskRef
+    from kohya_1to2.dataset.scene import SceneConfig, load_cutout
+    from kohya_1to2.errors import DatasetError
+
+    source = tmp_path / "opaque.png"
+    Image.new("RGBA", (40, 60), (1, 2, 3, 255)).save(source)
+    mask_file = tmp_path / "mask.png"
+    mask = Image.new("L", (40, 60), 0)
+    ImageDraw.Draw(mask).rectangle((10, 10, 29, 59), fill=255)
+    mask.save(mask_file)
+    config = SceneConfig(masks={str(source): MaskRef("alpha", source)}, background=(0, 0, 0), kind="flat")
+    with pytest.raises(DatasetError, match="no transparent pixel"):
+        load_cutout(str(source), config)
+    config = SceneConfig(masks={str(source): MaskRef("alpha", source, fallback=mask_file)}, background=(0, 0, 0),
+                         kind="flat")
+    cutout = load_cutout(str(source), config)
+    assert cutout.image.size == (20, 50) and cutout.bottom and cutout.source_size == (40, 60)

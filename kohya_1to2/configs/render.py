@@ -202,7 +202,7 @@ def training_document(job: Job, preset: Preset, stage: Stage, run_dir: Path) -> 
     doc = tomlkit.document()
     doc.add(tomlkit.comment(f"kohya-1to2 stage {stage} training config (preset {preset.name!r}), for "
                             "sd-scripts --config_file."))
-    doc.add(tomlkit.comment("Edit freely: on regeneration your changed keys are kept (see README, hand edits)."))
+    doc.add(tomlkit.comment("Edit freely: on regeneration your changed keys are kept (docs/configs.md, hand edits)."))
     doc.add(tomlkit.comment("`python -m kohya_1to2 check <run dir>` validates it against the pinned sd-scripts."))
     if stage == 2:
         doc.add(tomlkit.comment(f"Stage 2 = stage 1 with {opt.TRAIN_BATCH_SIZE}, {opt.NETWORK_WEIGHTS}, "

@@ -38,7 +38,7 @@ SOURCE_SIZE_KEY = "1to2_source_size"
 EXIF_ORIENTATION = 0x0112
 ROTATED_90 = (5, 6, 7, 8)
 """EXIF orientations that turn the image by 90 degrees: its upright width and height swap."""
-_REDUCING_GAP = 3.0
+REDUCING_GAP = 3.0
 """Pillow first shrinks by an integer factor (fast box filter) then LANCZOS over the last <= 3x: visually
 equal to pure LANCZOS, several times faster on big downscales."""
 
@@ -46,7 +46,7 @@ equal to pure LANCZOS, several times faster on big downscales."""
 # ---------------------------------------------------------------- loading
 
 
-def _fit_box(size: Size, max_side: int) -> Size:
+def fit_box(size: Size, max_side: int) -> Size:
     """`size` shrunk (never grown) so its long side is at most `max_side`, aspect kept."""
     long_side = max(size)
     if long_side <= max_side:
@@ -93,7 +93,7 @@ def is_sixteen_bit(image: Image.Image) -> bool:
     return image.mode.startswith("I;16") or image.mode == "I"
 
 
-def _may_be_transparent(image: Image.Image) -> bool:
+def may_be_transparent(image: Image.Image) -> bool:
     mode = image.mode
     return mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         "transparency" in image.info and mode in ("P", "L", "RGB", "1"))
@@ -101,7 +101,7 @@ def _may_be_transparent(image: Image.Image) -> bool:
 
 def has_transparent_pixels(image: Image.Image) -> bool:
     """Some pixel is not fully opaque: `convert("RGB")` would expose the colour under it, `to_rgb` flattens it."""
-    if not _may_be_transparent(image) or is_sixteen_bit(image):
+    if not may_be_transparent(image) or is_sixteen_bit(image):
         return False
     alpha_min, _ = image.convert("RGBA").getchannel("A").getextrema()
     return bool(alpha_min != 255)  # an 8-bit channel: extrema are ints
@@ -110,7 +110,7 @@ def has_transparent_pixels(image: Image.Image) -> bool:
 def to_rgb(image: Image.Image, background: RGB) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB; transparency is flattened on `background`."""
     mode = image.mode
-    if _may_be_transparent(image):
+    if may_be_transparent(image):
         return _flatten(image, background)
     if is_sixteen_bit(image):
         return _sixteen_bit_to_l(image).convert("RGB")
@@ -137,7 +137,7 @@ def load_source(path: Path, background_rgb: RGB, max_side: int | None = None) ->
                 opened.seek(0)
             width, height = upright_size(opened)
             if max_side is not None and opened.format == "JPEG":
-                opened.draft("RGB", _fit_box(opened.size, max_side))
+                opened.draft("RGB", fit_box(opened.size, max_side))
             upright = ImageOps.exif_transpose(opened)
             rgb = to_rgb(upright, background_rgb)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
@@ -145,9 +145,9 @@ def load_source(path: Path, background_rgb: RGB, max_side: int | None = None) ->
             f"cannot read image {path}: {exc}", hint="re-save it with an image editor or remove it"
         ) from exc
     if max_side is not None:
-        target = _fit_box(rgb.size, max_side)
+        target = fit_box(rgb.size, max_side)
         if target != rgb.size:
-            rgb = rgb.resize(target, Image.Resampling.LANCZOS, reducing_gap=_REDUCING_GAP)
+            rgb = rgb.resize(target, Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
     rgb.info[SOURCE_SIZE_KEY] = (width, height)
     return rgb
 
@@ -264,7 +264,7 @@ def fit(image: Image.Image, size: Size) -> Image.Image:
     """`image` resized to `size` with high-quality resampling; the same object if already that size."""
     if image.size == size:
         return image
-    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=_REDUCING_GAP)
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
 
 
 def join(left: Image.Image, right: Image.Image, layout: PairLayout, background_rgb: RGB) -> Image.Image:

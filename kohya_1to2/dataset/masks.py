@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal
 
 from PIL import Image, ImageOps
 
-from kohya_1to2.dataset.compose import has_transparent_pixels
+from kohya_1to2.dataset.compose import may_be_transparent
 from kohya_1to2.errors import DatasetError
 
 if TYPE_CHECKING:  # build workers import this module: keep pydantic (models) out of their start-up
@@ -32,10 +32,12 @@ SHOWN = 5
 
 @dataclass(frozen=True)
 class MaskRef:
-    """One image's mask: read from the image's alpha channel, or from a mask file."""
+    """One image's mask: read from the image's alpha channel, or from a mask file. An alpha channel is found
+    from the header (no decode); `fallback` is the --masks file to use should it turn out fully opaque."""
 
     kind: MaskKind
     path: Path
+    fallback: Path | None = None
 
 
 def mask_file_for(image: SourceImage, masks_root: Path) -> Path:
@@ -43,10 +45,11 @@ def mask_file_for(image: SourceImage, masks_root: Path) -> Path:
     return masks_root / image.path.parent.name / f"{image.path.stem}{MASK_SUFFIX}"
 
 
-def _has_alpha(path: Path) -> bool:
+def _has_alpha_channel(path: Path) -> bool:
+    """The header says the image can be transparent (its pixels are read once, in the build)."""
     try:
         with Image.open(path) as image:
-            return has_transparent_pixels(image)
+            return may_be_transparent(image)
     except (OSError, ValueError):
         return False
 
@@ -57,9 +60,11 @@ def find_masks(characters: Sequence[Character], masks_root: Path | None) -> tupl
     missing: list[Path] = []
     for character in characters:
         for image in character.images:
-            if _has_alpha(image.path):
-                found[image.path] = MaskRef("alpha", image.path)
-            elif masks_root is not None and (file := mask_file_for(image, masks_root)).is_file():
+            file = mask_file_for(image, masks_root) if masks_root is not None else None
+            file = file if file is not None and file.is_file() else None
+            if _has_alpha_channel(image.path):
+                found[image.path] = MaskRef("alpha", image.path, fallback=file)
+            elif file is not None:
                 found[image.path] = MaskRef("file", file)
             else:
                 missing.append(image.path)

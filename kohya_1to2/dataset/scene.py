@@ -19,7 +19,7 @@ from typing import Literal
 
 from PIL import Image, ImageChops, ImageOps
 
-from kohya_1to2.dataset.compose import SOURCE_SIZE_KEY, load_source
+from kohya_1to2.dataset.compose import REDUCING_GAP, SOURCE_SIZE_KEY, fit_box, load_source, to_rgb
 from kohya_1to2.dataset.masks import MaskRef, load_mask
 from kohya_1to2.errors import DatasetError
 
@@ -68,8 +68,9 @@ def overlap_fraction(a: Placement, b: Placement) -> float:
 
 
 def _full_height(sizes: Sequence[Size], max_side: int | None) -> int:
-    """The height every cut-out is scaled towards: the tallest one's, shrunk until the canvas fits max_side."""
-    tallest = max(h for _, h in sizes)
+    """The height every cut-out is scaled towards: the shortest one's (no cut-out is ever upscaled, as the
+    side-by-side halves are not), shrunk until the canvas fits max_side."""
+    tallest = min(h for _, h in sizes)
     if max_side is None:
         return tallest
     width_per_height = sum(w / h for w, h in sizes) * WIDTH_ROOM
@@ -102,12 +103,13 @@ def plan_scene(sizes: Sequence[Size], key: str, *, max_overlap: float = 0.1, fli
     rng = random.Random(f"1to2-scene:{key}")
     full = _full_height(sizes, max_side)
     row = estimated_canvas(sizes, max_side)
-    canvas = _grown(row, aspect)
-    dx, dy = (canvas[0] - row[0]) // 2, canvas[1] - row[1]  # centred across, standing on the bottom edge
     drawn = []
     for w, h in sizes:
         height = max(1, int(full * rng.uniform(MIN_SCALE, 1.0)))
         drawn.append((max(1, min(row[0], round(w * height / h))), height))
+    row = (max(row[0], sum(w for w, _ in drawn)), row[1])  # tiny sizes: rounding up must still fit
+    canvas = _grown(row, aspect)
+    dx, dy = (canvas[0] - row[0]) // 2, canvas[1] - row[1]  # centred across, standing on the bottom edge
     slack = row[0] - sum(w for w, _ in drawn)
     cuts = sorted(rng.uniform(0, max(0, slack)) for _ in drawn)
     gaps = [int(b - a) for a, b in pairwise([0.0, *cuts])]
@@ -176,7 +178,8 @@ def compose_scene(cutouts: Sequence[tuple[Image.Image, Image.Image]], plan: Scen
     union = Image.new("L", plan.canvas, 0)
     for (rgb, mask), place in zip(cutouts, plan.placements, strict=True):
         size = (place.width, place.height)
-        rgb, mask = rgb.resize(size, Image.Resampling.LANCZOS), mask.resize(size, Image.Resampling.BILINEAR)
+        rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
+        mask = mask.resize(size, Image.Resampling.BILINEAR, reducing_gap=REDUCING_GAP)
         if place.flip:
             rgb, mask = ImageOps.mirror(rgb), ImageOps.mirror(mask)
         picture.paste(rgb, (place.x, place.y), mask)
@@ -218,9 +221,20 @@ class Cutout:
 
 
 def load_cutout(path: str, config: SceneConfig) -> Cutout:
-    rgb = load_source(Path(path), config.background, config.max_side)
-    source_size = rgb.info.get(SOURCE_SIZE_KEY, rgb.size)
-    mask = load_mask(config.masks[path], source_size, rgb.size)
+    """One source cut to its character, its mask as alpha. A mask from the image's own alpha is read from the
+    same decode as the pixels (one decode per source, not two)."""
+    ref = config.masks[path]
+    if ref.kind == "alpha":
+        rgb, mask, source_size = _decode_with_alpha(Path(path), config)
+        if mask.getextrema()[0] == 255:  # an alpha channel, but every pixel opaque: no mask there
+            if ref.fallback is None:
+                raise DatasetError(f"{path} has an alpha channel but no transparent pixel, so no mask",
+                                   hint="give it a transparent background, or a mask file under --masks")
+            mask = load_mask(MaskRef("file", ref.fallback), source_size, rgb.size)
+    else:
+        rgb = load_source(Path(path), config.background, config.max_side)
+        source_size = rgb.info.get(SOURCE_SIZE_KEY, rgb.size)
+        mask = load_mask(ref, source_size, rgb.size)
     try:
         cropped, cropped_mask, bottom = cut_out(rgb, mask)
     except ValueError:
@@ -228,6 +242,18 @@ def load_cutout(path: str, config: SceneConfig) -> Cutout:
                            hint="fix its alpha channel or mask file") from None
     cropped.putalpha(cropped_mask)
     return Cutout(cropped, source_size, bottom)
+
+
+def _decode_with_alpha(path: Path, config: SceneConfig) -> tuple[Image.Image, Image.Image, Size]:
+    try:
+        with Image.open(path) as opened:
+            rgba = ImageOps.exif_transpose(opened).convert("RGBA")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DatasetError(f"cannot read image {path}: {exc}", hint="re-save it with an image editor") from exc
+    source_size = rgba.size
+    if config.max_side is not None and (target := fit_box(rgba.size, config.max_side)) != rgba.size:
+        rgba = rgba.resize(target, Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
+    return to_rgb(rgba, config.background), rgba.getchannel("A"), source_size
 
 
 def render_scene(cutouts: Sequence[Cutout], key: str, config: SceneConfig,
