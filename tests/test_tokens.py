@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kohya_1to2.dataset.captions import composite_caption
+from kohya_1to2.dataset.captions import composite_caption, group_caption
 from kohya_1to2.environment.tokens import caption_length_problems, clip_token_counter, job_max_tokens
 from kohya_1to2.models import CaptionRules, Character, CompositePlan, Job, SourceImage, SourceSettings
 
@@ -93,6 +93,14 @@ def test_long_captions_warn_with_exact_token_counts() -> None:
     assert stage1[0].path == Path("/d/1_alice/a.txt") and "max_token_length = 225 (now 97)" in stage1[0].fix
     capped = CaptionRules(max_tags_per_side=10)
     assert caption_length_problems([alice, bob], [plan], capped, limit) == []
+    # a group of three counts its whole caption, the middle member's tags included
+    carol = character("carol", LONG_TAGS[:5])
+    trio = CompositePlan(index=4, members=(alice.images[0], carol.images[0], bob.images[0]))
+    trio_text = group_caption([alice, carol, bob], trio.members, rules)
+    assert count(trio_text) > count(text) > limit
+    [three] = caption_length_problems([alice, bob, carol], [trio], rules, limit)
+    assert three.path == Path("composite 000004 (1_alice/a.png + 1_carol/a.png + 1_bob/a.png)")
+    assert f"composite caption is {count(trio_text)} CLIP tokens" in three.message
 
 
 @pytest.mark.integration

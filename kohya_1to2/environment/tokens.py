@@ -18,7 +18,7 @@ from rich.text import Text
 
 from kohya_1to2.configs.presets import load_preset
 from kohya_1to2.configs.render import preset_value
-from kohya_1to2.dataset.captions import composite_caption
+from kohya_1to2.dataset.captions import group_caption
 from kohya_1to2.dataset.scan import Problem
 from kohya_1to2.environment.tiny_model import clip_vocab_and_merges, find_open_clip_vocab
 from kohya_1to2.errors import SetupError
@@ -90,12 +90,11 @@ def caption_length_problems(
     by_name = {character.name: character for character in characters}
     composites: list[tuple[int, Path]] = []
     for plan in plans:
-        text = composite_caption(by_name[plan.left.character], by_name[plan.right.character], plan.left,
-                                 plan.right, rules)
+        text = group_caption([by_name[m.character] for m in plan.members], plan.members, rules)
         tokens = count(text)
         if tokens > limit:
-            composites.append((tokens, Path(f"composite {plan.index:06d} ({plan.left.rel_key} + "
-                                            f"{plan.right.rel_key})")))
+            composites.append((tokens, Path(f"composite {plan.index:06d} "
+                                            f"({' + '.join(m.rel_key for m in plan.members)})")))
     return [
         *_listed(singles, "stage-1 caption", limit, "drop tags from the caption" + longer),
         *_listed(composites, "composite caption", limit,
