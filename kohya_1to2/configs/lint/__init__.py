@@ -66,29 +66,31 @@ __all__ = [
 ]
 
 
-def script_for(document: Mapping[str, Any], family: str | None = None) -> str:
+def script_for(document: Mapping[str, Any], family: str | None = None,
+               snapshot: Mapping[str, Any] | None = None) -> str:
     """The sd-scripts entry point whose parser a training TOML is checked against."""
     if family:
         return TRAINING_SCRIPTS[family]
     sd1, sdxl = TRAINING_SCRIPTS["sd1"], TRAINING_SCRIPTS["sdxl"]
-    sdxl_only = set(parser_actions(sdxl)) - set(parser_actions(sd1))
+    sdxl_only = set(parser_actions(sdxl, snapshot)) - set(parser_actions(sd1, snapshot))
     return sdxl if sdxl_only & set(kohya.flatten_training_config(document)) else sd1
 
 
-def lint_file(path: Path, family: str | None = None) -> list[ConfigProblem]:
-    """Syntax, keys, types and choices of one TOML (dataset or training, told apart by its content)."""
+def lint_file(path: Path, family: str | None = None, snapshot: Mapping[str, Any] | None = None) -> list[ConfigProblem]:
+    """Syntax, keys, types and choices of one TOML (dataset or training, told apart by its content).
+    `snapshot`: the options of another sd-scripts install (environment.install); None: the pin's."""
     document = read_toml(path)
     if family is None and RunDir(path.parent).job_file.is_file():
         family = run_family(path.parent)
-    script = script_for(document, family)
+    script = script_for(document, family, snapshot)
     if is_dataset_document(document):
-        return lint_dataset(document, str(path), script=script)
-    return lint_training(document, script, str(path)) + lint_prediction(kohya.flatten_training_config(document),
-                                                                         str(path))
+        return lint_dataset(document, str(path), snapshot, script=script)
+    return lint_training(document, script, str(path), snapshot) + lint_prediction(
+        kohya.flatten_training_config(document), str(path))
 
 
-def lint_run(run_dir: Path) -> list[ConfigProblem]:
-    """Every generated file of a run directory, plus the cross-file 1to2 checks."""
+def lint_run(run_dir: Path, snapshot: Mapping[str, Any] | None = None) -> list[ConfigProblem]:
+    """Every generated file of a run directory, plus the cross-file 1to2 checks; `snapshot` as in lint_file."""
     family = run_family(run_dir)
     script = TRAINING_SCRIPTS[family]
     problems: list[ConfigProblem] = []
@@ -98,8 +100,8 @@ def lint_run(run_dir: Path) -> list[ConfigProblem]:
         dataset_name, train_name = file_names(stage)
         dataset_path, train_path = run_dir / dataset_name, run_dir / train_name
         dataset_doc, train_doc = read_toml(dataset_path), read_toml(train_path)
-        problems += lint_dataset(dataset_doc, str(dataset_path), script=script)
-        problems += lint_training(train_doc, script, str(train_path))
+        problems += lint_dataset(dataset_doc, str(dataset_path), snapshot, script=script)
+        problems += lint_training(train_doc, script, str(train_path), snapshot)
         flat = kohya.flatten_training_config(train_doc)
         flats[stage] = flat
         problems += lint_network(flat, str(train_path), family)
@@ -113,7 +115,8 @@ def lint_run(run_dir: Path) -> list[ConfigProblem]:
         problems += lint_buckets(dataset_doc, str(dataset_path), family, composite_sizes)
         problems += lint_paths(flat, str(train_path))
         problems += lint_prediction(flat, str(train_path))
-        problems += lint_dataset_keys_in_training(train_doc, dataset_doc, str(train_path), str(dataset_path), script)
+        problems += lint_dataset_keys_in_training(train_doc, dataset_doc, str(train_path), str(dataset_path), script,
+                                                  snapshot)
         problems += lint_composite_subsets(dataset_doc, flat, str(dataset_path))
         configured = flat.get(opt.DATASET_CONFIG)
         if configured and not _same_path(configured, dataset_path):

@@ -190,11 +190,12 @@ def _dataset_sets_everywhere(dataset_doc: Mapping[str, Any], name: str, subset_l
 
 
 def lint_dataset_keys_in_training(train_doc: Mapping[str, Any], dataset_doc: Mapping[str, Any], train_file: str,
-                                  dataset_file: str, script: str) -> list[ConfigProblem]:
+                                  dataset_file: str, script: str,
+                                  snapshot: Mapping[str, Any] | None = None) -> list[ConfigProblem]:
     """A dataset option in the training TOML is only a fallback for subsets that do not set it: where the
     dataset TOML sets it everywhere, sd-scripts ignores it (config_util's BlueprintGenerator fallbacks)."""
-    schema = load_snapshot()["dataset_schema"]
-    actions = parser_actions(script)
+    schema = (snapshot or load_snapshot())["dataset_schema"]
+    actions = parser_actions(script, snapshot)
     problems = []
     for section, table in train_doc.items():
         for key in (table if isinstance(table, dict) else {section: table}):

@@ -15,6 +15,7 @@ from kohya_1to2.configs.lint.problems import (
     load_snapshot,
     parser_actions,
 )
+from kohya_1to2.configs.lint.version import version_gap
 from kohya_1to2.kohya import options as opt
 
 
@@ -109,7 +110,9 @@ def lint_training(document: Mapping[str, Any], script: str, file: str,
         action = actions.get(key)
         if action is None:
             elsewhere = [s for s, acts in other_scripts.items() if key in acts]
-            if elsewhere:
+            if gap := version_gap(key, script, snap):
+                problem, fix = gap
+            elif elsewhere:
                 problem = f"is not an option of {script} (only of {', '.join(elsewhere)}); sd-scripts ignores it"
                 fix = "remove it, or use the preset for that model family"
             elif key in dataset_keys and key not in actions:
