@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="lint a run directory's TOMLs (or one TOML) against the pinned sd-scripts")
     check.add_argument("target", type=Path, help="run directory or a .toml file")
+    _add_install_flags(check)
 
     _add_launch_and_evaluate(sub)
     report = sub.add_parser("report", help="write <run>/report.html: sources, plans, configs, losses, samples, grids")
@@ -101,7 +102,7 @@ def _add_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     setup.add_argument("--no-deps", action="store_true", help="only set up sd-scripts; install no packages")
 
     doctor = sub.add_parser("doctor", help="show the training environment and what launch will substitute")
-    doctor.add_argument("--sd-scripts", type=Path, default=None)
+    _add_install_flags(doctor)
     doctor.add_argument("--strict", action="store_true", help="exit non-zero if anything would be substituted")
     doctor.add_argument("run_dir", nargs="?", type=Path, default=None, help="also check this run's base model")
     doctor.add_argument("--base-model", default=None, help="also check this base model file or folder")
@@ -114,6 +115,14 @@ def _add_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     demo.add_argument("--base-model", default=None, help="real base model; default: tiny CPU smoke model")
     demo.add_argument("--composite-style", choices=("side-by-side", "scene"), default="side-by-side",
                       help="scene: the example's characters cut out by their bundled masks (examples/masks)")
+
+
+def _add_install_flags(parser: argparse.ArgumentParser) -> None:
+    """--sd-scripts and --python of the commands that take no options model (launch's and evaluate's have them)."""
+    for name, field in LaunchOptions.model_fields.items():
+        if name in ("sd_scripts", "python"):
+            parser.add_argument("--" + name.replace("_", "-"), dest=name, type=Path, default=None,
+                                help=field.description)
 
 
 class Terminated(KeyboardInterrupt):

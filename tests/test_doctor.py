@@ -10,6 +10,7 @@ import pytest
 
 from kohya_1to2.cli import main
 from kohya_1to2.environment import probe as doctor
+from kohya_1to2.errors import SetupError
 from kohya_1to2.kohya import lycoris_sd1_problem
 
 CPU_FACTS: dict[str, Any] = {
@@ -21,8 +22,8 @@ GPU_FACTS = {**CPU_FACTS, "torch_cuda_build": "12.8", "cuda": True, "xformers": 
              "bitsandbytes_ok": True, "gpus": [{"name": "NVIDIA H100", "memory_gib": 79.1}]}
 
 
-def by_label(facts: dict[str, Any], pin: list[str] | None = None) -> dict[str, doctor.Finding]:
-    lines = doctor.findings(facts, Path("/sd"), [] if pin is None else pin, {"HOME": "/nonexistent"})
+def by_label(facts: dict[str, Any]) -> dict[str, doctor.Finding]:
+    lines = doctor.findings(facts, {"HOME": "/nonexistent"})
     return {line.label: line for line in lines}
 
 
@@ -55,11 +56,23 @@ def test_lycoris_problem_depends_on_family_and_preset() -> None:
     assert lycoris_sd1_problem("4.1.3", "sd1", ["algo=loha", "preset=my.toml"]) is None
 
 
-def test_wrong_pin_and_broken_torch_are_problems() -> None:
-    lines = by_label({**CPU_FACTS, "torch_error": "RuntimeError: operator torchvision::nms does not exist"},
-                     pin=["train_network.py differs"])
-    assert lines["sd-scripts"].problem and lines["torch import"].problem
+def test_broken_torch_is_a_problem() -> None:
+    lines = by_label({**CPU_FACTS, "torch_error": "RuntimeError: operator torchvision::nms does not exist"})
+    assert lines["torch import"].problem
     assert "torchvision==" in (lines["torch import"].fix or "")
+
+
+def test_a_wrong_pin_is_a_problem_line_with_its_fix(monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    def not_the_pin(path: Path) -> Path:
+        raise SetupError(f"sd-scripts at {path} is not the pinned v0.10.1: train_network.py differs", hint="setup")
+
+    monkeypatch.setenv("COLUMNS", "400")
+    monkeypatch.delenv("KOHYA_1TO2_SD_SCRIPTS", raising=False)
+    monkeypatch.setattr("kohya_1to2.commands.doctor.probe_environment", lambda python: dict(CPU_FACTS))
+    monkeypatch.setattr("kohya_1to2.commands.doctor.require_sd_scripts", not_the_pin)
+    assert main(["doctor"]) == 5
+    assert "train_network.py differs" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -72,8 +85,8 @@ def test_probe_runs_in_a_child_python() -> None:
 @pytest.fixture
 def sd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """`--sd-scripts` of a pinned-looking tree, on a machine whose probe finds CPU_FACTS."""
-    monkeypatch.setattr("kohya_1to2.commands.doctor.probe_environment", lambda: dict(CPU_FACTS))
-    monkeypatch.setattr("kohya_1to2.commands.doctor.pin_mismatches", lambda path: [])
+    monkeypatch.setattr("kohya_1to2.commands.doctor.probe_environment", lambda python: dict(CPU_FACTS))
+    monkeypatch.setattr("kohya_1to2.commands.doctor.require_sd_scripts", lambda path: Path(path))
     (tmp_path / "train_network.py").write_text("")
     return ["--sd-scripts", str(tmp_path)]
 
@@ -84,7 +97,7 @@ def test_doctor_exit_codes(sd: list[str], monkeypatch: pytest.MonkeyPatch, capsy
     assert "AdamW8bit' -> 'AdamW'" in out
     assert main(["doctor", *sd, "--strict"]) == 5
     monkeypatch.setattr("kohya_1to2.commands.doctor.probe_environment",
-                        lambda: {**CPU_FACTS, "lycoris-lora": "4.1.3"})
+                        lambda python: {**CPU_FACTS, "lycoris-lora": "4.1.3"})
     assert main(["doctor", *sd]) == 5
     assert "lycoris-lora" in capsys.readouterr().err
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from rich.console import Console
 from rich.table import Table
@@ -11,8 +12,9 @@ from rich.text import Text
 
 from kohya_1to2 import kohya
 from kohya_1to2.configs.lint import read_toml
+from kohya_1to2.environment.install import SdScriptsInstall, install_findings, resolve_install
 from kohya_1to2.environment.probe import Finding, base_model_finding, findings, planned_substitutions, probe_environment
-from kohya_1to2.environment.vendor import default_sd_scripts, pin_mismatches
+from kohya_1to2.environment.vendor import require_sd_scripts
 from kohya_1to2.errors import SetupError, UsageError
 from kohya_1to2.kohya import flatten_training_config
 from kohya_1to2.models import STAGES
@@ -36,11 +38,20 @@ def base_model_lines(args: argparse.Namespace) -> list[Finding]:
     return out
 
 
+def install_lines(args: argparse.Namespace) -> tuple[SdScriptsInstall | None, list[Finding]]:
+    """The sd-scripts in use (--sd-scripts, $KOHYA_1TO2_SD_SCRIPTS or the pin) and its Python, or why none."""
+    try:
+        install = resolve_install(args.sd_scripts, getattr(args, "python", None), os.environ,
+                                  pinned=require_sd_scripts)
+    except SetupError as exc:
+        return None, [Finding("sd-scripts", exc.message, True, exc.hint)]
+    return install, install_findings(install)
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
-    sd_scripts = (args.sd_scripts or default_sd_scripts()).expanduser().resolve()
-    pin = pin_mismatches(sd_scripts) if kohya.is_sd_scripts_tree(sd_scripts) else None
-    facts = probe_environment()
-    lines = findings(facts, sd_scripts, pin, dict(os.environ)) + base_model_lines(args)
+    install, sd_lines = install_lines(args)
+    facts = probe_environment(install.python if install else sys.executable)
+    lines = findings(facts, dict(os.environ)) + sd_lines + base_model_lines(args)
     table = Table(title="kohya-1to2 doctor", show_header=False)
     table.add_column("what")
     table.add_column("found")

@@ -7,12 +7,14 @@ imports torch: machine facts come from a fast probe, the training runs in the ch
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from kohya_1to2.environment.install import install_snapshot, interpreter_of, resolve_install
 from kohya_1to2.environment.vendor import require_sd_scripts
 from kohya_1to2.flags import model_overrides
 from kohya_1to2.launch.argv import AccelerateOptions
@@ -62,10 +64,14 @@ def launch(args: LaunchOptions, console: Console) -> int:
 
 def launch_stages(args: LaunchOptions, console: Console, run_dir: Path, selected: tuple[int, ...],
                   hold: tuple[int, ...] = ()) -> int:
-    """Check, decide, print the commands (--dry-run) or run them, then write the run's report."""
-    for warning in require_checked(run_dir):
+    """Check (against the options of the sd-scripts that will run), decide, print the commands (--dry-run) or run
+    them, then write the run's report."""
+    install = resolve_install(args.sd_scripts, args.python, os.environ, pinned=require_sd_scripts)
+    if not install.pinned:
+        console.print(Text(f"{install.label}, run by {install.python}"), soft_wrap=True)
+    for warning in require_checked(run_dir, install_snapshot(install, os.environ), console):
         console.print(Text(f"warning: {warning}", style="yellow"), soft_wrap=True)
-    plan = plan_launch(args, run_dir, selected, require_sd_scripts(args.sd_scripts), console)
+    plan = plan_launch(args, run_dir, selected, install.path, console, interpreter_of(install, os.environ))
     if args.dry_run:
         console.print(Text(dry_run_text(list(plan.commands.values()))), soft_wrap=True)
         return 0

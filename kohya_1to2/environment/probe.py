@@ -106,9 +106,9 @@ def accelerate_config_file(environ: dict[str, str]) -> Path:
     return Path(home) / "accelerate" / "default_config.yaml"
 
 
-def findings(facts: dict[str, Any], sd_scripts: Path, pin_problems: list[str] | None,
-             environ: dict[str, str]) -> list[Finding]:
-    """Turn probe facts into report lines (pure)."""
+def findings(facts: dict[str, Any], environ: dict[str, str]) -> list[Finding]:
+    """Turn probe facts of the Python that runs sd-scripts into report lines (pure; the install's own lines:
+    environment.install.install_findings)."""
     out: list[Finding] = []
     if "probe_error" in facts:
         out.append(Finding("python probe", facts["probe_error"], True, "run ./bootstrap.sh"))
@@ -136,13 +136,6 @@ def findings(facts: dict[str, Any], sd_scripts: Path, pin_problems: list[str] | 
     out.append(Finding("accelerate", f"{facts.get('accelerate') or 'not installed'}; user config "
                        f"{config if config.is_file() else 'none'} (launch ignores it unless --accelerate-config)",
                        not facts.get("accelerate")))
-    if pin_problems is None:
-        out.append(Finding("sd-scripts", f"not found at {sd_scripts}", True, "run ./bootstrap.sh"))
-    elif pin_problems:
-        out.append(Finding("sd-scripts", f"{sd_scripts} is not {kohya.SD_SCRIPTS_TAG}: {', '.join(pin_problems)}",
-                           True, "run `python -m kohya_1to2 setup`"))
-    else:
-        out.append(Finding("sd-scripts", f"{kohya.SD_SCRIPTS_TAG} ({kohya.SD_SCRIPTS_COMMIT[:12]}) at {sd_scripts}"))
     return out
 
 

@@ -10,7 +10,7 @@ prompts, seeds, sizes and steps, and then compared: one grid per prompt and one 
 from __future__ import annotations
 
 import json
-import sys
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +25,7 @@ from rich.table import Table
 from kohya_1to2 import kohya
 from kohya_1to2.configs.presets import PresetSettings, effective_settings, load_preset, run_family
 from kohya_1to2.dataset.scan import scan_sources
+from kohya_1to2.environment.install import SdScriptsInstall, interpreter_of, resolve_install
 from kohya_1to2.environment.vendor import require_sd_scripts
 from kohya_1to2.errors import DatasetError, UsageError
 from kohya_1to2.evaluate import compare
@@ -39,7 +40,7 @@ from kohya_1to2.evaluate.rows import Row, build_rows, parse_epochs, saved_epochs
 from kohya_1to2.evaluate.seams import SeamScores, calibrate, even_sample, scores
 from kohya_1to2.fsutil import atomic_path, atomic_write_text, file_fingerprint
 from kohya_1to2.launch.pipeline import read_stage
-from kohya_1to2.launch.substitutions import Capabilities, probe_capabilities
+from kohya_1to2.launch.substitutions import Capabilities
 from kohya_1to2.models import Character, Job
 from kohya_1to2.rundir import RunDir, load_job
 
@@ -65,7 +66,11 @@ class EvaluateOptions(BaseModel):
     singles: int | None = Field(None, description="at most this many single-character prompts (default: all)")
     pairs: int | None = Field(None, description="at most this many ordered-pair prompts (default: all)")
     multiplier: float = Field(1.0, description=f"network multiplier (gen_img {kohya.flag(kohya.GEN_IMG_NETWORK_MUL)})")
-    sd_scripts: Path | None = Field(None, description="sd-scripts checkout (default: vendor/sd-scripts)")
+    sd_scripts: Path | None = Field(None, description="sd-scripts tree that generates the images, e.g. a "
+                                    "kohya_ss install's sd-scripts/ (default: $KOHYA_1TO2_SD_SCRIPTS, else "
+                                    "vendor/sd-scripts)")
+    python: Path | None = Field(None, description="the Python that runs that sd-scripts (default: $KOHYA_1TO2_PYTHON, "
+                                "else the venv beside it; this one for the pin)")
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,7 @@ def evaluation_rows(epochs: str, stages: Sequence[int], flats: dict[int, dict[st
 
 
 def plan_run(args: EvaluateOptions, run: RunInputs, prompts: Sequence[EvalPrompt], seeds: Sequence[int], steps: int,
-             sd_scripts: Path, caps: Capabilities) -> RunPlan:
+             install: SdScriptsInstall, caps: Capabilities) -> RunPlan:
     """Read a run's stage configs and plan one gen_img child per row (nothing is generated yet)."""
     stages = run.job.stages
     configs = {stage: read_stage(run.root, stage, caps) for stage in stages}
@@ -144,7 +149,7 @@ def plan_run(args: EvaluateOptions, run: RunInputs, prompts: Sequence[EvalPrompt
         command = build_generate_command(
             row=row.id, weights=row.weights,
             network_module=str(first.get(kohya.NETWORK_MODULE) or "lycoris.kohya"),
-            multiplier=args.multiplier, flat=first, family=family, sd_scripts=sd_scripts, python=sys.executable,
+            multiplier=args.multiplier, flat=first, family=family, sd_scripts=install.path, python=install.python,
             prompt_file=folder / "prompts.txt", outdir=folder, cuda=caps.cuda, xformers=caps.xformers)
         jobs.append(plan_row(row, folder, command, prompts, seeds, steps, model_hash))
     return RunPlan(run, rows, jobs)
@@ -154,8 +159,8 @@ def evaluate(args: EvaluateOptions, console: Console, run_dirs: Sequence[Path], 
     """Plan every run (sources compared, stage configs read, rows chosen) before generating any image.
 
     `hold`: the runs' lock descriptors, kept open until the last gen_img process is gone (launch.run)."""
-    sd_scripts = require_sd_scripts(args.sd_scripts)
-    caps = probe_capabilities()
+    install = resolve_install(args.sd_scripts, args.python, os.environ, pinned=require_sd_scripts)
+    caps = interpreter_of(install, os.environ).caps
     runs = [load_run(run_dir) for run_dir in run_dirs]
     names = compare.run_names(run_dirs)
     compare.refuse_other_sources([
@@ -165,7 +170,7 @@ def evaluate(args: EvaluateOptions, console: Console, run_dirs: Sequence[Path], 
     prompts, settings = evaluation_prompts(args, runs[0])
     seeds = column_seeds(args.seeds)
     steps = args.steps or settings.sample_steps
-    plans = [plan_run(args, run, prompts, seeds, steps, sd_scripts, caps) for run in runs]
+    plans = [plan_run(args, run, prompts, seeds, steps, install, caps) for run in runs]
     records = []
     for name, plan in zip(names, plans, strict=True):
         records.append(evaluate_planned(args, console, plan, prompts, seeds, steps,

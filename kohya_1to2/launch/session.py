@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
@@ -51,27 +52,50 @@ class LaunchOptions(BaseModel):
     from_stage: Literal[1, 2] | None = Field(None, description="start at this stage")
     strict: bool = Field(False, description="refuse to substitute GPU-only options")
     smoke: bool = Field(False, description="offline run (HF_HUB_OFFLINE=1), as the tiny smoke model needs")
-    sd_scripts: Path | None = Field(None, description="sd-scripts checkout (default: vendor/sd-scripts)")
+    sd_scripts: Path | None = Field(None, description="sd-scripts tree to run, e.g. a kohya_ss install's sd-scripts/ "
+                                    "(default: $KOHYA_1TO2_SD_SCRIPTS, else the pinned vendor/sd-scripts)")
+    python: Path | None = Field(None, description="the Python that runs that sd-scripts (default: $KOHYA_1TO2_PYTHON, "
+                                "else the venv beside it; this one for the pin)")
     resume: bool = Field(False, description="resume an interrupted stage from its saved state")
     accelerate: AccelerateOptions = AccelerateOptions()
 
 
-def lint_problems(run_dir: Path) -> list[str]:
-    """`check` on the run directory (kohya_1to2.configs.lint), one line per error: launch's only rule book."""
-    return [p.line for p in lint_run(run_dir) if p.severity == "error"]
+def lint_problems(run_dir: Path, snapshot: Mapping[str, Any] | None = None) -> list[str]:
+    """`check` on the run directory (kohya_1to2.configs.lint), one line per error: launch's only rule book.
+    `snapshot`: the options of the sd-scripts install that will run (None: the pin's)."""
+    return [p.line for p in lint_run(run_dir, snapshot) if p.severity == "error"]
 
 
-def require_checked(run_dir: Path) -> list[str]:
-    """Refuse (exit 4) a run `check` finds errors in, naming the first; else `check`'s warnings, which launch
-    prints before anything runs (a v-pred base trained as epsilon is a warning, and trains without an error)."""
-    problems = lint_run(run_dir)
+def require_checked(run_dir: Path, snapshot: Mapping[str, Any] | None = None,
+                    console: Console | None = None) -> list[str]:
+    """Refuse (exit 4) a run `check` finds errors in, naming the first (and printing every one on `console`:
+    another install's missing options come as a batch); else `check`'s warnings, which launch prints before
+    anything runs (a v-pred base trained as epsilon is a warning, and trains without an error)."""
+    problems = lint_run(run_dir, snapshot)
     errors = [p.line for p in problems if p.severity == "error"]
     if errors:
+        if console is not None:
+            for line in errors:
+                console.print(Text.assemble(("error: ", "red"), line), soft_wrap=True)
         raise CheckError(
             f"check found {len(errors)} problem(s) in {run_dir}: {errors[0]}",
             hint=f"run `python -m kohya_1to2 check {run_dir}` for the full list",
         )
     return [p.line for p in problems if p.severity == "warning"]
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    """The Python that runs sd-scripts and what it can do here: by default this one (probed without importing
+    torch); an external install's own, probed in a child by environment.install."""
+
+    python: str
+    caps: Capabilities
+    lycoris_version: str | None
+
+
+def this_interpreter() -> Interpreter:
+    return Interpreter(sys.executable, probe_capabilities(), installed_lycoris_version())
 
 
 @dataclass(frozen=True)
@@ -90,13 +114,14 @@ class LaunchPlan:
 
 
 def plan_launch(args: LaunchOptions, run_dir: Path, selected: tuple[int, ...], sd_scripts: Path,
-                console: Console) -> LaunchPlan:
+                console: Console, interpreter: Interpreter | None = None) -> LaunchPlan:
     """Read every stage, decide which run (resuming the first from its newest state with --resume), print the
     substitutions and decisions, and write the effective TOMLs the commands read (also on --dry-run)."""
     family = run_family(run_dir)
-    caps = probe_capabilities()
+    python = interpreter or this_interpreter()
+    caps = python.caps
     stages: dict[int, StageConfig] = {n: read_stage(run_dir, n, caps) for n in run_stages(run_dir)}
-    _require_lycoris_fits(stages[1], family)
+    _require_lycoris_fits(stages[1], family, python.lycoris_version)
     inputs = {n: stage_inputs(stages[n]) for n in selected}  # fingerprinted once: resuming does not change them
     decisions = decide_stages(run_dir, stages, selected, force=args.force, inputs=inputs)
     first = next((n for n in selected if decisions[n].runs), None)
@@ -116,14 +141,14 @@ def plan_launch(args: LaunchOptions, run_dir: Path, selected: tuple[int, ...], s
                       soft_wrap=True)
     for number in running:
         write_effective_toml(stages[number])  # what the printed command reads, also after --dry-run
-    commands = {n: stage_command(args, run_dir, sd_scripts, family, stages[n], caps) for n in running}
+    commands = {n: stage_command(args, run_dir, sd_scripts, python.python, family, stages[n], caps) for n in running}
     return LaunchPlan(run_dir, selected, stages, decisions, commands)
 
 
-def _require_lycoris_fits(stage: StageConfig, family: Family) -> None:
+def _require_lycoris_fits(stage: StageConfig, family: Family, lycoris_version: str | None) -> None:
     if str(stage.flat.get(NETWORK_MODULE, "")).startswith("lycoris"):
         args_list = stage.flat.get(NETWORK_ARGS)
-        problem = lycoris_sd1_problem(installed_lycoris_version(), family,
+        problem = lycoris_sd1_problem(lycoris_version, family,
                                       args_list if isinstance(args_list, list) else None)
         if problem:
             raise SetupError(problem, hint="`python -m kohya_1to2 doctor` shows the environment")
@@ -149,7 +174,7 @@ def run_planned(plan: LaunchPlan, console: Console, hold: tuple[int, ...] = ()) 
     return results
 
 
-def stage_command(args: LaunchOptions, run_dir: Path, sd_scripts: Path, family: Family,
+def stage_command(args: LaunchOptions, run_dir: Path, sd_scripts: Path, python: str, family: Family,
                   stage: StageConfig, caps: Capabilities) -> StageCommand:
     effective_mixed = str(stage.flat.get(options.MIXED_PRECISION) or "no")
     for sub in stage.substitutions:
@@ -159,7 +184,7 @@ def stage_command(args: LaunchOptions, run_dir: Path, sd_scripts: Path, family: 
         stage=stage.stage,
         run_dir=run_dir,
         sd_scripts=sd_scripts,
-        python=sys.executable,
+        python=python,
         family=family,
         accelerate=args.accelerate,
         cuda=caps.cuda,

@@ -126,14 +126,18 @@ def _gpu_visible(environ: Mapping[str, str]) -> bool:
 
 def probe_capabilities(environ: Mapping[str, str] | None = None) -> Capabilities:
     """A fast probe (no torch import): `doctor` reports the slow, exact view."""
+    return capabilities_from(_torch_cuda_build(), importlib.util.find_spec("xformers") is not None,
+                             importlib.util.find_spec("bitsandbytes") is not None, environ)
+
+
+def capabilities_from(torch_cuda_build: bool, xformers: bool, bitsandbytes: bool,
+                      environ: Mapping[str, str] | None = None) -> Capabilities:
+    """This machine's capabilities given what a Python has installed: ours, or an sd-scripts install's own
+    (probed in a child by environment.install)."""
     env = os.environ if environ is None else environ
-    cuda = _torch_cuda_build() and _gpu_visible(env)
-    return Capabilities(
-        cuda=cuda,
-        xformers=cuda and importlib.util.find_spec("xformers") is not None,
-        bitsandbytes=cuda and importlib.util.find_spec("bitsandbytes") is not None,
-        cpu_count=os.cpu_count(),
-    )
+    cuda = torch_cuda_build and _gpu_visible(env)
+    return Capabilities(cuda=cuda, xformers=cuda and xformers, bitsandbytes=cuda and bitsandbytes,
+                        cpu_count=os.cpu_count())
 
 
 __all__ = [
@@ -141,6 +145,7 @@ __all__ = [
     "Capabilities",
     "Substitution",
     "apply_substitutions",
+    "capabilities_from",
     "plan_substitutions",
     "probe_capabilities",
 ]
