@@ -212,3 +212,26 @@ def test_doctor_lines_name_tree_version_and_python(tmp_path: Path) -> None:
     assert lines["sd-scripts"].startswith("unknown (")
     assert lines["sd-scripts python"] == f"{sys.executable} (--python)"
     assert os.path.isabs(lines["sd-scripts python"].split(" ")[0])
+
+
+# ------------------------------------------------------------------ launch runs accelerate with the install's Python
+
+
+def test_launch_dry_run_runs_an_external_install_with_its_own_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from fake_launch import make_fake_sd_scripts
+    from test_run import FAKE_TRAIN, make_run  # another test module's fake run (tests/ is on sys.path)
+
+    from kohya_1to2.cli import main
+
+    tree, _ = make_fake_sd_scripts(tmp_path / "kohya_ss", FAKE_TRAIN)
+    python = venv_python(tmp_path / "kohya_ss")
+    monkeypatch.setattr("kohya_1to2.commands.launch.require_sd_scripts", not_the_pin)
+    monkeypatch.setattr("kohya_1to2.commands.launch.install_snapshot", lambda found, environ: None)
+    monkeypatch.delenv(inst.PYTHON_ENV, raising=False)
+    run = make_run(tmp_path / "run")
+    assert main(["launch", str(run), "--sd-scripts", str(tree), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"sd-scripts unknown (not a git checkout; train_network.py differs from v0.10.1) at {tree.resolve()}, " \
+           f"run by {python}" in out
+    assert out.count(f"{python} -m accelerate.commands.launch") == 2
