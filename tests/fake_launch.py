@@ -4,8 +4,14 @@ bench/bench_launch.py: the launch chain runs for real, the training does not (fa
 from __future__ import annotations
 
 import json
+import site
 import struct
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
+
+from kohya_1to2.kohya.facts import PARSER_SNAPSHOT
 
 FAKE_ACCELERATE = """\
 import runpy, sys
@@ -94,3 +100,86 @@ def make_fake_gen_img(root: Path) -> Path:
     sd.mkdir(parents=True)
     (sd / "gen_img.py").write_text(FAKE_GEN_IMG, encoding="utf-8")
     return sd
+
+
+FAKE_KOHYA_PARSER = r'''
+def setup_parser():
+    """The pinned parser rebuilt from the snapshot beside this file (options.json): the same options, types
+    and defaults, without importing torch."""
+    import argparse, json, os
+
+    def named(name):
+        def convert(value):
+            return value
+        convert.__name__ = name
+        return {"int": int, "float": float, "str": str}.get(name, convert)
+
+    data = json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "options.json")))
+    parser = argparse.ArgumentParser()
+    for action in data["parsers"][os.path.basename(__file__)]:
+        options = {"dest": action["dest"], "default": action["default"]}
+        if action["store_true"]:
+            options["action"] = "store_true"
+        else:
+            options.update({key: action[key] for key in ("nargs", "choices") if action[key] is not None})
+            options.update({"type": named(action["type"])} if action["type"] else {})
+        parser.add_argument(*action["option_strings"], **options)
+    return parser
+
+
+if __name__ == "__main__":
+'''
+"""The head of a fake kohya_ss install's training script: a real argparse parser equal to the pin's (what
+kohya/parser_snapshot.py reads), then the fake training, indented under `__main__`."""
+
+FAKE_CONFIG_UTIL = r'''
+import functools, json, os
+from voluptuous import Any, Optional, Required
+
+def twodim(klass, value): return value
+def scalar_or_twodim(klass, value): return value
+
+def validator(text):
+    kinds = {"None": None, "list": [], **{k.__name__: k for k in (bool, dict, float, int, str)}}
+    parts = text.split("|")
+    if len(parts) == 2 and parts[1] == parts[0] + "[2]":
+        return functools.partial(scalar_or_twodim, kinds[parts[0]])
+    if len(parts) > 1:
+        return Any(*(validator(part) for part in parts))
+    return functools.partial(twodim, kinds[text[:-3]]) if text.endswith("[2]") else kinds[text]
+
+def schema(table):
+    return {(Required if spec["required"] else Optional)(key): validator(spec["type"]) for key, spec in table.items()}
+
+class ConfigSanitizer:
+    def __init__(self, *flags):
+        data = json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "options.json")))
+        tables = data["dataset_schema"]
+        self.general_schema = schema(tables["general"])
+        self.db_dataset_schema = schema(tables["dataset"])
+        self.db_subset_schema = schema(tables["subset"])
+        self.ft_subset_schema = schema(tables["finetune_subset"])
+'''
+"""A fake `library/config_util.py`: sd-scripts' dataset schema rebuilt from options.json, voluptuous markers and
+validators of the shapes kohya/parser_snapshot.py describes."""
+
+
+def make_fake_kohya_ss(root: Path, train_source: str, gen_img_source: str) -> Path:
+    """A kohya_ss-laid-out install at `root`: `sd-scripts/` whose training scripts have the pin's parser (from
+    the bundled snapshot) and run `train_source`, and `venv/`, a real virtual environment that sees this
+    environment's packages. Returns the sd-scripts folder."""
+    tree = root / "sd-scripts"
+    (tree / "library").mkdir(parents=True)
+    script = FAKE_KOHYA_PARSER + textwrap.indent(train_source, "    ")
+    for name in ("train_network.py", "sdxl_train_network.py"):
+        (tree / name).write_text(script, encoding="utf-8")
+    (tree / "gen_img.py").write_text(gen_img_source, encoding="utf-8")
+    (tree / "options.json").write_bytes(PARSER_SNAPSHOT.read_bytes())
+    (tree / "library" / "__init__.py").write_text("", encoding="utf-8")
+    (tree / "library" / "config_util.py").write_text(FAKE_CONFIG_UTIL, encoding="utf-8")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
+    [packages] = (root / "venv" / "lib").glob("python*/site-packages")
+    ours = [path for path in site.getsitepackages() if Path(path).is_dir()]
+    (packages / "kohya_1to2_tests.pth").write_text(
+        "".join(f"import site; site.addsitedir({path!r})\n" for path in ours), encoding="utf-8")
+    return tree

@@ -110,8 +110,8 @@ def _python_for(tree: Path | None, python: Path | None, environ: Mapping[str, st
     given = (python, "--python") if python is not None else \
         (Path(environ[PYTHON_ENV]), f"${PYTHON_ENV}") if environ.get(PYTHON_ENV) else None
     if given is not None:
-        # absolute but not resolved: a venv's python is a symlink whose venv is found from its own path
-        path = given[0].expanduser().absolute()
+        # absolute, `..` folded, links not resolved: a venv's python is a link whose venv is found from its own path
+        path = Path(os.path.abspath(given[0].expanduser()))
         if not (path.is_file() and os.access(path, os.X_OK)):
             raise SetupError(f"{given[1]} {path}: no such executable",
                              hint="pass the Python of that sd-scripts install")
