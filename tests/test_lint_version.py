@@ -7,7 +7,7 @@ import copy
 from typing import Any
 
 from kohya_1to2 import kohya
-from kohya_1to2.configs.lint import lint_training, load_snapshot
+from kohya_1to2.configs.lint import lint_dataset, lint_training, load_snapshot
 from kohya_1to2.configs.lint.version import install_label, renamed_to, version_gap
 from kohya_1to2.kohya import options as opt
 
@@ -63,3 +63,22 @@ def test_a_rename_is_only_taken_among_names_the_pin_lacks() -> None:
     pinned = {"network_dim": {}, "network_alpha": {}}
     assert renamed_to("network_dim", pinned, {"network_alpha": {}}) is None
     assert renamed_to("network_dim", pinned, {"network_alpha": {}, "network_dims": {}}) == "network_dims"
+
+
+def test_a_dataset_key_the_install_lacks_or_renamed_names_the_key_and_the_install() -> None:
+    """sd-scripts' dataset schema is strict: a key another version dropped fails its config load; check says
+    which install lacks it, and a close new name, where the pin's "unknown option" would mislead."""
+    snap = other_install()
+    for level in snap["dataset_schema"].values():
+        level.pop("alpha_mask", None)
+        if "keep_tokens" in level:
+            level["keep_tokens_count"] = level.pop("keep_tokens")
+    document = {"datasets": [{"subsets": [{"image_dir": "/x", "alpha_mask": True, "keep_tokens": 1}]}]}
+    problems = {p.key.rsplit(".", 1)[1]: p for p in lint_dataset(document, "stage2.dataset.toml", snap)}
+    assert set(problems) == {"alpha_mask", "keep_tokens"}
+    assert f"sd-scripts v0.11.0 at {INSTALL} has no dataset option 'alpha_mask', which the pinned v0.10.1 has" \
+        in problems["alpha_mask"].problem
+    assert "renamed to 'keep_tokens_count'?" in problems["keep_tokens"].problem
+    assert lint_dataset(document, "f", load_snapshot()) == [], "the pin has both"
+    [typo] = lint_dataset({"datasets": [{"subsets": [{"image_dir": "/x", "keep_tokenz": 1}]}]}, "f", snap)
+    assert "unknown dataset option" in typo.problem, "a key the pin lacks too is a typo, not a version gap"

@@ -15,6 +15,7 @@ from kohya_1to2.configs.lint.problems import (
     parser_actions,
 )
 from kohya_1to2.configs.lint.training import POSITIVE_DATASET_KEYS
+from kohya_1to2.configs.lint.version import dataset_version_gap
 from kohya_1to2.kohya import TRAINING_SCRIPTS
 
 
@@ -55,8 +56,11 @@ def _describe(descriptor: str) -> str:
 LEVEL_NAMES = {"general": "[general]", "dataset": "[[datasets]]", "subset": "[[datasets.subsets]]"}
 
 
-def _dataset_key_problem(key: str, level: str, schema: Mapping[str, Mapping[str, Any]],
+def _dataset_key_problem(key: str, level: str, snapshot: Mapping[str, Any],
                          training_keys: Iterable[str]) -> tuple[str, str]:
+    if gap := dataset_version_gap(key, snapshot):
+        return gap
+    schema: Mapping[str, Mapping[str, Any]] = snapshot["dataset_schema"]
     allowed = [LEVEL_NAMES[lv] for lv in ("general", "dataset", "subset") if key in schema[lv]]
     if allowed:
         return (f"not allowed in {LEVEL_NAMES[level]}; sd-scripts rejects the file",
@@ -69,10 +73,11 @@ def _dataset_key_problem(key: str, level: str, schema: Mapping[str, Mapping[str,
             f"did you mean {suggestion!r}?" if suggestion else "remove it")
 
 
-def _table_problems(table: Mapping[str, Any], level: str, where: str, file: str, schema: Mapping[str, Any],
+def _table_problems(table: Mapping[str, Any], level: str, where: str, file: str, snapshot: Mapping[str, Any],
                     training_keys: Mapping[str, Any]) -> list[ConfigProblem]:
     """One [general], [[datasets]] or [[datasets.subsets]] table against its level of the schema."""
     problems: list[ConfigProblem] = []
+    schema = snapshot["dataset_schema"]
     level_schema = schema[level]
     if level == "subset" and "metadata_file" in table:
         level_schema = schema["finetune_subset"]
@@ -80,7 +85,7 @@ def _table_problems(table: Mapping[str, Any], level: str, where: str, file: str,
         if level == "dataset" and key == "subsets":
             continue
         if key not in level_schema:
-            problem, fix = _dataset_key_problem(key, level, schema, training_keys)
+            problem, fix = _dataset_key_problem(key, level, snapshot, training_keys)
             problems.append(ConfigProblem(file=file, key=f"{where}.{key}", problem=problem, fix=fix))
             continue
         descriptor = level_schema[key]["type"]
@@ -104,14 +109,13 @@ def lint_dataset(document: Mapping[str, Any], file: str, snapshot: Mapping[str, 
                  script: str = TRAINING_SCRIPTS["sd1"]) -> list[ConfigProblem]:
     """The dataset TOML against sd-scripts' own (strict) schema, as readable problems."""
     snap = snapshot or load_snapshot()
-    schema = snap["dataset_schema"]
     training_keys = parser_actions(script, snap)
     problems: list[ConfigProblem] = []
 
     for key, value in document.items():
         if key == "general":
             if isinstance(value, dict):
-                problems += _table_problems(value, "general", "general", file, schema, training_keys)
+                problems += _table_problems(value, "general", "general", file, snap, training_keys)
             else:
                 problems.append(ConfigProblem(file=file, key="general", problem="must be a table",
                                         fix="write it as a [general] section"))
@@ -121,7 +125,7 @@ def lint_dataset(document: Mapping[str, Any], file: str, snapshot: Mapping[str, 
                                         fix="write each dataset as [[datasets]]"))
                 continue
             for i, dataset in enumerate(value):
-                problems += _table_problems(dataset, "dataset", f"datasets[{i}]", file, schema, training_keys)
+                problems += _table_problems(dataset, "dataset", f"datasets[{i}]", file, snap, training_keys)
                 subsets = dataset.get("subsets", [])
                 if not isinstance(subsets, list) or not all(isinstance(s, dict) for s in subsets):
                     problems.append(ConfigProblem(file=file, key=f"datasets[{i}].subsets",
@@ -129,10 +133,10 @@ def lint_dataset(document: Mapping[str, Any], file: str, snapshot: Mapping[str, 
                                             fix="write each subset as [[datasets.subsets]]"))
                     continue
                 for j, subset in enumerate(subsets):
-                    problems += _table_problems(subset, "subset", f"datasets[{i}].subsets[{j}]", file, schema,
+                    problems += _table_problems(subset, "subset", f"datasets[{i}].subsets[{j}]", file, snap,
                                                training_keys)
         else:
-            problem, fix = _dataset_key_problem(key, "general", schema, training_keys)
+            problem, fix = _dataset_key_problem(key, "general", snap, training_keys)
             if "not allowed" in problem:
                 fix = "move it into [general]"
             problems.append(ConfigProblem(file=file, key=key, problem=f"top-level key: {problem}", fix=fix))

@@ -7,7 +7,7 @@ where it meant a setting; `check` and `launch` name the key and the install inst
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from kohya_1to2 import kohya
@@ -32,7 +32,7 @@ def install_label(snapshot: Mapping[str, Any]) -> str | None:
         f"sd-scripts {version} at {install}"
 
 
-def renamed_to(key: str, pinned: Mapping[str, Any], actions: Mapping[str, Any]) -> str | None:
+def renamed_to(key: str, pinned: Collection[str], actions: Collection[str]) -> str | None:
     """The close new name of `key` in the install (one the pin does not have), if there is one."""
     new_names = [name for name in actions if name not in pinned]
     matches = difflib.get_close_matches(key, new_names, n=1, cutoff=RENAME_CUTOFF)
@@ -52,3 +52,22 @@ def version_gap(key: str, script: str, snapshot: Mapping[str, Any]) -> tuple[str
                 f"rename it to {new} if it means the same there")
     return (f"{label} has no option {key!r}, which the pinned {kohya.SD_SCRIPTS_TAG} has (sd-scripts would "
             "ignore it)", "remove it, or run the pinned sd-scripts (without --sd-scripts)")
+
+
+def dataset_keys(snapshot: Mapping[str, Any]) -> set[str]:
+    """Every key the dataset schema allows, at any level."""
+    return {key for level in snapshot["dataset_schema"].values() for key in level}
+
+
+def dataset_version_gap(key: str, snapshot: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(problem, fix) when the pin's dataset schema has `key` at some level and the install's has it at none."""
+    label = install_label(snapshot)
+    pinned, theirs = dataset_keys(load_snapshot()), dataset_keys(snapshot)
+    if label is None or key not in pinned or key in theirs:
+        return None
+    new = renamed_to(key, pinned, theirs)
+    if new:
+        return (f"{label} has no dataset option {key!r}: renamed to {new!r}? (sd-scripts rejects the file)",
+                f"rename it to {new} if it means the same there")
+    return (f"{label} has no dataset option {key!r}, which the pinned {kohya.SD_SCRIPTS_TAG} has (sd-scripts "
+            "rejects the file)", "remove it, or run the pinned sd-scripts (without --sd-scripts)")
