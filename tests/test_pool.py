@@ -134,3 +134,41 @@ def test_a_worker_gives_the_bytes_of_encode_compose_pair_whatever_form_its_cache
             assert thumbnails[item.index] == preview.thumbnail_data(Image.open(subset / item.image_name).convert("RGB"))
         else:  # not on the preview, or lossy: the parent decodes the file itself
             assert thumbnails[item.index] is None
+
+
+@pytest.mark.parametrize("spill", [False, True])
+@pytest.mark.parametrize("cache_bytes", [1, pool.CACHE_BYTES])  # a one-entry cache: every reuse is a miss
+def test_a_scene_worker_gives_the_bytes_of_render_scene_from_the_cache_the_spill_or_a_decode(
+    tmp_path: Path, spill: bool, cache_bytes: int
+) -> None:
+    """Cut-outs are cached like sources and spilled as raw RGBA (with their source size and bottom flag): a
+    miss that reads the spill must build the very bytes a fresh cut-out does."""
+    from kohya_1to2.dataset import scene
+    from kohya_1to2.dataset.masks import MaskRef
+
+    sources = []
+    for n, size in enumerate([(90, 120), (70, 100), (80, 90)]):
+        image = Image.effect_noise(size, 60).convert("RGBA")
+        alpha = Image.new("L", size, 0)
+        alpha.paste(255, (10, 5 + n, size[0] - 10, size[1] - (0 if n != 1 else 7)))  # one not at the bottom
+        image.putalpha(alpha)
+        image.save(tmp_path / f"s{n}.png")
+        sources.append(str(tmp_path / f"s{n}.png"))
+    settings = scene.SceneConfig(masks={path: MaskRef("alpha", Path(path)) for path in sources},
+                                 background=(250, 250, 250), kind="gradient", flip=True, max_side=200, seed=3)
+    pairs = [(0, 1), (1, 2), (2, 0), (0, 1), (1, 0), (2, 1)] * 2
+    items = [pool.WorkItem(index=i, left=sources[a], right=sources[b], image_name=f"{i:06d}.png",
+                           caption_name=f"{i:06d}.txt", caption="c", pad_to=(256, 192) if i % 3 else None)
+             for i, (a, b) in enumerate(pairs)]
+    subset, spill_dir = tmp_path / "subset", tmp_path / "spill"
+    subset.mkdir()
+    spill_dir.mkdir()
+    config = pool.WorkerConfig(background=(250, 250, 250), gap=0, max_side=200, format="png", quality=95,
+                               subset_dir=str(subset), cache_bytes=cache_bytes, scene=settings,
+                               spill_dir=str(spill_dir) if spill else None, spill_sources=frozenset(sources))
+    pool.run_chunks(items, config, 1, lambda results: None)
+    fresh = {path: scene.load_cutout(path, settings) for path in sources}
+    for item, (a, b) in zip(items, pairs, strict=True):
+        picture = scene.render_scene([fresh[sources[a]], fresh[sources[b]]], item.image_name, settings, item.pad_to)
+        assert (subset / item.image_name).read_bytes() == compose.encode(picture, "png", 95), item
+    assert len(list(spill_dir.iterdir())) == (len(sources) if spill else 0), "one raw cut-out per shared source"

@@ -313,8 +313,7 @@ def _build(
         quality=settings.quality,
         cache_bytes=cache_bytes,
         subset_dir=str(subset),
-        spill_dir=str(layout.spill) if scene_config is None and pool.spill_fits(
-            items, settings.max_side, layout.root) else None,
+        spill_dir=str(layout.spill) if pool.spill_fits(items, settings.max_side, layout.root) else None,
         spill_sources=pool.shared_sources(items),
         scene=scene_config,
     )

@@ -296,6 +296,9 @@ _libc = _load_libc() if sys.platform.startswith("linux") else None
 
 
 _SPILL_HEADER = struct.Struct("<4I")
+"""A spilled RGB source: width, height, source width, source height; then the pixels."""
+_CUTOUT_HEADER = struct.Struct("<5I")
+"""A spilled RGBA cut-out: width, height, source width, source height, touches the bottom edge; then the pixels."""
 
 
 def _spill_path(key: str) -> Path | None:
@@ -311,17 +314,27 @@ def _resized_key(path: str, size: tuple[int, int]) -> str:
     return f"{path}\n{size[0]}x{size[1]}"
 
 
-def _read_spill(path: Path | None) -> tuple[bytes, tuple[int, int], tuple[int, int]] | None:
-    """(file bytes, pixel size, source size) of a spill file, or None if there is none (yet)."""
+def _read_raw(path: Path | None, header: struct.Struct, channels: int) -> tuple[bytes, tuple[int, ...]] | None:
+    """(file bytes, header fields) of a spill file whose first two fields are its pixel size, or None if there
+    is none (yet) or it is cut short."""
     if path is None:
         return None
     try:
         data = path.read_bytes()
-        width, height, source_w, source_h = _SPILL_HEADER.unpack_from(data)
+        fields = header.unpack_from(data)
     except (FileNotFoundError, struct.error):
         return None
-    if len(data) != _SPILL_HEADER.size + 3 * width * height:
+    if len(data) != header.size + channels * fields[0] * fields[1]:
         return None
+    return data, fields
+
+
+def _read_spill(path: Path | None) -> tuple[bytes, tuple[int, int], tuple[int, int]] | None:
+    """(file bytes, pixel size, source size) of a spilled RGB source, or None if there is none (yet)."""
+    hit = _read_raw(path, _SPILL_HEADER, 3)
+    if hit is None:
+        return None
+    data, (width, height, source_w, source_h) = hit
     return data, (width, height), (source_w, source_h)
 
 
@@ -433,7 +446,19 @@ def _build_one(item: WorkItem) -> ItemResult:
 
 
 def _cutout_entry(path: str, settings: scene.SceneConfig) -> tuple[Any, scene.Cutout]:
-    cutout = scene.load_cutout(path, settings)
+    """A source's cut-out, shared by all workers through the spill like a decoded source: a cache miss reads
+    its raw RGBA back instead of decoding the image and its mask again."""
+    spill = _spill_path(f"{path}\ncutout")
+    hit = _read_raw(spill, _CUTOUT_HEADER, 4)
+    if hit is not None:
+        data, (width, height, source_w, source_h, bottom) = hit
+        image = Image.frombytes("RGBA", (width, height), data[_CUTOUT_HEADER.size:])
+        cutout = scene.Cutout(image, (source_w, source_h), bool(bottom))
+    else:
+        cutout = scene.load_cutout(path, settings)
+        if spill is not None:
+            atomic_write_bytes(spill, _CUTOUT_HEADER.pack(*cutout.image.size, *cutout.source_size, cutout.bottom)
+                               + cutout.image.tobytes())
     return cutout.image, cutout  # the cache counts the first item's pixels
 
 
