@@ -296,7 +296,8 @@ class TrainingSettings(Strict):
     stage1_batch_size: int | None = Field(None, ge=1, description="stage-1 batch size; default from preset")
     stage2_scale: Stage2Scale = Field(
         "area", description="stage-2 composite size: 'area' = stage 1's pixels per image (the method's identical "
-        "settings), 'character' = stage 1's pixels per character (2:1 composite at twice the area)",
+        "settings), 'character' = stage 1's pixels per character (2:1 composite at twice the area, a group of k "
+        "at k times)",
     )
     mode: str = Field(
         DEFAULT_MODE, json_schema_extra={"choices": MODES},  # type: ignore[dict-item]  # flags reads the registry

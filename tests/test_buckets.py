@@ -85,6 +85,17 @@ def test_character_scale_gives_each_half_stage_1_pixels_for_square_sources() -> 
     assert sdxl.settings.max_bucket_reso >= 2048
 
 
+@pytest.mark.parametrize("members", [3, 4])
+def test_character_scale_gives_each_member_of_a_group_stage_1_pixels(members: int) -> None:
+    """--group-size k: a row of k square sources is a k:1 composite, trained at k times stage 1's pixels."""
+    choice = choose_stage2_buckets(512, "character", [float(members)], members=members)
+    assert choice.target_pixels == members * 512 * 512
+    assert choice.settings.resolution == (members * 512, 512)
+    assert choice.landing[0][1:] == ((members * 512, 512), 0.0), "each member at stage 1's 512x512 exactly"
+    area = choose_stage2_buckets(512, "area", [float(members)], members=members)
+    assert area.target_pixels == 512 * 512, "area scale does not depend on the group size"
+
+
 def test_stage2_choice_covers_the_run_aspects_given() -> None:
     choice = choose_stage2_buckets(512, "area", [4 / 3] * 3)
     assert choice.max_crop <= MAX_CROP and [a for a, _, _ in choice.landing] == [1.33]

@@ -46,7 +46,8 @@ class Stage2Buckets(BaseModel):
     settings: BucketSettings
     scale: Stage2Scale
     target_pixels: int
-    """Pixels per composite aimed at: stage 1's per image (area), or twice that (character)."""
+    """Pixels per composite aimed at: stage 1's per image (area), or that times the characters in a composite
+    (character)."""
     landing: tuple[tuple[float, tuple[int, int], float], ...]
     """(aspect, bucket, crop) for each aspect the choice covers."""
 
@@ -98,14 +99,16 @@ def choose_stage2_buckets(
     steps: Sequence[int] = (SD_BUCKET_DEFAULTS.bucket_reso_steps,),
     min_bucket_reso: int = SD_BUCKET_DEFAULTS.min_bucket_reso,
     max_bucket_reso: int = SD_BUCKET_DEFAULTS.max_bucket_reso,
+    members: int = 2,
 ) -> Stage2Buckets:
     """Stage 2's resolution and bucket range/step so composites land in buckets of their own aspect
     (crop <= MAX_CROP) at about the target pixels.
 
     `aspects` are the run's composites (one per composite; repeats weigh), or the common ones. `area` aims each
-    composite at stage 1's pixels per image (the method's "identical settings"); `character` at twice that, so
-    each half gets stage 1's pixels. Candidates: the resolution side within +-12% of the target, written as a
-    square (area) or a 2:1 pair (character, e.g. [1024, 512]), for each allowed step. The winner crops least
+    composite at stage 1's pixels per image (the method's "identical settings"); `character` at `members` times
+    that (the characters side by side in one composite: 2 for pairs, k for --group-size k), so each character
+    gets stage 1's pixels. Candidates: the resolution side within +-12% of the target, written as a square
+    (area) or a k:1 row (character, e.g. [1024, 512] for pairs), for each allowed step. The winner crops least
     beyond MAX_CROP (weighted by composites), then has bucket areas closest to the target (log scale), then the
     coarser step and the smaller change. With steps of 64 only (SD1), 2:1 and 1.5:1 together cannot both be
     exact at exactly the target: the crop wins, the pixels move (the plan shows by how much).
@@ -118,12 +121,12 @@ def choose_stage2_buckets(
         counts = {a: 1 for a in COMMON_COMPOSITE_ASPECTS}
     wanted = sorted(counts)
     total = sum(counts.values())
-    target = resolution * resolution * (2 if scale == "character" else 1)
+    target = resolution * resolution * (members if scale == "character" else 1)
     best: tuple[tuple[float, ...], BucketSettings, tuple[tuple[float, tuple[int, int], float], ...]] | None = None
     for order, step in enumerate(steps):
         for delta in range(-resolution // 8, resolution // 8 + 1, 8):
             side = resolution + delta
-            reso = (2 * side, side) if scale == "character" else (side, side)
+            reso = (members * side, side) if scale == "character" else (side, side)
             settings, landing = _candidate(reso, step, min_bucket_reso, max_bucket_reso, wanted)
             excess = sum(max(0.0, crop - MAX_CROP) * counts[a] for a, _, crop in landing) / total
             spread = sum(abs(math.log(b[0] * b[1] / target)) * counts[a] for a, b, _ in landing) / total

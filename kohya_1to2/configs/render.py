@@ -337,7 +337,7 @@ def stage2_bucket_choice(job: Job, preset: Preset, resolution: int, aspects: Seq
     high = max(preset.settings.stage2_max_bucket_reso, int(dataset.get(opt.MAX_BUCKET_RESO, 1024)))
     return choose_stage2_buckets(resolution, job.training.stage2_scale, aspects or COMMON_COMPOSITE_ASPECTS,
                                  steps=STEPS_BY_FAMILY[resolved_family(job, preset)],
-                                 min_bucket_reso=int(low), max_bucket_reso=high)
+                                 min_bucket_reso=int(low), max_bucket_reso=high, members=job.composites.group_size)
 
 
 @dataclass(frozen=True)
@@ -383,8 +383,9 @@ def stage2_bucket_keys(job: Job, preset: Preset, resolution: int,
     landing = ", ".join(f"{aspect:g}:1 -> {w}x{h}" + (" (padded to its aspect)" if crop > MAX_CROP else "")
                         for aspect, (w, h), crop in choice.landing)
     if choice.scale == "character":
-        why = (f"--stage2-scale character: each half of a composite gets about stage 1's {resolution}x{resolution} "
-               f"pixels, so a 2:1 composite trains at {width}x{height}")
+        k = job.composites.group_size
+        why = (f"--stage2-scale character: each of a composite's {k} characters gets about stage 1's "
+               f"{resolution}x{resolution} pixels, so a {k}:1 composite trains at {width}x{height}")
     else:
         why = (f"--stage2-scale area: a composite gets about stage 1's {resolution}x{resolution} pixels "
                "(the method's identical settings)")

@@ -302,7 +302,8 @@ _CUTOUT_HEADER = struct.Struct("<5I")
 
 
 def _spill_path(key: str) -> Path | None:
-    """Where a decoded source (key = path) or a resized one (path + size) is shared; None: not shared."""
+    """Where a decoded source (key = path), a resized one (path + size) or a cut-out (path + "cutout") is
+    shared; None: not shared."""
     if _worker_config is None or _worker_config.spill_dir is None:
         return None
     if key.split("\n", 1)[0] not in _worker_config.spill_sources:

@@ -15,7 +15,7 @@ from sd_scripts_child import requires_sd_scripts, run_in_sd_scripts
 from kohya_1to2.configs.buckets import MAX_CROP, BucketSettings
 from kohya_1to2.configs.generate import render_run_files
 from kohya_1to2.configs.stage_plans import SubsetPlan, plan_stage
-from kohya_1to2.models import Character, Job, SourceImage, SourceSettings, TrainingSettings
+from kohya_1to2.models import Character, CompositeSettings, Job, SourceImage, SourceSettings, TrainingSettings
 
 pytestmark = requires_sd_scripts("numpy")
 
@@ -37,12 +37,13 @@ CASES = [(preset, scale, aspects) for preset in ("seed", "sdxl") for scale in ("
          for aspects in ((2.0,), (1.5,), (2.0, 1.5))]
 
 
-def _stage2_general(tmp_path: Path, preset: str, scale: str,
-                    aspects: tuple[float, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _stage2_general(tmp_path: Path, preset: str, scale: str, aspects: tuple[float, ...],
+                    group_size: int = 2) -> tuple[dict[str, Any], dict[str, Any]]:
     folder = tmp_path / "1_alice"
     image = SourceImage(path=folder / "a.png", character="alice", tags=("alice",))
     character = Character(name="alice", trigger="alice", repeats=1, folder=folder, images=(image,))
     job = Job(out=tmp_path / "run", sources=SourceSettings(roots=[tmp_path / "src"]),
+              composites=CompositeSettings(group_size=group_size),  # type: ignore[call-arg]
               training=TrainingSettings(preset=preset, stage2_scale=scale))  # type: ignore[arg-type]
     files = render_run_files(job, [character], composite_dir=tmp_path / "run" / "1_composite", composite_repeats=1,
                              composite_count=len(aspects), run_dir=tmp_path / "run", composite_aspects=aspects)
@@ -83,6 +84,20 @@ def test_composites_land_in_their_own_aspect_under_both_scales(tmp_path: Path) -
             else:
                 # SD1's 64-px steps cannot hold 2:1 and 1.5:1 exactly at one area: the pixels move instead of a crop
                 assert 0.75 <= ratio <= 1.3, (preset, scale, aspect, bucket)
+
+
+def test_character_scale_gives_each_member_of_a_trio_or_quartet_stage_1_pixels_in_sd_scripts(tmp_path: Path) -> None:
+    """--group-size 3 and 4 with --stage2-scale character: a row of square sources (k:1) lands in sd-scripts'
+    own bucket of k x stage 1's side by stage 1's side, uncropped."""
+    requests, expected = [], []
+    for index, (preset, k) in enumerate((p, k) for p in ("seed", "sdxl") for k in (3, 4)):
+        general, stage1 = _stage2_general(tmp_path / str(index), preset, "character", (float(k),), group_size=k)
+        side = stage1["resolution"]
+        assert general["resolution"] == [k * side, side], (preset, k, general)
+        requests.append([general["resolution"], general["min_bucket_reso"], general["max_bucket_reso"],
+                         general["bucket_reso_steps"], [(k * 768, 768)]])
+        expected.append([k * side, side])
+    assert [bucket for [(bucket, _)] in _sd_scripts_buckets(requests)] == expected
 
 
 def test_plan_figures_match_sd_scripts(tmp_path: Path) -> None:
