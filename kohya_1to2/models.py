@@ -231,6 +231,8 @@ class CompositeSettings(Strict):
     max_overlap: float = Field(0.1, ge=0, le=0.5, description="scene: how much two characters' boxes may "
                                "overlap, as a share of the smaller one")
     flip: bool = Field(False, description="scene: mirror cut-outs at random (off: asymmetric features stay put)")
+    segment: bool = Field(False, description="scene: masks for the images with neither alpha nor --masks file from "
+                          "the optional segmenter (pip install '.[segment]': dghs-imgutils' isnetis, offline)")
     background_loss_weight: float = Field(0.0, ge=0, le=1, description="scene: loss weight where no character "
                                           "is (0 = masked out)")
     captions: CaptionRules = Field(default_factory=CaptionRules)

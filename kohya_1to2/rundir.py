@@ -64,6 +64,12 @@ class RunDir:
         return self.composites / f"{repeats}_composite"
 
     @property
+    def segmented_masks(self) -> Path:
+        """`--segment`: the segmenter's masks, a tree mirroring the sources (N_name/<stem>.png); outside every
+        subset folder, so sd-scripts never trains a mask as an image."""
+        return self.root / "masks"
+
+    @property
     def replay(self) -> Path:
         """`--mode replay`: one folder per character of the single images stage 2 sees again."""
         return self.root / "replay"

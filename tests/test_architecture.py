@@ -126,7 +126,7 @@ def test_no_import_cycles() -> None:
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("modes",),
     ("errors", "models", "flags"),
-    ("fsutil", "imagefiles", "kohya"),
+    ("fsutil", "imagefiles", "kohya", "hfcache"),
     ("rundir",),
     ("dataset",),
     ("configs",),

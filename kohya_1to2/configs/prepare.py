@@ -29,15 +29,16 @@ from kohya_1to2.configs.render import PlannedComposites, plan_composites
 from kohya_1to2.dataset.build import BuildResult, build_composites
 from kohya_1to2.dataset.captions import validate_triggers
 from kohya_1to2.dataset.compose import upright_size
-from kohya_1to2.dataset.masks import mask_summary, masks_in_character_folders, require_masks
+from kohya_1to2.dataset.masks import find_masks, mask_summary, masks_in_character_folders, require_masks
 from kohya_1to2.dataset.pairing import plan_groups
 from kohya_1to2.dataset.preflight import preflight, preflight_reg, raise_for_errors, sort_problems, write_fixed_sources
 from kohya_1to2.dataset.replay import replay_share, write_replay
 from kohya_1to2.dataset.scan import Problem, RegScan, ScanResult, reg_overlap, render_scan_table, scan_reg, scan_sources
+from kohya_1to2.dataset.segment import require_segmenter
 from kohya_1to2.errors import CheckError, UsageError
 from kohya_1to2.fsutil import atomic_write_text
 from kohya_1to2.kohya import base_model_problem, options
-from kohya_1to2.models import STAGES, Character, CompositePlan, Job, ReplayPick
+from kohya_1to2.models import STAGES, Character, CompositePlan, CompositeSettings, Job, ReplayPick
 from kohya_1to2.rundir import RunDir, backup_stamp
 
 
@@ -113,18 +114,26 @@ def read_sources(job: Job, console: Console) -> Sources:
         console.print(Text(problem.line, style="red" if problem.severity == "error" else "yellow"), soft_wrap=True)
     raise_for_errors(problems)
     if job.composites.style == "scene":
-        scene_masks_preflight(scan.characters, job.composites.masks, console)
+        scene_masks_preflight(scan.characters, job.composites, RunDir(job.out).segmented_masks, console)
     return Sources(scan, reg, problems)
 
 
-def scene_masks_preflight(characters: Sequence[Character], masks_root: Path | None, console: Console) -> None:
+def scene_masks_preflight(characters: Sequence[Character], settings: CompositeSettings, segmented: Path,
+                          console: Console) -> None:
     """Scene composites: where each image's mask comes from (or the error naming those without one), and any
-    mask file sitting among a character's images, where sd-scripts would train it as that character."""
+    mask file sitting among a character's images, where sd-scripts would train it as that character. With
+    --segment, the images left are the segmenter's, which must be able to run (the build segments them)."""
     for path in masks_in_character_folders(characters):
         console.print(Text(f"warning: {path} looks like a mask inside a character folder: sd-scripts trains "
                            "every image there as that character; move it to a --masks tree", style="yellow"),
                       soft_wrap=True)
-    console.print(Text(mask_summary(require_masks(characters, masks_root))), soft_wrap=True)
+    if not settings.segment:
+        console.print(Text(mask_summary(require_masks(characters, settings.masks))), soft_wrap=True)
+        return
+    found, missing = find_masks(characters, settings.masks, segmented)
+    if missing:
+        require_segmenter()
+    console.print(Text(mask_summary(found, to_segment=len(missing))), soft_wrap=True)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from kohya_1to2.dataset import captions, compose, masks, pool, scene
+from kohya_1to2.dataset import captions, compose, masks, pool, scene, segment
 from kohya_1to2.dataset.pool import CACHE_BYTES, ItemResult, WorkItem
 from kohya_1to2.dataset.preview import Thumbnail, contact_sheet
 from kohya_1to2.errors import DatasetError
@@ -254,7 +254,7 @@ def build_composites(
     if force:
         layout.journal.unlink(missing_ok=True)
     settings_id = settings_fingerprint(settings)
-    scene_config = scene_settings(settings, characters)
+    scene_config = scene_settings(settings, characters, layout.segmented_masks, console)
     fingerprints = _source_fingerprints(plans, scene_config.masks if scene_config else {})
 
     reuse = reuse_or_rebuild(
@@ -391,9 +391,10 @@ def head_entries(lines: Sequence[str | None]) -> list[ManifestEntry]:
 
 
 @contextmanager
-def _progress_bar(console: Console | None, total: int, done: int) -> Iterator[Callable[[int], None]]:
+def _progress_bar(console: Console | None, total: int, done: int,
+                  what: str = "composites") -> Iterator[Callable[[int], None]]:
     progress = Progress(
-        TextColumn("composites"),
+        TextColumn(what),
         BarColumn(),
         MofNCompleteColumn(),
         _RateColumn(),
@@ -417,11 +418,17 @@ class _RateColumn(ProgressColumn):
 # ---------------------------------------------------------------- disk: what is there before the build
 
 
-def scene_settings(settings: CompositeSettings, characters: Sequence[Character]) -> scene.SceneConfig | None:
-    """The workers' scene settings, with every source's mask found (or the error naming those without)."""
+def scene_settings(settings: CompositeSettings, characters: Sequence[Character], segmented: Path,
+                   console: Console | None = None) -> scene.SceneConfig | None:
+    """The workers' scene settings, with every source's mask found (or the error naming those without); with
+    --segment, the images without one are segmented first, into `segmented`."""
     if settings.style != "scene":
         return None
-    refs = masks.require_masks(characters, settings.masks)
+    if settings.segment and (jobs := masks.to_segment(characters, settings.masks, segmented)):
+        segment.require_segmenter()
+        with _progress_bar(console, len(jobs), 0, "masks") as advance:
+            segment.segment_images(jobs, advance)
+    refs = masks.require_masks(characters, settings.masks, segmented if settings.segment else None)
     backgrounds = tuple(list_images(settings.backgrounds)) if settings.backgrounds else ()
     if settings.backgrounds and not backgrounds:
         raise DatasetError(f"--backgrounds {settings.backgrounds}: no images there",
@@ -443,7 +450,7 @@ def _source_fingerprints(plans: Sequence[CompositePlan], mask_refs: Mapping[str,
                 try:
                     fingerprints[path] = file_fingerprint(path)
                     ref = (mask_refs or {}).get(str(path))
-                    if ref is not None and ref.kind == "file":
+                    if ref is not None and ref.kind != "alpha":
                         fingerprints[path] += "+" + file_fingerprint(ref.path)
                 except FileNotFoundError as exc:
                     raise DatasetError(

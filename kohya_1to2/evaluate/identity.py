@@ -13,7 +13,6 @@ reason and no number.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import os
 import statistics
@@ -29,6 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from kohya_1to2.evaluate import metrics as metric
 from kohya_1to2.evaluate.prompts import EvalPrompt, image_name
 from kohya_1to2.evaluate.rows import Row
+from kohya_1to2.hfcache import missing_part
 from kohya_1to2.models import Character
 
 # --- what this module relies on in dghs-imgutils 0.19 (the one place to change on an upgrade) ---------------
@@ -68,30 +68,11 @@ class Availability(BaseModel):
 
 def check_availability(cache_dir: Path | None = None) -> Availability:
     """Is imgutils importable and is every model file in the Hugging Face cache? Never touches the network."""
-    if importlib.util.find_spec(IMGUTILS_MODULE) is None:
-        return Availability(available=False, reason=(
-            f"identity scores unavailable: {IMGUTILS_DISTRIBUTION} is not installed (pip install '.[eval]'), so no "
-            "CCIP identity similarity, both-present or clone rate is shown"))
-    if importlib.util.find_spec(ONNXRUNTIME_MODULE) is None:
-        # imgutils pip-installs onnxruntime when its model code is imported without it: never let it
-        return Availability(available=False, reason=(
-            f"identity scores unavailable: {IMGUTILS_DISTRIBUTION} is installed but onnxruntime is not "
-            "(pip install '.[eval]'), so no number is shown"))
-    try:
-        from huggingface_hub import try_to_load_from_cache  # a dependency of imgutils
-    except ImportError:
-        return Availability(available=False, reason=(
-            f"identity scores unavailable: {IMGUTILS_DISTRIBUTION} is installed but huggingface_hub is not, "
-            "so no number is shown"))
-    missing = []
-    for repo, filename in MODEL_FILES:
-        found = try_to_load_from_cache(repo, filename, cache_dir=str(cache_dir) if cache_dir else None)
-        if not isinstance(found, str) or not Path(found).is_file():
-            missing.append(f"{repo}/{filename}")
+    missing = missing_part(IMGUTILS_DISTRIBUTION, IMGUTILS_MODULE, "eval", MODEL_FILES, cache_dir)
     if missing:
         return Availability(available=False, reason=(
-            f"identity scores unavailable: {IMGUTILS_DISTRIBUTION} is installed, but its models are not in the "
-            f"local Hugging Face cache ({', '.join(missing)}) and nothing is downloaded, so no number is shown"))
+            f"identity scores unavailable: {missing}, so no CCIP identity similarity, both-present or clone rate "
+            "is shown"))
     return Availability(available=True, reason=(
         f"identity scores: figures found by {PERSON_MODEL}, compared with CCIP ({CCIP_MODEL}) to up to "
         f"{SOURCES_PER_CHARACTER} source images per character; similarity = 1 - mean CCIP difference to a "
