@@ -11,6 +11,8 @@ import pytest
 from PIL import Image
 
 from kohya_1to2.cli import main
+from kohya_1to2.configs.presets import load_preset
+from kohya_1to2.configs.prompts import group_canvas
 from kohya_1to2.errors import UsageError
 from kohya_1to2.evaluate.grid import HEADER_HEIGHT, PAD
 from kohya_1to2.evaluate.session import evaluation_rows
@@ -217,3 +219,34 @@ def test_evaluate_samples_at_the_run_s_effective_settings_not_the_bare_preset(tm
                                            RunInputs(root=tmp_path / "run", job=job, characters=characters))
     single = next(p for p in prompts if p.kind == "single")
     assert (single.width, single.height) == (768, 768) and settings.resolution == 768
+
+
+def test_a_run_of_groups_of_three_evaluates_its_group_prompts_on_the_group_canvas(
+        tmp_path: Path, fake_gen: Path, kohya_dataset: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """--group-size 3, end to end through evaluate: the group prompts name all three characters, are drawn on
+    the wider group canvas, get a composite rate per row, and the report shows them."""
+    src = kohya_dataset({"alice": 2, "bob": 2, "carol": 2, "dave": 2})  # four groups of three
+    run = tmp_path / "trio"
+    base = make_fake_base_model(tmp_path)
+    assert main(["prepare", str(src), "--out", str(run), "--base-model", str(base), "--workers", "1",
+                 "--preset", "smoke", "--group-size", "3"]) == 0
+    trained(run, 1, "1to2_stage1", 1)
+    trained(run, 2, "1to2", 2)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--sd-scripts", str(fake_gen), "--seeds", "1", "--singles", "1",
+                 "--pairs", "2", "--epochs", "all", "--steps", "3"]) == 0
+    summary = json.loads((run / "eval" / "evaluation.json").read_text())
+    groups = [p for p in summary["prompts"] if p["kind"] == "pair"]
+    assert len(groups) == 2 and all(len(p["characters"]) == 3 for p in groups), groups
+    assert all(p["id"].startswith("group_") and p["text"].count("/") == 2 for p in groups), groups
+    width, height = group_canvas(load_preset("smoke").settings, 3)
+    assert {(p["width"], p["height"]) for p in groups} == {(width, height)} and width > 2 * height
+    for row in summary["rows"]:
+        for prompt in groups:
+            with Image.open(run / summary["images"][row["id"]][f"{prompt['id']}_s1000.png"]) as image:
+                assert image.size == (width // 8, height // 8), "the fake draws an eighth of --w x --h"
+    records = [json.loads(line) for line in (run / "eval" / "metrics.jsonl").read_text().splitlines()]
+    rates = {(r["row"], r["kind"]) for r in records if r["metric"] == "composite_rate"}
+    assert {(row["id"], "pair") for row in summary["rows"]} <= rates
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert all(prompt["id"] in page for prompt in groups)
