@@ -3,6 +3,7 @@ file, key and fix; generated files pass; the cross-stage and data checks of a ru
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -423,26 +424,37 @@ def test_the_suggested_fix_itself_passes_check(run_dir: Path, file: str, section
     assert left == []
 
 
-def test_the_stage2_network_rule_ignores_order_and_dropout_in_check_and_launch(run_dir: Path) -> None:
-    """Why 6: launch's only rule book is check's (launch.session.lint_problems runs lint_run)."""
-    from kohya_1to2.launch.session import lint_problems
+def launch_errors(run_dir: Path) -> list[str]:
+    """The lines launch refuses the run for (launch.session.require_checked, as launch calls it); [] if it starts."""
+    from rich.console import Console
 
+    from kohya_1to2.errors import CheckError
+    from kohya_1to2.launch.session import require_checked
+
+    console = Console(record=True, width=1000, file=io.StringIO())
+    try:
+        require_checked(run_dir, console=console)
+    except CheckError:
+        return [line.removeprefix("error: ") for line in console.export_text().splitlines() if line]
+    return []
+
+
+def test_the_stage2_network_rule_ignores_order_and_dropout_in_check_and_launch(run_dir: Path) -> None:
+    """Why 6: launch's only rule book is check's (launch.session.require_checked runs lint_run)."""
     _rewrite(run_dir / "stage2.train.toml", '["conv_dim=0", "conv_alpha=16", "algo=loha"]',
              '["algo=loha", "dropout=0.1", "conv_alpha=16", "conv_dim=0"]')
     assert [p.line for p in lint_run(run_dir) if p.key == "network_args"] == []
-    assert [line for line in lint_problems(run_dir) if "network_args" in line] == []
+    assert [line for line in launch_errors(run_dir) if "network_args" in line] == []
     _rewrite(run_dir / "stage2.train.toml", '"conv_alpha=16"', '"conv_alpha=8"')
     [problem] = [p for p in lint_run(run_dir) if p.key == "network_args"]
     assert "conv_alpha" in problem.problem
-    assert [line for line in lint_problems(run_dir) if "network_args" in line] == [problem.line]
+    assert [line for line in launch_errors(run_dir) if "network_args" in line] == [problem.line]
 
 
 def test_launch_refuses_what_check_refuses_in_the_stage_chain(run_dir: Path) -> None:
-    from kohya_1to2.launch.session import lint_problems
-
     _rewrite(run_dir / "stage2.train.toml", "1to2_stage1.safetensors", "other.safetensors")
     assert [p.key for p in lint_run(run_dir) if p.file.endswith("stage2.train.toml")] == ["network_weights"]
-    assert [line for line in lint_problems(run_dir) if "network_weights" in line] != []
+    assert [line for line in launch_errors(run_dir) if "network_weights" in line] != []
 
 
 def test_relative_paths_in_a_training_toml_are_errors(run_dir: Path) -> None:
@@ -513,7 +525,6 @@ def _set_line(path: Path, key: str, value: str) -> None:
 ])
 def test_a_written_path_into_the_sources_is_refused_by_check_and_launch(run_dir: Path, file: str, key: str,
                                                                        target: str) -> None:
-    from kohya_1to2.launch.session import lint_problems
     from kohya_1to2.rundir import load_job
 
     root = load_job(run_dir).sources.roots[0]
@@ -523,7 +534,7 @@ def test_a_written_path_into_the_sources_is_refused_by_check_and_launch(run_dir:
     [problem] = [p for p in lint_run(run_dir) if p.key == key and p.severity == "error"]
     assert f"inside the source root {root}" in problem.problem and problem.file.endswith(file)
     assert main(["check", str(run_dir)]) == 4
-    assert any(f"{key}:" in line for line in lint_problems(run_dir)), "launch (and --dry-run) refuse it too"
+    assert any(f"{key}:" in line for line in launch_errors(run_dir)), "launch (and --dry-run) refuse it too"
 
 
 def test_regularisation_roots_are_protected_like_sources(run_dir: Path, tmp_path: Path) -> None:

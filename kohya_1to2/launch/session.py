@@ -60,12 +60,6 @@ class LaunchOptions(BaseModel):
     accelerate: AccelerateOptions = AccelerateOptions()
 
 
-def lint_problems(run_dir: Path, snapshot: Mapping[str, Any] | None = None) -> list[str]:
-    """`check` on the run directory (kohya_1to2.configs.lint), one line per error: launch's only rule book.
-    `snapshot`: the options of the sd-scripts install that will run (None: the pin's)."""
-    return [p.line for p in lint_run(run_dir, snapshot) if p.severity == "error"]
-
-
 def require_checked(run_dir: Path, snapshot: Mapping[str, Any] | None = None,
                     console: Console | None = None) -> list[str]:
     """Refuse (exit 4) a run `check` finds errors in, naming the first (and printing every one on `console`:
