@@ -39,19 +39,23 @@ def renamed_to(key: str, pinned: Collection[str], actions: Collection[str]) -> s
     return matches[0] if matches else None
 
 
+def _gap(key: str, label: str | None, pinned: Collection[str], theirs: Collection[str], what: str,
+         consequence: str) -> tuple[str, str] | None:
+    """(problem, fix) when the pin has `key` and the install (`label`) has not: removed, or renamed."""
+    if label is None or key not in pinned or key in theirs:
+        return None
+    new = renamed_to(key, pinned, theirs)
+    if new:
+        return (f"{label} has no {what} {key!r}: renamed to {new!r}? ({consequence})",
+                f"rename it to {new} if it means the same there")
+    return (f"{label} has no {what} {key!r}, which the pinned {kohya.SD_SCRIPTS_TAG} has ({consequence})",
+            "remove it, or run the pinned sd-scripts (without --sd-scripts)")
+
+
 def version_gap(key: str, script: str, snapshot: Mapping[str, Any]) -> tuple[str, str] | None:
     """(problem, fix) when the pin's `script` has option `key` and the install's does not, else None."""
-    label = install_label(snapshot)
-    pinned = parser_actions(script, load_snapshot())
-    actions = parser_actions(script, snapshot)
-    if label is None or key not in pinned or key in actions:
-        return None
-    new = renamed_to(key, pinned, actions)
-    if new:
-        return (f"{label} has no option {key!r}: renamed to {new!r}? (sd-scripts would ignore {key!r})",
-                f"rename it to {new} if it means the same there")
-    return (f"{label} has no option {key!r}, which the pinned {kohya.SD_SCRIPTS_TAG} has (sd-scripts would "
-            "ignore it)", "remove it, or run the pinned sd-scripts (without --sd-scripts)")
+    return _gap(key, install_label(snapshot), parser_actions(script, load_snapshot()),
+                parser_actions(script, snapshot), "option", f"sd-scripts would ignore {key!r}")
 
 
 def dataset_keys(snapshot: Mapping[str, Any]) -> set[str]:
@@ -61,13 +65,5 @@ def dataset_keys(snapshot: Mapping[str, Any]) -> set[str]:
 
 def dataset_version_gap(key: str, snapshot: Mapping[str, Any]) -> tuple[str, str] | None:
     """(problem, fix) when the pin's dataset schema has `key` at some level and the install's has it at none."""
-    label = install_label(snapshot)
-    pinned, theirs = dataset_keys(load_snapshot()), dataset_keys(snapshot)
-    if label is None or key not in pinned or key in theirs:
-        return None
-    new = renamed_to(key, pinned, theirs)
-    if new:
-        return (f"{label} has no dataset option {key!r}: renamed to {new!r}? (sd-scripts rejects the file)",
-                f"rename it to {new} if it means the same there")
-    return (f"{label} has no dataset option {key!r}, which the pinned {kohya.SD_SCRIPTS_TAG} has (sd-scripts "
-            "rejects the file)", "remove it, or run the pinned sd-scripts (without --sd-scripts)")
+    return _gap(key, install_label(snapshot), dataset_keys(load_snapshot()), dataset_keys(snapshot),
+                "dataset option", "sd-scripts rejects the file")
