@@ -13,7 +13,7 @@ python="${PYTHON:-python3}"
 
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 py="$venv/bin/python"
-if ! "$py" -c 'import kohya_1to2, pytest, hypothesis' 2>/dev/null; then
+if ! "$py" -c 'import kohya_1to2, pytest, xdist, hypothesis' 2>/dev/null; then
     "$py" -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 fi
 archive="${SD_SCRIPTS_ARCHIVE:-}"

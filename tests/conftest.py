@@ -29,13 +29,45 @@ def kohya_dataset(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
+TRAINED_RUNS = frozenset({"trained_run", "evaluated_run", "killed_joint_run"})
+"""tests/integration/conftest.py's session fixtures: each trains the tiny model, minutes of CPU."""
+
+TRAINED_RUNS_GROUP = "trained-runs"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker reads the groups into the test ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """In CI (KOHYA_1TO2_REQUIRE_INTEGRATION=1) an integration test may not skip: it must run."""
-    if os.environ.get("KOHYA_1TO2_REQUIRE_INTEGRATION") != "1":
-        return
+    """Every test that reads a trained run goes to one pytest-xdist worker (`--dist loadgroup`): a session
+    fixture is per worker, so spread over two they would each train it. In CI (KOHYA_1TO2_REQUIRE_INTEGRATION=1)
+    an integration test may not skip: it must run."""
+    required = os.environ.get("KOHYA_1TO2_REQUIRE_INTEGRATION") == "1"
     for item in items:
-        if item.get_closest_marker("integration"):
+        if TRAINED_RUNS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group(TRAINED_RUNS_GROUP))
+        if required and item.get_closest_marker("integration"):
             item.add_marker(pytest.mark.require_run)
+
+
+LOST_GROUP = pytest.StashKey[str]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A pytest-xdist worker whose trained-run tests lost their group would train the runs again beside the
+    other worker (minutes, and twice the memory): those tests fail instead, saying why. xdist's loadgroup marks a
+    group by renaming the test's id, which pytest 9.2 ignores (pytest-xdist#1386)."""
+    if not getattr(session.config.option, "loadgroup", False):  # set in workers of `--dist loadgroup` only
+        return
+    if any(item.get_closest_marker("xdist_group") and not item.nodeid.endswith(f"@{TRAINED_RUNS_GROUP}")
+           for item in session.items):
+        session.config.stash[LOST_GROUP] = (
+            f"pytest-xdist did not group the trained-run tests on one worker (pytest {pytest.__version__}, "
+            "pytest-xdist#1386): pip install 'pytest<9.2', or run with -n 0")
+
+
+@pytest.hookimpl(tryfirst=True)  # before the fixtures are set up: a lost group trains nothing
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if (lost := item.config.stash.get(LOST_GROUP, None)) and item.get_closest_marker("xdist_group"):
+        pytest.fail(lost, pytrace=False)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -290,6 +290,7 @@ def in_workspace(workspace: Path) -> Iterator[pytest.MonkeyPatch]:
         patch.chdir(workspace)
         patch.setenv("PYTHONPATH", str(workspace / ".fakes" / "shim"))  # the stand-in accelerate first
         patch.setenv("XDG_CACHE_HOME", str(workspace / ".cache"))
+        patch.setenv("COLUMNS", "240")  # a wide terminal: a path in a table stays on one line for the asserts
         for name in ("FAKE_INTERRUPT", "KOHYA_1TO2_SD_SCRIPTS", "KOHYA_1TO2_PYTHON"):  # the pin's default, here faked
             patch.delenv(name, raising=False)
         yield patch

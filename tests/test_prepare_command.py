@@ -160,7 +160,7 @@ def test_switching_modes_moves_stale_stage_files_and_replay_folders_away(tmp_pat
     replayed = sorted(p.relative_to(out / "replay").as_posix() for p in (out / "replay").rglob("*.png"))
     assert sorted({name.split("/")[0] for name in replayed}) == ["akari", "bluebell", "clover"]
     assert len(replayed) == 4  # 0.25 / 0.75 x 12 composites
-    assert "25% of stage 2's images per epoch (--replay-share 0.25)" in capsys.readouterr().out.replace("\n", " ")
+    assert "25% of stage 2's images per epoch (--replay-share 0.25)" in " ".join(capsys.readouterr().out.split())
     stage2 = (out / "stage2.dataset.toml").read_text(encoding="utf-8")
     assert all(str(out / "replay" / name) in stage2 for name in ("akari", "bluebell", "clover"))
 

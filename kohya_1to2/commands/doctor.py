@@ -54,7 +54,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     lines = findings(facts, dict(os.environ)) + sd_lines + base_model_lines(args)
     table = Table(title="kohya-1to2 doctor", show_header=False)
     table.add_column("what")
-    table.add_column("found")
+    table.add_column("found", overflow="fold")  # paths wrap whole, never end in an ellipsis
     for line in lines:
         value = Text(line.value, style="red" if line.problem else "")
         if line.fix:

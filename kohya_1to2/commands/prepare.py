@@ -51,7 +51,7 @@ def _of_groups(job: Job) -> str:
 def _summary_table(rows: list[tuple[str, str]]) -> Table:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")  # paths wrap whole, never end in an ellipsis
     for key, value in rows:
         table.add_row(key, value)
     return table

@@ -84,9 +84,8 @@ class GenerateReport(BaseModel):
 
     def __rich__(self) -> Group:
         table = Table(title="configs", title_justify="left", show_edge=False)
-        table.add_column("file")
-        table.add_column("status")
-        table.add_column("notes")
+        for column in ("file", "status", "notes"):
+            table.add_column(column, overflow="fold")  # paths wrap whole, never end in an ellipsis
         for f in self.files:
             notes = []
             if f.kept_edits:

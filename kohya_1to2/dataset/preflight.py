@@ -297,7 +297,7 @@ def render_problems_table(problems: Sequence[Problem]) -> Table:
     """All problems, one row each, for the terminal."""
     table = Table(title=f"{len(problems)} source problem(s)")
     for column in ("severity", "file", "problem", "fix"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # a file's path wraps whole
     for problem in problems:
         style = "red" if problem.severity == "error" else "yellow"
         table.add_row(f"[{style}]{problem.severity}[/]", str(problem.path or ""), problem.message, problem.fix)

@@ -3,6 +3,7 @@ the real CLI (real pinned sd-scripts, real LyCORIS, CPU)."""
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import os
@@ -46,9 +47,13 @@ def require_tiny_model() -> Path:
     """Skip without the training stack; build the tiny model once (every smoke run shares it)."""
     if reason := missing_requirement():
         pytest.skip(reason)
-    if not is_complete(TINY_MODEL):
-        built = cli("make-tiny-model", str(TINY_MODEL), timeout=600)
-        assert built.returncode == 0, built.stderr[-3000:]
+    TINY_MODEL.parent.mkdir(parents=True, exist_ok=True)
+    # pytest-xdist workers may ask at once: one builds, the others wait for it
+    with (TINY_MODEL.parent / "tiny-model.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not is_complete(TINY_MODEL):
+            built = cli("make-tiny-model", str(TINY_MODEL), timeout=600)
+            assert built.returncode == 0, built.stderr[-3000:]
     return TINY_MODEL
 
 
