@@ -140,3 +140,18 @@ def test_doctor_shows_what_the_base_model_predicts(tmp_path: Path, sd: list[str]
     assert main(["doctor", *sd, "--base-model", str(base)]) == 0
     out = capsys.readouterr().out.replace("\n", "")
     assert "v-prediction (its metadata modelspec.prediction_type = 'v')" in out
+
+
+def test_a_long_path_wraps_whole_instead_of_ending_in_an_ellipsis(tmp_path: Path, sd: list[str],
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A path is what a user copies from doctor: on a narrow terminal it folds onto the next lines, whole."""
+    model = tmp_path / ("m" * 60) / ("n" * 60) / "model"
+    model.mkdir(parents=True)
+    (model / "model_index.json").write_text("{}")
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["doctor", *sd, "--base-model", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out
+    found = "".join(line.split("│")[2].strip() for line in out.splitlines() if line.count("│") == 3)
+    assert str(model) in found
